@@ -1,0 +1,441 @@
+"""Tortoise-ORM adapter: the one module that wraps Tortoise's client classes.
+
+Tortoise has no hooks for pools or queries, so poolwatch wraps, at class level and
+reversibly, the few methods every backend goes through:
+
+* ``execute_*`` on every client class (and each backend's ``TransactionWrapper``), for
+  queries. These methods call each other (``execute_query_dict`` ->
+  ``execute_query_dict_with_affected`` -> ``execute_query``), so a context variable marks
+  "inside a query" and only the outermost call is counted.
+* ``__aenter__`` / ``__aexit__`` of the context managers that take a connection from the
+  pool: ``PoolConnectionWrapper`` and ``TransactionContextPooled`` (asyncpg, psycopg,
+  MySQL), ``ConnectionWrapper`` on a non-transactional client and
+  ``SqliteTransactionContext`` (SQLite: one connection behind a lock, so the acquire wait
+  is the lock wait).
+* the driver's connect function, for creation time: ``create_pool``'s ``connect=`` for
+  asyncpg, a ``connection_class`` subclass for psycopg, ``create_connection`` for SQLite.
+  aiomysql and asyncmy pools open connections inside the driver with no seam to time.
+
+Gauges (used, idle, max) are read from the driver's own pool at scrape time: asyncpg's
+``get_size``/``get_idle_size``, psycopg_pool's ``get_stats``, aiomysql's ``size``/
+``freesize``, the SQLite lock. Private attributes of Tortoise are touched only in
+:func:`_root_client` and :func:`read_pool_state`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import importlib
+import logging
+from collections.abc import Callable, Coroutine
+from time import perf_counter
+from typing import Any, TypeVar
+
+from poolwatch.errors import PoolWatchError
+from poolwatch.events import PoolEvents, PoolState
+
+__all__ = ["TortoiseInstrumentation", "read_pool_state"]
+
+logger = logging.getLogger("poolwatch")
+
+SUPPORTED = ((1, 1), (1, 2))  # [from, to): the versions whose internals this was tested on
+
+_QUERY_METHODS = (
+    "execute_query",
+    "execute_query_dict",
+    "execute_query_dict_with_affected",
+    "execute_insert",
+    "execute_many",
+    "execute_script",
+)
+_BACKENDS = ("sqlite", "asyncpg", "psycopg", "mysql")
+
+T = TypeVar("T")
+AsyncMethod = Callable[..., Coroutine[Any, Any, Any]]
+Locate = Callable[[Any], Any]  # connection context manager -> root client, or None
+
+
+class _Clock:
+    """Time inside the current query that was spent getting a connection, not querying."""
+
+    __slots__ = ("acquiring",)
+
+    def __init__(self) -> None:
+        self.acquiring = 0.0
+
+
+class _Acquire:
+    """Time inside the current acquire that was spent opening a new connection."""
+
+    __slots__ = ("connecting",)
+
+    def __init__(self) -> None:
+        self.connecting = 0.0
+
+
+_query_clock: contextvars.ContextVar[_Clock | None] = contextvars.ContextVar(
+    "poolwatch_tortoise_query", default=None
+)
+_acquire: contextvars.ContextVar[_Acquire | None] = contextvars.ContextVar(
+    "poolwatch_tortoise_acquire", default=None
+)
+
+
+def tortoise_version() -> tuple[int, int]:
+    """Tortoise-ORM's ``(major, minor)``."""
+    import tortoise
+
+    major, minor = (int(p) for p in tortoise.__version__.split(".")[:2])
+    return major, minor
+
+
+def _root_client(client: Any) -> Any:
+    """The client that owns the pool: a TransactionWrapper's ``_parent`` chain ends there."""
+    # Private attribute: Tortoise's transaction wrappers keep their pool owner in _parent.
+    seen = 0
+    while getattr(client, "_parent", None) is not None and seen < 64:
+        client = client._parent
+        seen += 1
+    return client
+
+
+def read_pool_state(client: Any) -> PoolState | None:
+    """What the driver's pool behind a Tortoise client says about itself.
+
+    The only function reading Tortoise's private ``_pool``, ``_lock`` and ``_connection``.
+    """
+    pool = getattr(client, "_pool", None)
+    if pool is not None:
+        if hasattr(pool, "get_idle_size"):  # asyncpg
+            size, idle = pool.get_size(), pool.get_idle_size()
+            return PoolState(used=size - idle, idle=idle, max=pool.get_max_size())
+        if hasattr(pool, "get_stats"):  # psycopg_pool
+            stats = pool.get_stats()
+            size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+            return PoolState(used=size - idle, idle=idle, max=stats.get("pool_max"))
+        if hasattr(pool, "freesize"):  # aiomysql, asyncmy
+            size, idle = pool.size, pool.freesize
+            return PoolState(used=size - idle, idle=idle, max=pool.maxsize)
+        return PoolState(used=None, idle=None, max=None)
+    lock = getattr(client, "_lock", None)
+    if lock is not None and hasattr(client, "filename"):  # SQLite: one connection, one lock
+        used = 1 if lock.locked() else 0
+        opened = 1 if getattr(client, "_connection", None) is not None else 0
+        return PoolState(used=used, idle=max(0, opened - used), max=1)
+    return None
+
+
+class TortoiseInstrumentation:
+    """Installs and removes the wrappers. One may be installed per process.
+
+    ``events_for(name)`` returns the :class:`PoolEvents` of the Tortoise connection
+    ``name``; ``on_client(name, client)`` is told which root client serves that name so
+    its pool can be read at scrape time.
+    """
+
+    _installed: TortoiseInstrumentation | None = None
+
+    def __init__(
+        self,
+        events_for: Callable[[str], PoolEvents],
+        on_client: Callable[[str, Any], None],
+    ) -> None:
+        self._events_for = events_for
+        self._on_client = on_client
+        self._events: dict[str, PoolEvents] = {}
+        self._clients: dict[str, Any] = {}
+        self._patched: list[tuple[type, str, Any]] = []
+
+    # -- install / uninstall -------------------------------------------------------------
+
+    def install(self) -> None:
+        """Wrap Tortoise's classes. Raises if another instrumentation is installed."""
+        if TortoiseInstrumentation._installed is not None:
+            raise PoolWatchError(
+                "Tortoise-ORM is already instrumented by another PoolWatch; "
+                "call its uninstrument() first"
+            )
+        version = tortoise_version()
+        if not SUPPORTED[0] <= version < SUPPORTED[1]:
+            logger.warning(
+                "poolwatch was tested with Tortoise-ORM %d.%d.x, found %d.%d: "
+                "pool metrics may be incomplete",
+                *SUPPORTED[0],
+                *version,
+            )
+        from tortoise.backends.base import client as base
+
+        for backend in _BACKENDS:
+            try:
+                importlib.import_module(f"tortoise.backends.{backend}.client")
+            except ImportError:  # that backend's driver is not installed
+                continue
+        try:
+            for cls in _subclasses(base.BaseDBAsyncClient):
+                for name in _QUERY_METHODS:
+                    if name in cls.__dict__:
+                        self._patch(cls, name, self._wrap_query(cls.__dict__[name]))
+            self._patch_acquire(base.PoolConnectionWrapper, _pool_client)
+            self._patch_acquire(base.TransactionContextPooled, _transaction_client)
+            self._patch_acquire(
+                base.ConnectionWrapper, _locked_client(base.TransactionalDBClient)
+            )
+            self._patch_backends()
+        except BaseException:
+            self.uninstall()
+            raise
+        TortoiseInstrumentation._installed = self
+
+    def uninstall(self) -> None:
+        """Restore every wrapped attribute to what it was."""
+        for owner, name, original in reversed(self._patched):
+            setattr(owner, name, original)
+        self._patched.clear()
+        if TortoiseInstrumentation._installed is self:
+            TortoiseInstrumentation._installed = None
+
+    def _patch(self, owner: type, name: str, replacement: Any) -> None:
+        self._patched.append((owner, name, owner.__dict__[name]))
+        setattr(owner, name, replacement)
+
+    def _patch_backends(self) -> None:
+        try:
+            from tortoise.backends.sqlite.client import SqliteClient, SqliteTransactionContext
+        except ImportError:
+            pass
+        else:
+            self._patch_acquire(SqliteTransactionContext, _sqlite_transaction_client)
+            self._patch(
+                SqliteClient,
+                "create_connection",
+                self._wrap_create_connection(SqliteClient.__dict__["create_connection"]),
+            )
+        try:
+            from tortoise.backends.asyncpg.client import AsyncpgDBClient
+        except ImportError:
+            pass
+        else:
+            self._patch(
+                AsyncpgDBClient,
+                "create_pool",
+                self._wrap_create_pool(AsyncpgDBClient.__dict__["create_pool"], "connect"),
+            )
+        try:
+            from tortoise.backends.psycopg.client import PsycopgClient
+        except ImportError:
+            pass
+        else:
+            self._patch(
+                PsycopgClient,
+                "create_pool",
+                self._wrap_create_pool(PsycopgClient.__dict__["create_pool"], "connection_class"),
+            )
+
+    # -- per-client lookups (hot path) -----------------------------------------------------
+
+    def _pool_events(self, client: Any) -> PoolEvents:
+        """The events of the pool that ``client`` (a root client) belongs to."""
+        name = client.connection_name
+        if self._clients.get(name) is not client:
+            self._clients[name] = client
+            self._on_client(name, client)
+        events = self._events.get(name)
+        if events is None:
+            events = self._events[name] = self._events_for(name)
+        return events
+
+    def _query_events(self, client: Any) -> PoolEvents:
+        events = self._events.get(client.connection_name)
+        if events is None:
+            return self._pool_events(_root_client(client))
+        return events
+
+    # -- wrappers ------------------------------------------------------------------------
+
+    def _wrap_query(self, original: AsyncMethod) -> AsyncMethod:
+        instrumentation = self
+
+        @functools.wraps(original)
+        async def query(self: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
+            if _query_clock.get() is not None:  # called by another execute_* method
+                return await original(self, sql, *args, **kwargs)
+            events = instrumentation._query_events(self)
+            clock = _Clock()
+            token = _query_clock.set(clock)
+            started = perf_counter()
+            try:
+                result = await original(self, sql, *args, **kwargs)
+            except BaseException as exc:
+                elapsed = perf_counter() - started - clock.acquiring
+                _query_clock.reset(token)
+                # A cancelled statement is not a database error; its time is still real.
+                events.query(sql, elapsed, failed=isinstance(exc, Exception))
+                raise
+            elapsed = perf_counter() - started - clock.acquiring
+            _query_clock.reset(token)
+            events.query(sql, elapsed, failed=False)
+            return result
+
+        return query
+
+    def _wrap_acquire(self, original: AsyncMethod, locate: Locate) -> AsyncMethod:
+        instrumentation = self
+
+        @functools.wraps(original)
+        async def aenter(self: Any) -> Any:
+            client = locate(self)
+            if client is None:  # a lock inside a transaction, not a pool checkout
+                return await original(self)
+            events = instrumentation._pool_events(client)
+            ticket = events.acquire_started()
+            record = _Acquire()
+            token = _acquire.set(record)
+            started = perf_counter()
+            try:
+                connection = await original(self)
+            except BaseException as exc:
+                _acquire.reset(token)
+                events.acquire_failed(ticket, exc)
+                raise
+            _acquire.reset(token)
+            events.acquire_succeeded(ticket, id(self), record.connecting)
+            clock = _query_clock.get()
+            if clock is not None:
+                clock.acquiring += perf_counter() - started
+            return connection
+
+        return aenter
+
+    def _wrap_release(self, original: AsyncMethod, locate: Locate) -> AsyncMethod:
+        instrumentation = self
+
+        @functools.wraps(original)
+        async def aexit(self: Any, *exc_info: Any) -> Any:
+            try:
+                return await original(self, *exc_info)
+            finally:
+                client = locate(self)
+                if client is not None:
+                    instrumentation._pool_events(client).released(id(self))
+
+        return aexit
+
+    def _patch_acquire(self, cls: type, locate: Locate) -> None:
+        self._patch(cls, "__aenter__", self._wrap_acquire(cls.__dict__["__aenter__"], locate))
+        self._patch(cls, "__aexit__", self._wrap_release(cls.__dict__["__aexit__"], locate))
+
+    def _connect_time(self, client: Any, seconds: float) -> None:
+        record = _acquire.get()
+        if record is not None:  # opened inside an acquire: creation, not waiting
+            record.connecting += seconds
+        else:  # opened at pool start-up or by a pool's background task
+            self._pool_events(client).connection_created(seconds)
+
+    def _wrap_create_connection(self, original: AsyncMethod) -> AsyncMethod:
+        instrumentation = self
+
+        @functools.wraps(original)
+        async def create_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
+            opened = getattr(self, "_connection", None)
+            started = perf_counter()
+            result = await original(self, *args, **kwargs)
+            if opened is None and getattr(self, "_connection", None) is not None:
+                instrumentation._connect_time(_root_client(self), perf_counter() - started)
+            return result
+
+        return create_connection
+
+    def _wrap_create_pool(self, original: AsyncMethod, seam: str) -> AsyncMethod:
+        instrumentation = self
+
+        @functools.wraps(original)
+        async def create_pool(self: Any, **kwargs: Any) -> Any:
+            root = _root_client(self)
+            report = functools.partial(instrumentation._connect_time, root)
+            if seam == "connect":
+                kwargs["connect"] = _timed_asyncpg_connect(kwargs.get("connect"), report)
+            else:
+                kwargs["connection_class"] = _timed_psycopg_class(
+                    kwargs.get("connection_class"), report
+                )
+            return await original(self, **kwargs)
+
+        return create_pool
+
+
+def _pool_client(manager: Any) -> Any:
+    """PoolConnectionWrapper: the client that owns the pool."""
+    return manager.client
+
+
+def _transaction_client(manager: Any) -> Any:
+    """TransactionContextPooled keeps its TransactionWrapper in ``.client``."""
+    return _root_client(manager.client)
+
+
+def _sqlite_transaction_client(manager: Any) -> Any:
+    """SqliteTransactionContext keeps its wrapper in ``.connection``."""
+    return _root_client(manager.connection)
+
+
+def _locked_client(transactional: type) -> Callable[[Any], Any]:
+    """ConnectionWrapper: a checkout only on a non-transactional client (SQLite's own).
+
+    Every backend's TransactionWrapper also uses it, as a lock around a connection the
+    transaction already holds; that is not a pool checkout.
+    """
+
+    def locate(manager: Any) -> Any:
+        client = manager.client
+        return None if isinstance(client, transactional) else client
+
+    return locate
+
+
+def _timed_asyncpg_connect(
+    connect: Callable[..., Coroutine[Any, Any, Any]] | None, report: Callable[[float], None]
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    if connect is None:
+        import asyncpg
+
+        connect = asyncpg.connect
+    inner = connect
+
+    async def timed_connect(*args: Any, **kwargs: Any) -> Any:
+        started = perf_counter()
+        connection = await inner(*args, **kwargs)
+        report(perf_counter() - started)
+        return connection
+
+    return timed_connect
+
+
+def _timed_psycopg_class(base: type | None, report: Callable[[float], None]) -> type:
+    if base is None:
+        import psycopg
+
+        base = psycopg.AsyncConnection
+    parent: Any = base
+
+    class TimedConnection(parent):  # type: ignore[misc,valid-type]
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            started = perf_counter()
+            connection = await super().connect(*args, **kwargs)
+            report(perf_counter() - started)
+            return connection
+
+    TimedConnection.__name__ = TimedConnection.__qualname__ = f"Timed{parent.__name__}"
+    return TimedConnection
+
+
+def _subclasses(cls: type) -> list[type]:
+    found: list[type] = []
+    stack = [cls]
+    while stack:
+        current = stack.pop()
+        if current not in found:
+            found.append(current)
+            stack.extend(current.__subclasses__())
+    return found

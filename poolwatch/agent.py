@@ -1,0 +1,205 @@
+"""``PoolWatch``: the one place that wires settings, metrics, adapters and middleware."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from poolwatch import context
+from poolwatch.config import Settings
+from poolwatch.context import WorkScope
+from poolwatch.errors import ConfigError, PoolWatchError
+from poolwatch.events import PoolEvents, PoolProbe, PoolState
+from poolwatch.metrics import Metrics, PoolSource, PoolStateCollector
+from poolwatch.middleware import ASGIApp, PoolWatchMiddleware
+from poolwatch.observer import PoolObserver
+from poolwatch.safety import FaultReporter
+
+__all__ = ["PoolWatch"]
+
+
+def _no_state() -> PoolState | None:
+    return None
+
+
+class PoolWatch:
+    """Connection-pool and query metrics for one application.
+
+    ::
+
+        watch = PoolWatch()                      # POOLWATCH_* environment, then arguments
+        watch.instrument_app(app)                # ASGI middleware and GET /metrics
+        watch.instrument_tortoise()              # every Tortoise connection
+        watch.instrument_sqlalchemy(engine, pool="main")
+        ...
+        watch.uninstrument()                     # undo all of it
+
+    Each PoolWatch owns a ``CollectorRegistry`` (unless ``registry=`` or
+    ``use_global_registry=True`` says otherwise), so two apps in one process, and tests,
+    do not collide.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is not None and overrides:
+            raise ConfigError(
+                "settings", settings, "pass either a Settings object or keyword settings"
+            )
+        self.settings = settings or Settings.from_env(os.environ, **overrides)
+        if registry is None:
+            registry = REGISTRY if self.settings.use_global_registry else CollectorRegistry()
+        self.registry = registry
+        try:
+            self.metrics = Metrics(registry)
+        except ValueError as exc:  # prometheus_client: "Duplicated timeseries"
+            raise ConfigError(
+                "registry",
+                registry,
+                "already holds poolwatch's metrics; give each PoolWatch its own registry",
+            ) from exc
+        self.faults = FaultReporter(self.metrics.count_internal_error)
+        self._observers: dict[str, PoolObserver] = {}
+        self._probes: dict[str, PoolProbe] = {}
+        self._undo: list[Callable[[], None]] = []
+        self._active = True
+        self._collector = PoolStateCollector(self._sources, self.metrics.count_internal_error)
+        registry.register(self._collector)
+        self._scope_children: dict[str, Any] = {}
+        self._activate()
+
+    # -- pools -------------------------------------------------------------------------
+
+    def pool_events(self, name: str) -> PoolEvents:
+        """The event sink of the pool called ``name`` (created on first use).
+
+        This is what adapters report to; a custom adapter can use it too.
+        """
+        observer = self._observers.get(name)
+        if observer is None:
+            observer = self._observers[name] = PoolObserver(name, self.metrics, self.faults)
+        return observer
+
+    def set_pool_probe(self, name: str, probe: PoolProbe) -> None:
+        """Read the pool called ``name`` with ``probe`` at scrape time."""
+        self.pool_events(name)
+        self._probes[name] = probe
+
+    def _sources(self) -> Iterator[PoolSource]:
+        for name, observer in list(self._observers.items()):
+            yield PoolSource(
+                name, self._probes.get(name, _no_state), observer.pending, observer.checked_out
+            )
+
+    # -- instrumentation ---------------------------------------------------------------
+
+    def instrument_app(self, app: Any) -> Any:
+        """Add the ASGI middleware (and ``GET /metrics``) to a Starlette or FastAPI app.
+
+        Returns ``app``. For any other ASGI callable use :meth:`wrap`.
+        """
+        if not self.settings.enabled:
+            return app
+        add_middleware = getattr(app, "add_middleware", None)
+        if add_middleware is None:
+            raise TypeError(
+                f"instrument_app() needs a Starlette/FastAPI app, got {type(app).__name__}; "
+                "wrap other ASGI apps with watch.wrap(app)"
+            )
+        add_middleware(PoolWatchMiddleware, **self._middleware_options())
+        return app
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """Wrap any ASGI application in the middleware."""
+        if not self.settings.enabled:
+            return app
+        return PoolWatchMiddleware(app, **self._middleware_options())
+
+    def _middleware_options(self) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "metrics": self.metrics,
+            "registry": self.registry,
+            "faults": self.faults,
+            "metrics_path": settings.metrics_path if settings.expose_metrics else None,
+            "exclude_paths": frozenset(settings.exclude_paths),
+            "is_active": self._is_active,
+        }
+
+    def _activate(self) -> None:
+        self._active = True
+        if self._scope_closed not in context._scope_listeners:
+            context.add_scope_listener(self._scope_closed)
+
+    def _is_active(self) -> bool:
+        return self._active
+
+    def instrument_tortoise(self) -> None:
+        """Instrument every Tortoise-ORM connection, on every backend.
+
+        Call it before or after ``Tortoise.init``; connections are picked up on first use
+        and labelled with their connection name (``pool="default"``).
+        """
+        if not self.settings.enabled:
+            return
+        from poolwatch.adapters.tortoise import TortoiseInstrumentation, read_pool_state
+
+        clients: dict[str, Any] = {}
+
+        def on_client(name: str, client: Any) -> None:
+            first = name not in clients
+            clients[name] = client
+            if first:
+                self.set_pool_probe(name, lambda: read_pool_state(clients[name]))
+
+        instrumentation = TortoiseInstrumentation(self.pool_events, on_client)
+        instrumentation.install()
+        self._activate()
+        self._undo.append(instrumentation.uninstall)
+
+    def instrument_sqlalchemy(self, engine: Any, *, pool: str = "main") -> None:
+        """Instrument a SQLAlchemy ``Engine`` or ``AsyncEngine``; ``pool`` is its label."""
+        if not self.settings.enabled:
+            return
+        if not isinstance(pool, str) or not pool:
+            raise ConfigError("pool", pool, "must be a non-empty string")
+        if pool in self._probes:
+            raise ConfigError("pool", pool, "is already instrumented; give each engine a name")
+        from poolwatch.adapters.sqlalchemy import SQLAlchemyInstrumentation
+
+        instrumentation = SQLAlchemyInstrumentation(engine, self.pool_events(pool), self.faults)
+        instrumentation.install()
+        self.set_pool_probe(pool, instrumentation.probe)
+        self._activate()
+        self._undo.append(instrumentation.uninstall)
+        self._undo.append(lambda: self._probes.pop(pool, None))
+
+    def uninstrument(self) -> None:
+        """Undo every ``instrument_*`` call; the middleware becomes a pass-through."""
+        self._active = False
+        errors: list[BaseException] = []
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except Exception as exc:  # noqa: BLE001 - undo the rest before reporting
+                errors.append(exc)
+        context.remove_scope_listener(self._scope_closed)
+        if errors:
+            raise PoolWatchError(f"uninstrument left {len(errors)} error(s)") from errors[0]
+
+    def _scope_closed(self, work: WorkScope) -> None:
+        try:
+            route = work.route
+            child = self._scope_children.get(route)
+            if child is None:
+                child = self._scope_children[route] = self.metrics.request_queries.labels(route)
+            child.observe(work.queries)
+        except Exception as exc:  # noqa: BLE001
+            self.faults.report("scope", exc)

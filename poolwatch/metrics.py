@@ -1,0 +1,196 @@
+"""Metric definitions, and the scrape-time collector for pool state.
+
+Names, types and labels follow the OpenTelemetry database-client conventions as
+Prometheus spells them; they are a contract that dashboards and alert rules rely on.
+Values that live in the pool itself (connections used, idle, max) are read from the pool
+when Prometheus scrapes, not copied on every event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from poolwatch.events import PoolState
+
+__all__ = ["Metrics", "PoolStateCollector"]
+
+# Waiting for a pooled connection is normally tens of microseconds; the interesting change
+# is when it becomes milliseconds, so the low end is dense.
+WAIT_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+# A checkout lasts from one query (sub-millisecond) to a long transaction or a leak.
+USE_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
+# Opening a connection: a local socket takes ~1 ms, TLS across a network 10-100 ms.
+CREATE_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# A primary-key lookup on a local database is ~50 us; a slow query is seconds.
+QUERY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# OpenTelemetry's recommended HTTP server buckets.
+HTTP_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+# Queries per request: 1-3 is healthy, tens is a loop, hundreds an N+1 storm.
+QUERIES_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+class Metrics:
+    """The metric objects of one PoolWatch, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.connection_timeouts = Counter(
+            "db_client_connection_timeouts",
+            "Acquire attempts that timed out waiting for a pooled connection.",
+            ["pool"],
+            registry=registry,
+        )
+        self.connection_wait_time = Histogram(
+            "db_client_connection_wait_time_seconds",
+            "Time spent waiting for a pooled connection (opening a new one excluded).",
+            ["pool"],
+            registry=registry,
+            buckets=WAIT_BUCKETS,
+        )
+        self.connection_use_time = Histogram(
+            "db_client_connection_use_time_seconds",
+            "Time a connection was checked out of the pool, from acquire to release.",
+            ["pool"],
+            registry=registry,
+            buckets=USE_BUCKETS,
+        )
+        self.connection_create_time = Histogram(
+            "db_client_connection_create_time_seconds",
+            "Time taken to open a new database connection.",
+            ["pool"],
+            registry=registry,
+            buckets=CREATE_BUCKETS,
+        )
+        self.operation_duration = Histogram(
+            "db_client_operation_duration_seconds",
+            "Duration of database statements, from send to result, by route.",
+            ["pool", "operation", "route"],
+            registry=registry,
+            buckets=QUERY_BUCKETS,
+        )
+        self.operation_errors = Counter(
+            "db_client_operation_errors",
+            "Database statements that raised an error.",
+            ["pool", "operation", "route"],
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP requests, until the response was sent.",
+            ["method", "route", "status"],
+            registry=registry,
+            buckets=HTTP_BUCKETS,
+        )
+        self.request_queries = Histogram(
+            "poolwatch_request_queries",
+            "Database statements issued per request (or per poolwatch.scope block).",
+            ["route"],
+            registry=registry,
+            buckets=QUERIES_BUCKETS,
+        )
+        self.internal_errors = Counter(
+            "poolwatch_internal_errors",
+            "Exceptions raised inside poolwatch itself, counted and swallowed.",
+            ["component"],
+            registry=registry,
+        )
+
+    def count_internal_error(self, component: str) -> None:
+        """Add one to ``poolwatch_internal_errors_total{component}``."""
+        self.internal_errors.labels(component).inc()
+
+
+class PoolSource:
+    """One pool as the collector sees it: its probe and poolwatch's own counts."""
+
+    __slots__ = ("checked_out", "name", "pending", "probe")
+
+    def __init__(
+        self,
+        name: str,
+        probe: Callable[[], PoolState | None],
+        pending: Callable[[], int],
+        checked_out: Callable[[], int],
+    ) -> None:
+        self.name = name
+        self.probe = probe
+        self.pending = pending
+        self.checked_out = checked_out
+
+
+class PoolStateCollector(Collector):
+    """Renders ``db_client_connection_count``, ``_max`` and ``_pending_requests``.
+
+    Read from each pool at scrape time. A pool that fails to report is counted as an
+    internal error and left out of that scrape, rather than failing the whole scrape.
+    """
+
+    def __init__(
+        self, sources: Callable[[], Iterable[PoolSource]], on_error: Callable[[str], None]
+    ) -> None:
+        self._sources = sources
+        self._on_error = on_error
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "db_client_connection_count",
+                "Connections in the pool, by state (idle or used).",
+                labels=["pool", "state"],
+            ),
+            GaugeMetricFamily(
+                "db_client_connection_max",
+                "Maximum number of connections the pool allows now.",
+                labels=["pool"],
+            ),
+            GaugeMetricFamily(
+                "db_client_connection_pending_requests",
+                "Requests waiting for a connection from the pool.",
+                labels=["pool"],
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        count, limit, pending = self._families()
+        for source in self._sources():
+            try:
+                state = source.probe()
+                waiting = source.pending()
+                own = source.checked_out()
+            except Exception:  # noqa: BLE001 - one broken pool must not break the scrape
+                self._on_error("collector")
+                continue
+            if state is None:
+                used, idle, max_ = own, 0, None
+            else:
+                used = own if state.used is None else state.used
+                idle = 0 if state.idle is None else state.idle
+                max_ = state.max
+            count.add_metric([source.name, "idle"], idle)
+            count.add_metric([source.name, "used"], used)
+            if max_ is not None:
+                limit.add_metric([source.name], max_)
+            pending.add_metric([source.name], waiting)
+        yield count
+        yield limit
+        yield pending

@@ -1,0 +1,161 @@
+"""Plain ASGI middleware: times each request, binds its scope, serves ``/metrics``.
+
+Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``: the request's context variables
+then reach the endpoint, the threadpool and background tasks, and streaming responses are
+untouched. The request duration ends when the last body chunk is sent; background tasks
+that run afterwards still count their queries towards the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from time import perf_counter
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from poolwatch import context
+from poolwatch.context import WorkScope
+from poolwatch.metrics import Metrics
+from poolwatch.safety import FaultReporter
+
+__all__ = ["PoolWatchMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Any other method is reported as _OTHER (OpenTelemetry's convention) so a client
+# inventing methods cannot create series.
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+
+
+class _Request:
+    """Per-request state shared with the ``send`` wrapper (cheaper than a closure cell)."""
+
+    __slots__ = ("done", "send", "started", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = perf_counter()
+        self.status = 0
+        self.done = 0.0
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.done = perf_counter()
+        await self.send(message)
+
+
+class PoolWatchMiddleware:
+    """Times HTTP requests and attributes the queries they issue to their route.
+
+    Usually added by :meth:`PoolWatch.instrument_app`; for a bare ASGI app::
+
+        app = PoolWatchMiddleware(app, metrics=..., registry=..., faults=...)
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        registry: CollectorRegistry,
+        faults: FaultReporter,
+        metrics_path: str | None = "/metrics",
+        exclude_paths: frozenset[str] = frozenset(),
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.app = app
+        self._registry = registry
+        self._faults = faults
+        self._metrics_path = metrics_path
+        self._excluded = exclude_paths | ({metrics_path} if metrics_path else set())
+        self._is_active = is_active
+        self._http = metrics.http_duration
+        self._queries = metrics.request_queries
+        self._http_children: dict[tuple[str, str, str], Any] = {}
+        self._query_children: dict[str, Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._is_active():
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path in self._excluded:
+            if path == self._metrics_path:
+                await self._serve_metrics(scope, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+
+        work = WorkScope(asgi_scope=scope)
+        token = context.enter(work)
+        request = _Request(send)
+        try:
+            await self.app(scope, receive, request)
+        except BaseException:
+            if not request.status:
+                request.status = 500
+            raise
+        finally:
+            context.leave(token)
+            self._record(scope, work, request)
+
+    def _record(self, scope: Scope, work: WorkScope, request: _Request) -> None:
+        try:
+            end = request.done or perf_counter()
+            method = scope.get("method", "GET")
+            if method not in _METHODS:
+                method = "_OTHER"
+            route = work.route
+            key = (method, route, str(request.status or 500))
+            child = self._http_children.get(key)
+            if child is None:
+                child = self._http_children[key] = self._http.labels(*key)
+            child.observe(end - request.started)
+            queries = self._query_children.get(route)
+            if queries is None:
+                queries = self._query_children[route] = self._queries.labels(route)
+            queries.observe(work.queries)
+        except Exception as exc:  # noqa: BLE001 - never break the request
+            self._faults.report("middleware", exc)
+
+    async def _serve_metrics(self, scope: Scope, send: Send) -> None:
+        if scope.get("method") not in ("GET", "HEAD"):
+            await _respond(send, 405, b"Method Not Allowed\n", b"text/plain", [(b"allow", b"GET")])
+            return
+        accept = ""
+        for name, value in scope.get("headers", ()):
+            if name == b"accept":
+                accept = value.decode("latin-1")
+        try:
+            encoder, content_type = choose_encoder(accept)
+            body = encoder(self._registry)
+        except Exception as exc:  # noqa: BLE001
+            self._faults.report("exposition", exc)
+            await _respond(send, 500, b"metrics unavailable\n", b"text/plain")
+            return
+        if scope.get("method") == "HEAD":
+            body = b""
+        await _respond(send, 200, body, content_type.encode("latin-1"))
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,119 @@
+"""Turns one pool's events into metric observations.
+
+This sits on the hot path of every query and every acquire, so it keeps to dictionary
+operations and pre-bound metric children: no locks of its own (single dict and set
+operations are atomic under the GIL, which is what sync SQLAlchemy pools in threads
+need), no string formatting, no stack walks. Any fault in here is reported to the
+:class:`~poolwatch.safety.FaultReporter` and swallowed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from time import perf_counter
+from typing import Any
+
+from poolwatch.context import NO_ROUTE, current_scope
+from poolwatch.metrics import Metrics
+from poolwatch.operations import operation_of
+from poolwatch.safety import FaultReporter
+
+__all__ = ["PoolObserver"]
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    # Drivers disagree on the type: asyncio.TimeoutError (a TimeoutError since 3.11),
+    # sqlalchemy.exc.TimeoutError, psycopg_pool.PoolTimeout, poolwatch's PoolTimeoutError.
+    return isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__
+
+
+class PoolObserver:
+    """The :class:`~poolwatch.events.PoolEvents` of one named pool."""
+
+    def __init__(self, name: str, metrics: Metrics, faults: FaultReporter) -> None:
+        self.name = name
+        self._faults = faults
+        self._tickets = itertools.count()
+        # ticket -> perf_counter() at the start of the wait
+        self._waiting: dict[int, float] = {}
+        # holder -> perf_counter() when the connection was handed out
+        self._checked_out: dict[int, float] = {}
+        self._wait = metrics.connection_wait_time.labels(name)
+        self._use = metrics.connection_use_time.labels(name)
+        self._create = metrics.connection_create_time.labels(name)
+        self._timeouts = metrics.connection_timeouts.labels(name)
+        self._durations = metrics.operation_duration
+        self._errors = metrics.operation_errors
+        # (operation, route) -> bound histogram child; labels() costs ~1 us, a dict hit 50 ns
+        self._by_label: dict[tuple[str, str], Any] = {}
+
+    # -- read at scrape time ---------------------------------------------------------
+
+    def pending(self) -> int:
+        """Tasks or threads waiting for a connection right now."""
+        return len(self._waiting)
+
+    def checked_out(self) -> int:
+        """Connections poolwatch saw handed out and not yet returned."""
+        return len(self._checked_out)
+
+    # -- PoolEvents ------------------------------------------------------------------
+
+    def acquire_started(self) -> int:
+        ticket = next(self._tickets)
+        self._waiting[ticket] = perf_counter()
+        return ticket
+
+    def acquire_succeeded(self, ticket: int, holder: int, connect_seconds: float = 0.0) -> None:
+        try:
+            now = perf_counter()
+            started = self._waiting.pop(ticket, None)
+            self._checked_out[holder] = now
+            if started is not None:
+                self._wait.observe(max(0.0, now - started - connect_seconds))
+            if connect_seconds > 0.0:
+                self._create.observe(connect_seconds)
+        except Exception as exc:  # noqa: BLE001
+            self._faults.report("pool", exc)
+
+    def acquire_failed(self, ticket: int, exc: BaseException) -> None:
+        try:
+            started = self._waiting.pop(ticket, None)
+            if _is_timeout(exc):
+                self._timeouts.inc()
+                if started is not None:
+                    self._wait.observe(perf_counter() - started)
+        except Exception as err:  # noqa: BLE001
+            self._faults.report("pool", err)
+
+    def released(self, holder: int) -> None:
+        try:
+            since = self._checked_out.pop(holder, None)
+            if since is not None:
+                self._use.observe(perf_counter() - since)
+        except Exception as exc:  # noqa: BLE001
+            self._faults.report("pool", exc)
+
+    def connection_created(self, seconds: float) -> None:
+        try:
+            self._create.observe(seconds)
+        except Exception as exc:  # noqa: BLE001
+            self._faults.report("pool", exc)
+
+    def query(self, sql: str, seconds: float, failed: bool) -> None:
+        try:
+            work = current_scope()
+            if work is None:
+                route = NO_ROUTE
+            else:
+                route = work.route
+                work.queries += 1
+            key = (operation_of(sql), route)
+            child = self._by_label.get(key)
+            if child is None:
+                child = self._by_label[key] = self._durations.labels(self.name, *key)
+            child.observe(seconds)
+            if failed:
+                self._errors.labels(self.name, *key).inc()
+        except Exception as exc:  # noqa: BLE001
+            self._faults.report("query", exc)
