@@ -92,6 +92,9 @@ class PoolWatch:
         self.pool_events(name)
         self._probes[name] = probe
 
+    def _forget_probe(self, name: str) -> None:
+        self._probes.pop(name, None)
+
     def _sources(self) -> Iterator[PoolSource]:
         for name, observer in list(self._observers.items()):
             yield PoolSource(
@@ -179,7 +182,7 @@ class PoolWatch:
         self.set_pool_probe(pool, instrumentation.probe)
         self._activate()
         self._undo.append(instrumentation.uninstall)
-        self._undo.append(lambda: self._probes.pop(pool, None))
+        self._undo.append(lambda: self._forget_probe(pool))
 
     def uninstrument(self) -> None:
         """Undo every ``instrument_*`` call; the middleware becomes a pass-through."""
@@ -188,7 +191,7 @@ class PoolWatch:
         while self._undo:
             try:
                 self._undo.pop()()
-            except Exception as exc:  # noqa: BLE001 - undo the rest before reporting
+            except Exception as exc:
                 errors.append(exc)
         context.remove_scope_listener(self._scope_closed)
         if errors:
@@ -201,5 +204,5 @@ class PoolWatch:
             if child is None:
                 child = self._scope_children[route] = self.metrics.request_queries.labels(route)
             child.observe(work.queries)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.faults.report("scope", exc)

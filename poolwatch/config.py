@@ -62,9 +62,9 @@ class Settings:
         '/m'
         """
         names = {f.name for f in dataclasses.fields(cls)}
-        for key in overrides:
+        for key, value in overrides.items():
             if key not in names:
-                raise ConfigError(key, overrides[key], f"unknown setting; known: {sorted(names)}")
+                raise ConfigError(key, value, f"unknown setting; known: {sorted(names)}")
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             env_name = _ENV_PREFIX + field.name.upper()

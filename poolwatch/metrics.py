@@ -177,7 +177,7 @@ class PoolStateCollector(Collector):
                 state = source.probe()
                 waiting = source.pending()
                 own = source.checked_out()
-            except Exception:  # noqa: BLE001 - one broken pool must not break the scrape
+            except Exception:
                 self._on_error("collector")
                 continue
             if state is None:

@@ -126,12 +126,18 @@ class PoolWatchMiddleware:
             if queries is None:
                 queries = self._query_children[route] = self._queries.labels(route)
             queries.observe(work.queries)
-        except Exception as exc:  # noqa: BLE001 - never break the request
+        except Exception as exc:
             self._faults.report("middleware", exc)
 
     async def _serve_metrics(self, scope: Scope, send: Send) -> None:
         if scope.get("method") not in ("GET", "HEAD"):
-            await _respond(send, 405, b"Method Not Allowed\n", b"text/plain", [(b"allow", b"GET")])
+            await _respond(
+                send,
+                405,
+                body=b"Method Not Allowed\n",
+                content_type=b"text/plain",
+                extra=[(b"allow", b"GET")],
+            )
             return
         accept = ""
         for name, value in scope.get("headers", ()):
@@ -140,22 +146,30 @@ class PoolWatchMiddleware:
         try:
             encoder, content_type = choose_encoder(accept)
             body = encoder(self._registry)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._faults.report("exposition", exc)
-            await _respond(send, 500, b"metrics unavailable\n", b"text/plain")
+            await _respond(send, 500, body=b"metrics unavailable\n", content_type=b"text/plain")
             return
-        if scope.get("method") == "HEAD":
-            body = b""
-        await _respond(send, 200, body, content_type.encode("latin-1"))
+        await _respond(
+            send,
+            200,
+            body=body,
+            content_type=content_type.encode("latin-1"),
+            head=scope.get("method") == "HEAD",
+        )
 
 
 async def _respond(
     send: Send,
     status: int,
+    *,
     body: bytes,
     content_type: bytes,
     extra: list[tuple[bytes, bytes]] | None = None,
+    head: bool = False,
 ) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
-    await send({"type": "http.response.body", "body": body})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
+    )
+    await send({"type": "http.response.body", "body": b"" if head else body})

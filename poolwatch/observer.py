@@ -73,7 +73,7 @@ class PoolObserver:
                 self._wait.observe(max(0.0, now - started - connect_seconds))
             if connect_seconds > 0.0:
                 self._create.observe(connect_seconds)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._faults.report("pool", exc)
 
     def acquire_failed(self, ticket: int, exc: BaseException) -> None:
@@ -83,7 +83,7 @@ class PoolObserver:
                 self._timeouts.inc()
                 if started is not None:
                     self._wait.observe(perf_counter() - started)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             self._faults.report("pool", err)
 
     def released(self, holder: int) -> None:
@@ -91,13 +91,13 @@ class PoolObserver:
             since = self._checked_out.pop(holder, None)
             if since is not None:
                 self._use.observe(perf_counter() - since)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._faults.report("pool", exc)
 
     def connection_created(self, seconds: float) -> None:
         try:
             self._create.observe(seconds)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._faults.report("pool", exc)
 
     def query(self, sql: str, seconds: float, failed: bool) -> None:
@@ -115,5 +115,5 @@ class PoolObserver:
             child.observe(seconds)
             if failed:
                 self._errors.labels(self.name, *key).inc()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._faults.report("query", exc)

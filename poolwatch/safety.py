@@ -43,5 +43,5 @@ class FaultReporter:
                     component,
                     exc_info=(type(exc), exc, exc.__traceback__),
                 )
-        except Exception:  # noqa: BLE001 - the last line of defence must not raise
+        except Exception:
             pass

@@ -178,9 +178,7 @@ class TortoiseInstrumentation:
                         self._patch(cls, name, self._wrap_query(cls.__dict__[name]))
             self._patch_acquire(base.PoolConnectionWrapper, _pool_client)
             self._patch_acquire(base.TransactionContextPooled, _transaction_client)
-            self._patch_acquire(
-                base.ConnectionWrapper, _locked_client(base.TransactionalDBClient)
-            )
+            self._patch_acquire(base.ConnectionWrapper, _locked_client(base.TransactionalDBClient))
             self._patch_backends()
         except BaseException:
             self.uninstall()
@@ -418,7 +416,7 @@ def _timed_psycopg_class(base: type | None, report: Callable[[float], None]) -> 
         base = psycopg.AsyncConnection
     parent: Any = base
 
-    class TimedConnection(parent):  # type: ignore[misc,valid-type]
+    class TimedConnection(parent):  # type: ignore[misc]
         @classmethod
         async def connect(cls, *args: Any, **kwargs: Any) -> Any:
             started = perf_counter()

@@ -20,5 +20,9 @@ async def seed(authors: int = 10, posts_per_author: int = 5, comments_per_post: 
     )
     posts = await Post.all().order_by("id")
     await Comment.bulk_create(
-        [Comment(text=f"Comment {c} on {p.title}", post=p) for p in posts for c in range(comments_per_post)]
+        [
+            Comment(text=f"Comment {c} on {p.title}", post=p)
+            for p in posts
+            for c in range(comments_per_post)
+        ]
     )

@@ -1,0 +1,30 @@
+"""Reading poolwatch's metrics back in tests."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """A sample's value, 0.0 when the series does not exist."""
+    sample = registry.get_sample_value(name, labels)
+    return 0.0 if sample is None else sample
+
+
+def total(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """The sum of every sample called ``name`` whose labels include ``labels``."""
+    result = 0.0
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                result += sample.value
+    return result
+
+
+def pool_gauges(registry: CollectorRegistry, pool: str) -> tuple[float, float, float]:
+    """(used, idle, pending) of ``pool``."""
+    return (
+        value(registry, "db_client_connection_count", pool=pool, state="used"),
+        value(registry, "db_client_connection_count", pool=pool, state="idle"),
+        value(registry, "db_client_connection_pending_requests", pool=pool),
+    )

@@ -1,0 +1,74 @@
+"""Settings: environment, arguments, and errors that name the setting, value and rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from poolwatch import ConfigError, PoolWatch, Settings
+
+
+def test_environment_then_arguments() -> None:
+    env = {
+        "POOLWATCH_METRICS_PATH": "/prom",
+        "POOLWATCH_EXPOSE_METRICS": "off",
+        "POOLWATCH_EXCLUDE_PATHS": "/healthz, /ready",
+    }
+    settings = Settings.from_env(env)
+    assert settings.metrics_path == "/prom"
+    assert settings.expose_metrics is False
+    assert settings.exclude_paths == ("/healthz", "/ready")
+    assert Settings.from_env(env, metrics_path="/m").metrics_path == "/m"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"POOLWATCH_ENABLED": "maybe"}, "POOLWATCH_ENABLED='maybe': must be one of"),
+        ({"POOLWATCH_METRICS_PATH": "metrics"}, "metrics_path='metrics': must be a URL path"),
+        ({"POOLWATCH_EXCLUDE_PATHS": "/ok,bad"}, "exclude_paths='bad': must be a URL path"),
+    ],
+)
+def test_bad_environment_fails_fast(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        Settings.from_env(env)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_bad_arguments_name_setting_value_and_rule() -> None:
+    with pytest.raises(ConfigError, match=r"metrics_path='/a b': must be a URL path"):
+        PoolWatch(metrics_path="/a b")
+    with pytest.raises(ConfigError, match=r"enabled='yes': must be True or False"):
+        PoolWatch(enabled="yes")
+    with pytest.raises(ConfigError, match=r"metrics_pth='/m': unknown setting; known: \["):
+        PoolWatch(metrics_pth="/m")
+    watch = PoolWatch()
+    with pytest.raises(ConfigError, match=r"pool='': must be a non-empty string"):
+        watch.instrument_sqlalchemy(object(), pool="")
+    watch.uninstrument()
+
+
+def test_two_watches_do_not_collide_and_global_registry_is_guarded() -> None:
+    from prometheus_client import CollectorRegistry
+
+    first, second = PoolWatch(), PoolWatch()
+    assert first.registry is not second.registry
+    shared = CollectorRegistry()
+    PoolWatch(registry=shared).uninstrument()
+    with pytest.raises(ConfigError, match=r"registry=.*already holds poolwatch's metrics"):
+        PoolWatch(registry=shared)
+    first.uninstrument()
+    second.uninstrument()
+
+
+def test_disabled_watch_instruments_nothing() -> None:
+    from fastapi import FastAPI
+
+    watch = PoolWatch(enabled=False)
+    app = FastAPI()
+    assert watch.instrument_app(app) is app
+    assert app.user_middleware == []
+    watch.instrument_tortoise()  # a no-op: a second watch may still instrument Tortoise
+    other = PoolWatch()
+    other.instrument_tortoise()
+    other.uninstrument()
+    watch.uninstrument()
