@@ -177,8 +177,14 @@ class PoolWatch:
             raise ConfigError("pool", pool, "is already instrumented; give each engine a name")
         from poolwatch.adapters.sqlalchemy import SQLAlchemyInstrumentation
 
+        existed = pool in self._observers
         instrumentation = SQLAlchemyInstrumentation(engine, self.pool_events(pool), self.faults)
-        instrumentation.install()
+        try:
+            instrumentation.install()
+        except BaseException:
+            if not existed:  # leave no empty pool series behind a failed install
+                self._observers.pop(pool, None)
+            raise
         self.set_pool_probe(pool, instrumentation.probe)
         self._activate()
         self._undo.append(instrumentation.uninstall)

@@ -19,6 +19,7 @@ from tortoise.backends.base.client import (
     PoolConnectionWrapper,
     TransactionContextPooled,
 )
+from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.exceptions import OperationalError
 from tortoise.transactions import in_transaction
 
@@ -42,6 +43,9 @@ def watch() -> Iterator[PoolWatch]:
 
 @contextlib.asynccontextmanager
 async def tortoise_on(url: str) -> AsyncIterator[None]:
+    # Tortoise caches each model's SQL per connection name, across re-inits: switching
+    # from SQLite to PostgreSQL under the same name would reuse '?' placeholders.
+    EXECUTOR_CACHE.clear()
     await Tortoise.init(db_url=url, modules={"models": ["tests.tortoise_models"]})
     try:
         await Tortoise.generate_schemas()
@@ -210,7 +214,11 @@ async def test_asyncpg_gauges_match_the_pool_under_chaos(
 
         async def good(i: int) -> None:
             nonlocal ok
-            async with in_transaction() if i % 3 == 0 else contextlib.nullcontext():
+            if i % 3 == 0:
+                async with in_transaction() as transaction:
+                    await Author.filter(id=(i % 20) + 1).first()
+                    await transaction.execute_query("SELECT pg_sleep(0.005)")
+            else:
                 await Author.filter(id=(i % 20) + 1).first()
                 await client.execute_query("SELECT pg_sleep(0.005)")
             ok += 1
@@ -275,10 +283,11 @@ async def test_asyncpg_counts_equal_issued_statements(watch: PoolWatch, pg_datab
 
 @pytest.mark.postgres
 async def test_psycopg_acquire_timeouts_are_counted(watch: PoolWatch, pg_database: str) -> None:
-    url = _tortoise_url(pg_database, "psycopg", minsize=1, maxsize=1, timeout=0.2)
+    # Tortoise passes `timeout` (whole seconds) to psycopg_pool as its getconn timeout.
+    url = _tortoise_url(pg_database, "psycopg", minsize=1, maxsize=1, timeout=1)
     async with tortoise_on(url):
         client = connections.get("default")
-        holder = asyncio.create_task(client.execute_query("SELECT pg_sleep(1)"))
+        holder = asyncio.create_task(client.execute_query("SELECT pg_sleep(2)"))
         await asyncio.sleep(0.1)
         outcomes = await asyncio.gather(
             *(client.execute_query("SELECT 1") for _ in range(3)), return_exceptions=True

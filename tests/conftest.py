@@ -1,0 +1,70 @@
+"""Fixtures shared by the whole suite.
+
+The PostgreSQL fixtures use the throwaway server that ``bash scripts/test.sh`` starts; it
+describes the server in ``POOLWATCH_TEST_PG_DSN``. Without it (a bare ``pytest`` run) those
+tests are skipped, except under CI, where a missing server is an error: a CI job that
+silently skips the PostgreSQL tests would report a pass it never earned.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+TEST_COMMAND = "bash scripts/test.sh"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skip the test locally; fail it under CI."""
+    if _in_ci():
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(f"{reason}; `{TEST_COMMAND}` provides it")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """DSN of the test server's ``postgres`` database (superuser, trust auth)."""
+    dsn = os.environ.get("POOLWATCH_TEST_PG_DSN")
+    if not dsn:
+        _unavailable("no PostgreSQL server: POOLWATCH_TEST_PG_DSN is not set")
+    return dsn
+
+
+@pytest.fixture
+def pg_database(pg_dsn: str) -> Iterator[str]:
+    """DSN of a new, empty database, dropped after the test.
+
+    A database per test keeps tables, sequences and statistics from leaking between tests.
+    """
+    name = f"poolwatch_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlsplit(pg_dsn)._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            # FORCE ends the connections a failing test may have left open (PostgreSQL 13+).
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Path of Prometheus's ``promtool`` (Debian package ``prometheus``)."""
+    path = shutil.which("promtool")
+    if path is None:
+        _unavailable("promtool is not installed (Debian package: prometheus)")
+    return path
