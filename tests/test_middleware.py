@@ -284,3 +284,30 @@ async def test_uninstrument_turns_middleware_into_pass_through(
     assert response.json() == {"route": "none"}
     assert (await client.get("/metrics")).status_code == 404
     assert total(watch.registry, "http_server_request_duration_seconds_count") == 0
+
+
+async def test_sync_endpoint_queries_count_for_their_route() -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine("sqlite://")
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine, pool="main")
+    app = FastAPI()
+    watch.instrument_app(app)
+
+    @app.get("/reports/{report_id}")
+    def report(report_id: int) -> dict[str, int]:  # runs in Starlette's threadpool
+        with engine.connect() as conn:
+            for _ in range(3):
+                conn.execute(text("SELECT :id"), {"id": report_id}).all()
+        return {"id": report_id}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        await asyncio.gather(*(c.get(f"/reports/{i}") for i in range(5)))
+    route = "/reports/{report_id}"
+    assert value(watch.registry, OPS, pool="main", operation="SELECT", route=route) == 15
+    assert value(watch.registry, "poolwatch_request_queries_sum", route=route) == 15
+    assert value(watch.registry, "db_client_connection_count", pool="main", state="used") == 0
+    watch.uninstrument()
+    engine.dispose()

@@ -1,0 +1,31 @@
+"""The demo app: the N+1 endpoint shows its cost in the metrics, its twin does not."""
+
+from __future__ import annotations
+
+import httpx
+
+from poolwatch import PoolWatch
+from poolwatch.demo.app import create_app
+from tests.metrics_helpers import value
+
+
+async def test_demo_nplusone_and_its_prefetch_twin() -> None:
+    watch = PoolWatch()
+    app = create_app("sqlite://:memory:", watch=watch)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            slow = (await client.get("/posts/nplusone")).json()
+            fast = (await client.get("/posts")).json()
+            assert slow == fast
+            assert len(fast) == 20
+            created = await client.post("/posts/1/comments", params={"text": "hello"})
+            assert created.status_code == 201
+            assert (await client.get("/authors/999")).status_code == 404
+            scrape = (await client.get("/metrics")).text
+    queries = "poolwatch_request_queries_sum"
+    assert value(watch.registry, queries, route="/posts/nplusone") == 21  # 1 + 20 authors
+    assert value(watch.registry, queries, route="/posts") == 2  # posts, then all authors
+    assert 'db_client_connection_count{pool="default",state="used"} 0.0' in scrape
+    assert 'db_client_connection_max{pool="default"} 1.0' in scrape
+    assert "hello" not in scrape
