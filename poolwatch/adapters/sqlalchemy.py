@@ -63,6 +63,7 @@ from sqlalchemy.pool import (
     StaticPool,
 )
 
+from poolwatch.adapters.timing import ConnectTime
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import PoolEvents, PoolState
 from poolwatch.safety import FaultReporter
@@ -82,16 +83,7 @@ _COMPONENT = "sqlalchemy"
 _MISSING = object()
 
 
-class _Acquire:
-    """Time inside the current acquire that was spent opening a new connection."""
-
-    __slots__ = ("connecting",)
-
-    def __init__(self) -> None:
-        self.connecting = 0.0
-
-
-_acquire: contextvars.ContextVar[_Acquire | None] = contextvars.ContextVar(
+_acquire: contextvars.ContextVar[ConnectTime | None] = contextvars.ContextVar(
     "poolwatch_sqlalchemy_acquire", default=None
 )
 
@@ -331,7 +323,7 @@ class SQLAlchemyInstrumentation:
             except Exception as err:
                 report(_COMPONENT, err)
                 return original()
-            record = _Acquire()
+            record = ConnectTime()
             token = _acquire.set(record)
             try:
                 connection = original()

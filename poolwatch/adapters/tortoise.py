@@ -32,6 +32,7 @@ from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import Any, TypeVar
 
+from poolwatch.adapters.timing import ConnectTime
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import PoolEvents, PoolState
 
@@ -65,19 +66,10 @@ class _Clock:
         self.acquiring = 0.0
 
 
-class _Acquire:
-    """Time inside the current acquire that was spent opening a new connection."""
-
-    __slots__ = ("connecting",)
-
-    def __init__(self) -> None:
-        self.connecting = 0.0
-
-
 _query_clock: contextvars.ContextVar[_Clock | None] = contextvars.ContextVar(
     "poolwatch_tortoise_query", default=None
 )
-_acquire: contextvars.ContextVar[_Acquire | None] = contextvars.ContextVar(
+_acquire: contextvars.ContextVar[ConnectTime | None] = contextvars.ContextVar(
     "poolwatch_tortoise_acquire", default=None
 )
 
@@ -287,7 +279,7 @@ class TortoiseInstrumentation:
                 return await original(self)
             events = instrumentation._pool_events(client)
             ticket = events.acquire_started()
-            record = _Acquire()
+            record = ConnectTime()
             token = _acquire.set(record)
             started = perf_counter()
             try:
