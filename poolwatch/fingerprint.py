@@ -1,0 +1,82 @@
+"""SQL text -> fingerprint: the statement with every value and placeholder made alike.
+
+Two statements that differ only in literals, placeholder style (``$1``, ``?``, ``%s``,
+``%(name)s``, ``:name``), identifier quoting, letter case of keywords, whitespace,
+comments or the length of an ``IN (...)`` list share one fingerprint. That is what groups
+the queries of a loop together for N+1 detection, and a fingerprint never contains a
+value, so it is safe to export.
+
+Pure and cached: the same SQL text is fingerprinted once.
+
+>>> fingerprint('SELECT "a"."id" FROM "a" WHERE "a"."id" IN ($1, $2, $3) LIMIT 10')
+'select a.id from a where a.id in (...) limit ?'
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["fingerprint"]
+
+_CACHE_MAX = 4096
+_cache: dict[str, str] = {}
+
+# One alternation, scanned left to right, so a quote inside a comment or a "?" inside a
+# string literal is never mistaken for something else.
+_TOKEN = re.compile(
+    r"""
+      (?P<comment>--[^\n]*|/\*.*?\*/)
+    | (?P<string>'(?:[^']|'')*'|E'(?:[^'\\]|\\.|'')*')
+    | (?P<dollar>\$(?P<tag>[A-Za-z_]*)\$.*?\$(?P=tag)\$)
+    | (?P<quoted>"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\])
+    | (?P<param>\$\d+|\?|%s|%\([^)]*\)s|(?<![:\w]):[A-Za-z_]\w*)
+    | (?P<number>(?<![\w.])-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.]))
+    | (?P<space>\s+)
+    | (?P<word>[A-Za-z_][\w$]*)
+    | (?P<other>.)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+# Tokens are joined by single spaces first, so "id=?" and "id = ?" agree; these then
+# collapse "in ( ? , ? )" of any length and multi-row "values ( ? , ? ) , ( ? , ? )".
+_IN_LIST = re.compile(r"\bin \( \?(?: , \?)* \)")
+_VALUES_ROWS = re.compile(r"\bvalues (\( \?(?: , \?)* \))(?: , \( \?(?: , \?)* \))*")
+_TIDY = (("( ", "("), (" )", ")"), (" , ", ", "), (" . ", "."), (" ;", ";"), (" : : ", "::"))
+
+
+def _normalise(sql: str) -> str:
+    tokens: list[str] = []
+    for match in _TOKEN.finditer(sql):
+        kind = match.lastgroup
+        text = match.group()
+        if kind in ("comment", "space"):
+            continue
+        if kind in ("string", "dollar", "param", "number"):
+            tokens.append("?")
+        elif kind == "quoted":
+            tokens.append(text[1:-1].replace('""', '"').lower())
+        elif kind == "word":
+            tokens.append(text.lower())
+        else:
+            tokens.append(text)
+    text = " ".join(tokens)
+    text = _IN_LIST.sub("in (...)", text)
+    text = _VALUES_ROWS.sub(r"values \1", text)
+    for before, after in _TIDY:
+        text = text.replace(before, after)
+    return text
+
+
+def fingerprint(sql: str) -> str:
+    """The fingerprint of ``sql`` (lower-case, values replaced by ``?``).
+
+    >>> fingerprint("select * from t where id = 5") == fingerprint("SELECT * FROM t WHERE id=?")
+    True
+    """
+    result = _cache.get(sql)
+    if result is None:
+        result = _normalise(sql)
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[sql] = result
+    return result
