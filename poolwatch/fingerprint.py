@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["fingerprint"]
+from poolwatch.textcache import TextCache
 
-_CACHE_MAX = 4096
-_cache: dict[str, str] = {}
+__all__ = ["fingerprint"]
 
 # One alternation, scanned left to right, so a quote inside a comment or a "?" inside a
 # string literal is never mistaken for something else.
@@ -67,16 +66,13 @@ def _normalise(sql: str) -> str:
     return text
 
 
+_memo = TextCache(_normalise)
+
+
 def fingerprint(sql: str) -> str:
     """The fingerprint of ``sql`` (lower-case, values replaced by ``?``).
 
     >>> fingerprint("select * from t where id = 5") == fingerprint("SELECT * FROM t WHERE id=?")
     True
     """
-    result = _cache.get(sql)
-    if result is None:
-        result = _normalise(sql)
-        if len(_cache) >= _CACHE_MAX:
-            _cache.clear()
-        _cache[sql] = result
-    return result
+    return _memo.get(sql)

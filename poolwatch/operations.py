@@ -6,12 +6,9 @@ classification is a dictionary hit on the hot path.
 
 from __future__ import annotations
 
-OPERATIONS = ("SELECT", "INSERT", "UPDATE", "DELETE", "OTHER")
+from poolwatch.textcache import TextCache
 
-# Raw SQL with inlined literals could make the set of distinct texts unbounded; the cache
-# is simply emptied when it grows past this size.
-_CACHE_MAX = 4096
-_cache: dict[str, str] = {}
+OPERATIONS = ("SELECT", "INSERT", "UPDATE", "DELETE", "OTHER")
 
 
 def _classify(sql: str) -> str:
@@ -43,6 +40,9 @@ def _classify(sql: str) -> str:
     return "OTHER"
 
 
+_memo = TextCache(_classify)
+
+
 def operation_of(sql: str) -> str:
     """Return the operation label for ``sql``.
 
@@ -51,10 +51,4 @@ def operation_of(sql: str) -> str:
     >>> operation_of("WITH x AS (SELECT 1) DELETE FROM t")
     'DELETE'
     """
-    op = _cache.get(sql)
-    if op is None:
-        op = _classify(sql)
-        if len(_cache) >= _CACHE_MAX:
-            _cache.clear()
-        _cache[sql] = op
-    return op
+    return _memo.get(sql)

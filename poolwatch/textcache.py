@@ -1,0 +1,33 @@
+"""A bounded memo for pure functions of SQL text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["TextCache"]
+
+
+class TextCache:
+    """Remembers ``compute(sql)`` per SQL text, emptied when it reaches ``max_entries``.
+
+    ORMs send the same parameterised text again and again, so the hot path is one dict
+    hit. Raw SQL with inlined literals could make the set of texts unbounded; clearing
+    (rather than evicting one by one) keeps the miss path as cheap as the hit path.
+    """
+
+    __slots__ = ("_compute", "_entries", "_max")
+
+    def __init__(self, compute: Callable[[str], str], max_entries: int = 4096) -> None:
+        self._compute = compute
+        self._entries: dict[str, str] = {}
+        self._max = max_entries
+
+    def get(self, sql: str) -> str:
+        """``compute(sql)``, computed once per distinct text."""
+        result = self._entries.get(sql)
+        if result is None:
+            result = self._compute(sql)
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[sql] = result
+        return result
