@@ -15,19 +15,24 @@ from __future__ import annotations
 
 from poolwatch.agent import PoolWatch
 from poolwatch.config import Settings
-from poolwatch.context import current_route, scope
-from poolwatch.errors import ConfigError, PoolWatchError
-from poolwatch.events import PoolEvents, PoolProbe, PoolState
+from poolwatch.context import allow_nplusone, current_route, scope
+from poolwatch.errors import ConfigError, NPlusOneError, NPlusOneWarning, PoolWatchError
+from poolwatch.events import Finding, PoolEvents, PoolProbe, PoolState, QueryEvent
 
 __all__ = [
     "ConfigError",
+    "Finding",
+    "NPlusOneError",
+    "NPlusOneWarning",
     "PoolEvents",
     "PoolProbe",
     "PoolState",
     "PoolWatch",
     "PoolWatchError",
+    "QueryEvent",
     "Settings",
     "__version__",
+    "allow_nplusone",
     "current_route",
     "scope",
 ]

@@ -11,11 +11,13 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from poolwatch import context
 from poolwatch.config import Settings
 from poolwatch.context import WorkScope
-from poolwatch.errors import ConfigError, PoolWatchError
+from poolwatch.errors import ConfigError, NPlusOneError, PoolWatchError
 from poolwatch.events import PoolEvents, PoolProbe, PoolState
+from poolwatch.hints import Relation, suggest
 from poolwatch.metrics import Metrics, PoolSource, PoolStateCollector
 from poolwatch.middleware import ASGIApp, PoolWatchMiddleware
 from poolwatch.observer import PoolObserver
+from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
 
 __all__ = ["PoolWatch"]
@@ -23,6 +25,10 @@ __all__ = ["PoolWatch"]
 
 def _no_state() -> PoolState | None:
     return None
+
+
+def _no_relations() -> list[Relation]:
+    return []
 
 
 class PoolWatch:
@@ -66,6 +72,10 @@ class PoolWatch:
                 "already holds poolwatch's metrics; give each PoolWatch its own registry",
             ) from exc
         self.faults = FaultReporter(self.metrics.count_internal_error)
+        self.recorder = QueryRecorder(self.settings, self.metrics, self._suggest)
+        # pool -> (ORM name, its relations); read when a finding needs a suggestion
+        self._relations: dict[str, tuple[str, Callable[[], list[Relation]]]] = {}
+        self._suggestions: dict[tuple[str, str, str], str] = {}
         self._observers: dict[str, PoolObserver] = {}
         self._probes: dict[str, PoolProbe] = {}
         self._undo: list[Callable[[], None]] = []
@@ -84,13 +94,19 @@ class PoolWatch:
         """
         observer = self._observers.get(name)
         if observer is None:
-            observer = self._observers[name] = PoolObserver(name, self.metrics, self.faults)
+            observer = self._observers[name] = PoolObserver(
+                name, self.metrics, self.faults, self.recorder
+            )
         return observer
 
     def set_pool_probe(self, name: str, probe: PoolProbe) -> None:
         """Read the pool called ``name`` with ``probe`` at scrape time."""
         self.pool_events(name)
         self._probes[name] = probe
+
+    def findings(self) -> list[dict[str, Any]]:
+        """The recent findings, newest first, as served on ``findings_path``."""
+        return self.recorder.recent.recent()
 
     def _forget_probe(self, name: str) -> None:
         self._probes.pop(name, None)
@@ -132,6 +148,9 @@ class PoolWatch:
             "registry": self.registry,
             "faults": self.faults,
             "metrics_path": settings.metrics_path if settings.expose_metrics else None,
+            "findings_path": settings.findings_path if settings.expose_findings else None,
+            "findings": self.findings,
+            "owner": self,
             "exclude_paths": frozenset(settings.exclude_paths),
             "is_active": self._is_active,
         }
@@ -156,11 +175,14 @@ class PoolWatch:
 
         clients: dict[str, Any] = {}
 
+        from poolwatch.adapters.tortoise_relations import tortoise_relations
+
         def on_client(name: str, client: Any) -> None:
             first = name not in clients
             clients[name] = client
             if first:
                 self.set_pool_probe(name, lambda: read_pool_state(clients[name]))
+                self._relations[name] = ("tortoise", tortoise_relations)
 
         instrumentation = TortoiseInstrumentation(self.pool_events, on_client)
         instrumentation.install()
@@ -176,6 +198,7 @@ class PoolWatch:
         if pool in self._probes:
             raise ConfigError("pool", pool, "is already instrumented; give each engine a name")
         from poolwatch.adapters.sqlalchemy import SQLAlchemyInstrumentation
+        from poolwatch.adapters.sqlalchemy_relations import sqlalchemy_relations
 
         existed = pool in self._observers
         instrumentation = SQLAlchemyInstrumentation(engine, self.pool_events(pool), self.faults)
@@ -186,6 +209,7 @@ class PoolWatch:
                 self._observers.pop(pool, None)
             raise
         self.set_pool_probe(pool, instrumentation.probe)
+        self._relations[pool] = ("sqlalchemy", sqlalchemy_relations)
         self._activate()
         self._undo.append(instrumentation.uninstall)
         self._undo.append(lambda: self._forget_probe(pool))
@@ -204,11 +228,32 @@ class PoolWatch:
             raise PoolWatchError(f"uninstrument left {len(errors)} error(s)") from errors[0]
 
     def _scope_closed(self, work: WorkScope) -> None:
+        if work.owner is not None and work.owner is not self:
+            return  # a request of another PoolWatch's middleware
         try:
-            route = work.route
-            child = self._scope_children.get(route)
-            if child is None:
-                child = self._scope_children[route] = self.metrics.request_queries.labels(route)
-            child.observe(work.queries)
+            if work.owner is None:  # a scope() block; the middleware times requests
+                route = work.route
+                child = self._scope_children.get(route)
+                if child is None:
+                    child = self._scope_children[route] = self.metrics.request_queries.labels(route)
+                child.observe(work.queries)
+            self.recorder.scope_closed(work)
+        except NPlusOneError:
+            raise
         except Exception as exc:
             self.faults.report("scope", exc)
+
+    def _suggest(self, kind: str, fingerprint: str, pool: str) -> str:
+        key = (kind, fingerprint, pool)
+        text = self._suggestions.get(key)
+        if text is None:
+            orm, relations = self._relations.get(pool, (None, _no_relations))
+            try:
+                found = relations()
+            except Exception as exc:  # models half-configured: fall back to a generic hint
+                self.faults.report("hints", exc)
+                found = []
+            text = suggest(kind, fingerprint, found, orm)
+            if found and len(self._suggestions) < 4096:
+                self._suggestions[key] = text
+        return text

@@ -9,6 +9,7 @@ environment variables. The environment is read by :meth:`Settings.from_env` when
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = ["Settings"]
 _ENV_PREFIX = "POOLWATCH_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+MODES = ("off", "log", "raise")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -34,6 +36,24 @@ class Settings:
             The metrics path is always excluded.
         use_global_registry: register metrics in prometheus_client's global ``REGISTRY``
             instead of a registry of this PoolWatch's own.
+        nplusone_mode: ``"off"`` (no findings at all), ``"log"`` (count, log and list
+            them) or ``"raise"`` (also raise :class:`~poolwatch.NPlusOneError` when a
+            request or scope ends with an N+1 or duplicate finding).
+        nplusone_threshold: statements of one fingerprint from one call site that make
+            an N+1 (or a bulk-write hint).
+        nplusone_min_duration: seconds those statements must take together to count
+            (0: fast loops are loops too).
+        duplicate_threshold: identical statements (same parameters) that make a
+            duplicate finding.
+        slow_query_threshold: seconds after which one statement is a slow query.
+        allow_routes, allow_fingerprints, allow_call_sites: shell-style patterns of
+            findings never to report (``"/admin/*"``, ``"select * from audit*"``,
+            ``"*/reports.py:*"``).
+        ignore_modules: module prefixes to skip, like the ORM's, when looking for the
+            call site (an application's own data-access layer).
+        findings_path: path serving the recent findings as JSON.
+        expose_findings: serve ``findings_path`` at all.
+        findings_log_interval: seconds between two log lines about the same fingerprint.
     """
 
     enabled: bool = True
@@ -41,18 +61,40 @@ class Settings:
     expose_metrics: bool = True
     exclude_paths: tuple[str, ...] = ()
     use_global_registry: bool = False
+    nplusone_mode: str = "log"
+    nplusone_threshold: int = 5
+    nplusone_min_duration: float = 0.0
+    duplicate_threshold: int = 2
+    slow_query_threshold: float = 0.5
+    allow_routes: tuple[str, ...] = ()
+    allow_fingerprints: tuple[str, ...] = ()
+    allow_call_sites: tuple[str, ...] = ()
+    ignore_modules: tuple[str, ...] = ()
+    findings_path: str = "/poolwatch/findings"
+    expose_findings: bool = True
+    findings_log_interval: float = 60.0
 
     def __post_init__(self) -> None:
-        _check_bool("enabled", self.enabled)
-        _check_bool("expose_metrics", self.expose_metrics)
-        _check_bool("use_global_registry", self.use_global_registry)
+        for name in ("enabled", "expose_metrics", "use_global_registry", "expose_findings"):
+            _check_bool(name, getattr(self, name))
         _check_path("metrics_path", self.metrics_path)
-        if isinstance(self.exclude_paths, str) or not isinstance(self.exclude_paths, tuple):
-            raise ConfigError(
-                "exclude_paths", self.exclude_paths, "must be a tuple of paths starting with '/'"
-            )
+        _check_path("findings_path", self.findings_path)
+        _check_strings("exclude_paths", self.exclude_paths)
         for path in self.exclude_paths:
             _check_path("exclude_paths", path)
+        for name in ("allow_routes", "allow_fingerprints", "allow_call_sites", "ignore_modules"):
+            _check_strings(name, getattr(self, name))
+        if self.nplusone_mode not in MODES:
+            raise ConfigError("nplusone_mode", self.nplusone_mode, f"must be one of {MODES}")
+        _check_number("nplusone_threshold", self.nplusone_threshold, int, minimum=2)
+        _check_number("duplicate_threshold", self.duplicate_threshold, int, minimum=2)
+        _check_number("nplusone_min_duration", self.nplusone_min_duration, float, minimum=0)
+        _check_number("findings_log_interval", self.findings_log_interval, float, minimum=0)
+        _check_number("slow_query_threshold", self.slow_query_threshold, float, minimum=0)
+        if self.slow_query_threshold <= 0:
+            raise ConfigError(
+                "slow_query_threshold", self.slow_query_threshold, "must be more than 0 seconds"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -70,7 +112,7 @@ class Settings:
             env_name = _ENV_PREFIX + field.name.upper()
             if field.name in overrides:
                 value = overrides[field.name]
-                if field.name == "exclude_paths" and isinstance(value, list):
+                if isinstance(value, list) and field.type == "tuple[str, ...]":
                     value = tuple(value)
                 values[field.name] = value
             elif env_name in environ:
@@ -86,14 +128,32 @@ def _parse(name: str, raw: str, kind: object) -> object:
         if text.lower() in _FALSE:
             return False
         raise ConfigError(name, raw, f"must be one of {sorted(_TRUE | _FALSE)}")
-    if kind in ("tuple[str, ...]",):
+    if kind == "tuple[str, ...]":
         return tuple(p.strip() for p in text.split(",") if p.strip())
+    if kind in ("int", "float"):
+        try:
+            return int(text) if kind == "int" else float(text)
+        except ValueError:
+            raise ConfigError(name, raw, f"must be a number ({kind})") from None
     return text
 
 
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise ConfigError(name, value, "must be True or False")
+
+
+def _check_strings(name: str, value: object) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(name, value, "must be a tuple of non-empty strings")
+
+
+def _check_number(name: str, value: object, kind: type, *, minimum: float) -> None:
+    # bool is an int to Python, never a count or a duration here
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise ConfigError(name, value, f"must be a number ({kind.__name__})")
+    if value < minimum or math.isnan(value):
+        raise ConfigError(name, value, f"must be at least {minimum}")
 
 
 def _check_path(name: str, value: object) -> None:

@@ -12,9 +12,22 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Generator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["NO_ROUTE", "UNMATCHED", "WorkScope", "current_route", "current_scope", "scope"]
+from poolwatch.errors import NPlusOneError
+
+if TYPE_CHECKING:
+    from poolwatch.detect import ScopeQueries
+
+__all__ = [
+    "NO_ROUTE",
+    "UNMATCHED",
+    "WorkScope",
+    "allow_nplusone",
+    "current_route",
+    "current_scope",
+    "scope",
+]
 
 NO_ROUTE = "none"
 UNMATCHED = "unmatched"
@@ -23,16 +36,22 @@ UNMATCHED = "unmatched"
 class WorkScope:
     """One unit of work: an HTTP request or a ``poolwatch.scope(name)`` block."""
 
-    __slots__ = ("_asgi", "_route", "queries")
+    __slots__ = ("_asgi", "_route", "grouped", "owner", "queries")
 
     def __init__(
         self,
         route: str | None = None,
         asgi_scope: Mapping[str, Any] | None = None,
+        owner: object = None,
     ) -> None:
         self._route = route
         self._asgi = asgi_scope
         self.queries = 0
+        # The PoolWatch whose middleware opened this scope; None for scope() blocks,
+        # which every active PoolWatch judges.
+        self.owner = owner
+        # Its statements grouped for N+1 detection, made on the first one recorded.
+        self.grouped: ScopeQueries | None = None
 
     @property
     def route(self) -> str:
@@ -73,13 +92,19 @@ _current: contextvars.ContextVar[WorkScope | None] = contextvars.ContextVar(
 
 current_scope = _current.get
 
-# Callbacks run when a ``scope()`` block ends; a PoolWatch adds one while it is instrumented
-# (and removes it in ``uninstrument``), so scope blocks feed its queries-per-scope histogram.
+_allowed: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "poolwatch_allow_nplusone", default=False
+)
+
+nplusone_allowed = _allowed.get
+
+# Callbacks run when a scope (request or ``scope()`` block) ends: each active PoolWatch
+# (added at construction, removed by ``uninstrument``) and each testing.capture() block.
 _scope_listeners: list[Callable[[WorkScope], None]] = []
 
 
 def add_scope_listener(listener: Callable[[WorkScope], None]) -> None:
-    """Call ``listener(work)`` whenever a :func:`scope` block ends."""
+    """Call ``listener(work)`` whenever a scope ends."""
     _scope_listeners.append(listener)
 
 
@@ -93,6 +118,43 @@ def current_route() -> str:
     """The route label queries issued here are counted under (``none`` outside any scope)."""
     work = _current.get()
     return NO_ROUTE if work is None else work.route
+
+
+def close(work: WorkScope, *, raise_findings: bool) -> None:
+    """Tell every listener that ``work`` has ended.
+
+    A listener in ``raise`` mode raises :class:`NPlusOneError`; the others still run,
+    and the error is raised afterwards only if the scope ended normally
+    (``raise_findings``), so it never hides the application's own exception.
+    """
+    error: NPlusOneError | None = None
+    for listener in tuple(_scope_listeners):
+        try:
+            listener(work)
+        except NPlusOneError as exc:
+            error = error or exc
+    if work.grouped is not None:
+        work.grouped.closed = True
+    if error is not None and raise_findings:
+        raise error
+
+
+@contextmanager
+def allow_nplusone() -> Generator[None, None, None]:
+    """Leave the statements of this block out of N+1 and duplicate detection.
+
+    For a loop that is known and accepted (an admin export); tasks started inside
+    inherit it::
+
+        with poolwatch.allow_nplusone():
+            for row in rows:
+                await row.fetch_related("owner")
+    """
+    token = _allowed.set(True)
+    try:
+        yield
+    finally:
+        _allowed.reset(token)
 
 
 def enter(work: WorkScope) -> contextvars.Token[WorkScope | None]:
@@ -120,7 +182,9 @@ def scope(name: str) -> Generator[WorkScope, None, None]:
     token = _current.set(work)
     try:
         yield work
-    finally:
+    except BaseException:
         _current.reset(token)
-        for listener in tuple(_scope_listeners):
-            listener(work)
+        close(work, raise_findings=False)
+        raise
+    _current.reset(token)
+    close(work, raise_findings=True)

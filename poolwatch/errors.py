@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "PoolWatchError"]
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from poolwatch.events import Finding
+
+__all__ = ["ConfigError", "NPlusOneError", "NPlusOneWarning", "PoolWatchError"]
 
 
 class PoolWatchError(Exception):
@@ -21,3 +27,21 @@ class ConfigError(PoolWatchError, ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"{setting}={value!r}: {allowed}")
+
+
+class NPlusOneError(PoolWatchError, AssertionError):
+    """A request or scope ended with N+1 or duplicate queries (``nplusone_mode="raise"``).
+
+    An ``AssertionError`` so that a test hitting it fails rather than errors.
+    ``findings`` lists every :class:`~poolwatch.Finding` of that request or block.
+    """
+
+    def __init__(self, findings: Sequence[Finding], where: str = "") -> None:
+        self.findings = list(findings)
+        lines = [f"{len(self.findings)} query finding(s){' in ' + where if where else ''}:"]
+        lines += [f"  - {finding}" for finding in self.findings]
+        super().__init__("\n".join(lines))
+
+
+class NPlusOneWarning(UserWarning):
+    """Issued by the pytest plugin in ``--poolwatch-nplusone=warn`` mode."""

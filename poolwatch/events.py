@@ -7,9 +7,25 @@ reads the pool's own counters at scrape time. Neither side knows about Prometheu
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+import dataclasses
+from typing import Any, NamedTuple, Protocol
 
-__all__ = ["PoolEvents", "PoolProbe", "PoolState"]
+__all__ = [
+    "BULK_WRITE",
+    "DUPLICATE",
+    "NPLUSONE",
+    "SLOW_QUERY",
+    "Finding",
+    "PoolEvents",
+    "PoolProbe",
+    "PoolState",
+    "QueryEvent",
+]
+
+NPLUSONE = "nplusone"
+DUPLICATE = "duplicate"
+SLOW_QUERY = "slow_query"
+BULK_WRITE = "bulk_write"
 
 
 class PoolState(NamedTuple):
@@ -61,6 +77,61 @@ class PoolEvents(Protocol):
         """A new database connection took ``seconds`` to open."""
         ...
 
-    def query(self, sql: str, seconds: float, failed: bool) -> None:
-        """One statement ran (its text only; parameters are never passed here)."""
+    def query(self, sql: str, seconds: float, failed: bool, params: Any = None) -> None:
+        """One statement ran.
+
+        ``params`` are the statement's parameters, used only to tell an exact repeat from
+        a loop: they are hashed, never stored, logged or exported.
+        """
         ...
+
+
+class QueryEvent(NamedTuple):
+    """One statement as N+1 detection and :func:`poolwatch.testing.capture` see it.
+
+    It holds no parameter values: ``identity`` is a hash of the SQL text and its
+    parameters, only good for telling whether two statements were exactly the same.
+    """
+
+    fingerprint: str
+    operation: str
+    call_site: str
+    seconds: float
+    failed: bool
+    pool: str
+    route: str
+    in_list: int
+    identity: int | None
+
+    def __str__(self) -> str:
+        return f"{self.fingerprint}  [{self.call_site}]"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finding:
+    """Something to fix in how a request uses the database.
+
+    ``kind`` is ``"nplusone"`` (one query per row of an earlier result), ``"duplicate"``
+    (the very same query and parameters again), ``"slow_query"`` or ``"bulk_write"``
+    (one INSERT/UPDATE/DELETE per row where one batched statement would do).
+    ``duration`` is the total time of the ``count`` statements, in seconds.
+    """
+
+    kind: str
+    route: str
+    fingerprint: str
+    count: int
+    duration: float
+    call_site: str
+    suggestion: str
+    pool: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind} on {self.route}: {self.count} x {self.fingerprint!r} "
+            f"({self.duration * 1000:.1f} ms) at {self.call_site}. {self.suggestion}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The finding as JSON-ready values."""
+        return dataclasses.asdict(self)

@@ -15,10 +15,12 @@ Pure and cached: the same SQL text is fingerprinted once.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
+from poolwatch.operations import operation_of
 from poolwatch.textcache import TextCache
 
-__all__ = ["fingerprint"]
+__all__ = ["SqlShape", "fingerprint", "shape"]
 
 # One alternation, scanned left to right, so a quote inside a comment or a "?" inside a
 # string literal is never mistaken for something else.
@@ -39,11 +41,14 @@ _TOKEN = re.compile(
 # Tokens are joined by single spaces first, so "id=?" and "id = ?" agree; these then
 # collapse "in ( ? , ? )" of any length and multi-row "values ( ? , ? ) , ( ? , ? )".
 _IN_LIST = re.compile(r"\bin \( \?(?: , \?)* \)")
+# A cast on a placeholder ("$1::INTEGER", SQLAlchemy on asyncpg) says nothing about the
+# value; dropping it lets the IN-list rule below see "in ( ? , ? )".
+_PARAM_CAST = re.compile(r"\? : : [a-z_]\w*(?: \[ \])?")
 _VALUES_ROWS = re.compile(r"\bvalues (\( \?(?: , \?)* \))(?: , \( \?(?: , \?)* \))*")
 _TIDY = (("( ", "("), (" )", ")"), (" , ", ", "), (" . ", "."), (" ;", ";"), (" : : ", "::"))
 
 
-def _normalise(sql: str) -> str:
+def _tokens(sql: str) -> str:
     tokens: list[str] = []
     for match in _TOKEN.finditer(sql):
         kind = match.lastgroup
@@ -58,7 +63,10 @@ def _normalise(sql: str) -> str:
             tokens.append(text.lower())
         else:
             tokens.append(text)
-    text = " ".join(tokens)
+    return _PARAM_CAST.sub("?", " ".join(tokens))
+
+
+def _collapse(text: str) -> str:
     text = _IN_LIST.sub("in (...)", text)
     text = _VALUES_ROWS.sub(r"values \1", text)
     for before, after in _TIDY:
@@ -66,7 +74,23 @@ def _normalise(sql: str) -> str:
     return text
 
 
-_memo = TextCache(_normalise)
+class SqlShape(NamedTuple):
+    """What N+1 detection needs to know about one SQL text."""
+
+    fingerprint: str
+    operation: str
+    """``SELECT``, ``INSERT``, ``UPDATE``, ``DELETE`` or ``OTHER`` (see :mod:`operations`)."""
+    in_list: int
+    """Items in the longest ``IN (...)`` list: more than one makes the query a batch."""
+
+
+def _shape(sql: str) -> SqlShape:
+    text = _tokens(sql)
+    longest = max((m.group().count("?") for m in _IN_LIST.finditer(text)), default=0)
+    return SqlShape(_collapse(text), operation_of(sql), longest)
+
+
+_memo = TextCache(_shape)
 
 
 def fingerprint(sql: str) -> str:
@@ -74,5 +98,14 @@ def fingerprint(sql: str) -> str:
 
     >>> fingerprint("select * from t where id = 5") == fingerprint("SELECT * FROM t WHERE id=?")
     True
+    """
+    return _memo.get(sql).fingerprint
+
+
+def shape(sql: str) -> SqlShape:
+    """Fingerprint, operation and ``IN``-list length of ``sql``, computed once per text.
+
+    >>> shape("SELECT * FROM t WHERE id IN (?, ?)")
+    SqlShape(fingerprint='select * from t where id in (...)', operation='SELECT', in_list=2)
     """
     return _memo.get(sql)

@@ -105,6 +105,24 @@ class Metrics:
             registry=registry,
             buckets=QUERIES_BUCKETS,
         )
+        self.nplusone = Counter(
+            "poolwatch_nplusone",
+            "Requests (or scopes) with at least one N+1 query pattern.",
+            ["route"],
+            registry=registry,
+        )
+        self.duplicate_queries = Counter(
+            "poolwatch_duplicate_queries",
+            "Requests (or scopes) that ran one statement with the same parameters twice.",
+            ["route"],
+            registry=registry,
+        )
+        self.slow_queries = Counter(
+            "poolwatch_slow_queries",
+            "Statements that took longer than the slow-query threshold.",
+            ["route"],
+            registry=registry,
+        )
         self.internal_errors = Counter(
             "poolwatch_internal_errors",
             "Exceptions raised inside poolwatch itself, counted and swallowed.",

@@ -1,5 +1,8 @@
 """Plain ASGI middleware: times each request, binds its scope, serves ``/metrics``.
 
+It also serves the recent query findings as JSON (``/poolwatch/findings``), and ends each
+request's scope, which is when N+1 detection judges it.
+
 Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``: the request's context variables
 then reach the endpoint, the threadpool and background tasks, and streaming responses are
 untouched. The request duration ends when the last body chunk is sent; background tasks
@@ -8,6 +11,7 @@ that run afterwards still count their queries towards the request.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
@@ -71,15 +75,22 @@ class PoolWatchMiddleware:
         registry: CollectorRegistry,
         faults: FaultReporter,
         metrics_path: str | None = "/metrics",
+        findings_path: str | None = None,
+        findings: Callable[[], list[dict[str, Any]]] = list,
         exclude_paths: frozenset[str] = frozenset(),
         is_active: Callable[[], bool] = lambda: True,
+        owner: object = None,
     ) -> None:
         self.app = app
         self._registry = registry
         self._faults = faults
         self._metrics_path = metrics_path
-        self._excluded = exclude_paths | ({metrics_path} if metrics_path else set())
+        self._findings_path = findings_path
+        self._findings = findings
+        served = {p for p in (metrics_path, findings_path) if p}
+        self._excluded = exclude_paths | served
         self._is_active = is_active
+        self._owner = owner
         self._http = metrics.http_duration
         self._queries = metrics.request_queries
         self._http_children: dict[tuple[str, str, str], Any] = {}
@@ -93,11 +104,13 @@ class PoolWatchMiddleware:
         if path in self._excluded:
             if path == self._metrics_path:
                 await self._serve_metrics(scope, send)
+            elif path == self._findings_path:
+                await self._serve_findings(scope, send)
             else:
                 await self.app(scope, receive, send)
             return
 
-        work = WorkScope(asgi_scope=scope)
+        work = WorkScope(asgi_scope=scope, owner=self._owner)
         token = context.enter(work)
         request = _Request(send)
         try:
@@ -105,10 +118,14 @@ class PoolWatchMiddleware:
         except BaseException:
             if not request.status:
                 request.status = 500
-            raise
-        finally:
             context.leave(token)
             self._record(scope, work, request)
+            context.close(work, raise_findings=False)
+            raise
+        context.leave(token)
+        self._record(scope, work, request)
+        # In nplusone_mode="raise" this raises NPlusOneError, after the response was sent.
+        context.close(work, raise_findings=True)
 
     def _record(self, scope: Scope, work: WorkScope, request: _Request) -> None:
         try:
@@ -130,14 +147,7 @@ class PoolWatchMiddleware:
             self._faults.report("middleware", exc)
 
     async def _serve_metrics(self, scope: Scope, send: Send) -> None:
-        if scope.get("method") not in ("GET", "HEAD"):
-            await _respond(
-                send,
-                405,
-                body=b"Method Not Allowed\n",
-                content_type=b"text/plain",
-                extra=[(b"allow", b"GET")],
-            )
+        if not await _method_allowed(scope, send):
             return
         accept = ""
         for name, value in scope.get("headers", ()):
@@ -157,6 +167,37 @@ class PoolWatchMiddleware:
             content_type=content_type.encode("latin-1"),
             head=scope.get("method") == "HEAD",
         )
+
+    async def _serve_findings(self, scope: Scope, send: Send) -> None:
+        if not await _method_allowed(scope, send):
+            return
+        try:
+            body = json.dumps({"findings": self._findings()}, indent=1).encode()
+        except Exception as exc:
+            self._faults.report("findings", exc)
+            await _respond(send, 500, body=b"findings unavailable\n", content_type=b"text/plain")
+            return
+        await _respond(
+            send,
+            200,
+            body=body,
+            content_type=b"application/json",
+            head=scope.get("method") == "HEAD",
+        )
+
+
+async def _method_allowed(scope: Scope, send: Send) -> bool:
+    """GET and HEAD only, for the endpoints poolwatch serves itself."""
+    if scope.get("method") in ("GET", "HEAD"):
+        return True
+    await _respond(
+        send,
+        405,
+        body=b"Method Not Allowed\n",
+        content_type=b"text/plain",
+        extra=[(b"allow", b"GET, HEAD")],
+    )
+    return False
 
 
 async def _respond(

@@ -16,6 +16,7 @@ from typing import Any
 from poolwatch.context import NO_ROUTE, current_scope
 from poolwatch.metrics import Metrics
 from poolwatch.operations import operation_of
+from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
 
 __all__ = ["PoolObserver"]
@@ -30,9 +31,16 @@ def _is_timeout(exc: BaseException) -> bool:
 class PoolObserver:
     """The :class:`~poolwatch.events.PoolEvents` of one named pool."""
 
-    def __init__(self, name: str, metrics: Metrics, faults: FaultReporter) -> None:
+    def __init__(
+        self,
+        name: str,
+        metrics: Metrics,
+        faults: FaultReporter,
+        recorder: QueryRecorder | None = None,
+    ) -> None:
         self.name = name
         self._faults = faults
+        self._recorder = recorder
         self._tickets = itertools.count()
         # ticket -> perf_counter() at the start of the wait
         self._waiting: dict[int, float] = {}
@@ -100,7 +108,7 @@ class PoolObserver:
         except Exception as exc:
             self._faults.report("pool", exc)
 
-    def query(self, sql: str, seconds: float, failed: bool) -> None:
+    def query(self, sql: str, seconds: float, failed: bool, params: Any = None) -> None:
         try:
             work = current_scope()
             if work is None:
@@ -117,3 +125,10 @@ class PoolObserver:
                 self._errors.labels(self.name, *key).inc()
         except Exception as exc:
             self._faults.report("query", exc)
+            return
+        recorder = self._recorder
+        if recorder is not None and recorder.active:
+            try:
+                recorder.record(work, sql, seconds, failed, params, pool=self.name)
+            except Exception as exc:
+                self._faults.report("detection", exc)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 __all__ = ["TextCache"]
 
+T = TypeVar("T")
 
-class TextCache:
+
+class TextCache(Generic[T]):
     """Remembers ``compute(sql)`` per SQL text, emptied when it reaches ``max_entries``.
 
     ORMs send the same parameterised text again and again, so the hot path is one dict
@@ -17,12 +20,12 @@ class TextCache:
 
     __slots__ = ("_compute", "_entries", "_max")
 
-    def __init__(self, compute: Callable[[str], str], max_entries: int = 4096) -> None:
+    def __init__(self, compute: Callable[[str], T], max_entries: int = 4096) -> None:
         self._compute = compute
-        self._entries: dict[str, str] = {}
+        self._entries: dict[str, T] = {}
         self._max = max_entries
 
-    def get(self, sql: str) -> str:
+    def get(self, sql: str) -> T:
         """``compute(sql)``, computed once per distinct text."""
         result = self._entries.get(sql)
         if result is None:

@@ -12,13 +12,18 @@ import poolwatch
 def test_public_names_are_pinned() -> None:
     assert sorted(poolwatch.__all__) == [
         "ConfigError",
+        "Finding",
+        "NPlusOneError",
+        "NPlusOneWarning",
         "PoolEvents",
         "PoolProbe",
         "PoolState",
         "PoolWatch",
         "PoolWatchError",
+        "QueryEvent",
         "Settings",
         "__version__",
+        "allow_nplusone",
         "current_route",
         "scope",
     ]

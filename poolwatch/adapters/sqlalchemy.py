@@ -207,7 +207,13 @@ class SQLAlchemyInstrumentation:
             for name, listener in self._pool_listeners():
                 event.listen(self._anchor, name, listener)
             for method in _EXECUTE_METHODS:
-                self._shadow(dialect, method, self._timed_statement(getattr(dialect, method)))
+                self._shadow(
+                    dialect,
+                    method,
+                    self._timed_statement(
+                        getattr(dialect, method), method != "do_execute_no_params"
+                    ),
+                )
             self._hook_pool(pool, adopt_listeners=True)
         except BaseException:
             self.uninstall()
@@ -281,7 +287,9 @@ class SQLAlchemyInstrumentation:
 
     # -- wrappers (hot path) -------------------------------------------------------------
 
-    def _timed_statement(self, original: Callable[..., Any]) -> Callable[..., Any]:
+    def _timed_statement(
+        self, original: Callable[..., Any], has_params: bool
+    ) -> Callable[..., Any]:
         query = self._events.query
         report = self._faults.report
         clock = perf_counter
@@ -296,13 +304,14 @@ class SQLAlchemyInstrumentation:
                 elapsed = clock() - started
                 try:
                     # A cancelled statement is not a database error; its time is real.
-                    query(statement, elapsed, isinstance(exc, Exception))
+                    params = args[0] if has_params and args else None
+                    query(statement, elapsed, isinstance(exc, Exception), params)
                 except Exception as err:
                     report(_COMPONENT, err)
                 raise
             elapsed = clock() - started
             try:
-                query(statement, elapsed, False)
+                query(statement, elapsed, False, args[0] if has_params and args else None)
             except Exception as err:
                 report(_COMPONENT, err)
             return result

@@ -260,11 +260,11 @@ class TortoiseInstrumentation:
                 elapsed = perf_counter() - started - clock.acquiring
                 _query_clock.reset(token)
                 # A cancelled statement is not a database error; its time is still real.
-                events.query(sql, elapsed, failed=isinstance(exc, Exception))
+                events.query(sql, elapsed, isinstance(exc, Exception), args[0] if args else None)
                 raise
             elapsed = perf_counter() - started - clock.acquiring
             _query_clock.reset(token)
-            events.query(sql, elapsed, failed=False)
+            events.query(sql, elapsed, False, args[0] if args else None)
             return result
 
         return query

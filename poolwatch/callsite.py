@@ -1,0 +1,243 @@
+"""Where in the user's code a query comes from.
+
+The call site of a query is the innermost frame of the running stack that belongs to the
+application rather than to poolwatch, the ORM, the driver, asyncio, Starlette/FastAPI or
+the standard library. Walking the stack is the only way to get it without patching
+attribute access; it is kept cheap by deciding "library or not" once per code object.
+
+Two places hide the user's frame from a plain stack walk, and both are followed:
+
+* SQLAlchemy's asyncio layer runs the ORM in a greenlet whose stack ends at the
+  greenlet; the awaiting coroutines are on the parent greenlet's stack.
+* ``asyncio.gather(*(Author.get(id=i) for i in ids))`` runs each query in a task that
+  holds no user frame at all; the line to blame is where the *awaiting* task waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Iterable
+from types import CodeType, FrameType
+from typing import Any, NamedTuple
+
+__all__ = ["LIBRARY_PACKAGES", "CallSite", "CallSiteFinder"]
+
+# Top-level packages whose frames are never the call site. Everything from the standard
+# library is added at run time (sys.stdlib_module_names).
+LIBRARY_PACKAGES = frozenset(
+    {
+        "poolwatch", "tortoise", "pypika", "pypika_tortoise", "sqlalchemy", "asyncpg",
+        "psycopg", "psycopg_pool", "psycopg2", "aiosqlite", "aiomysql", "asyncmy", "pymysql",
+        "MySQLdb", "starlette", "fastapi", "anyio", "sniffio", "uvicorn", "gunicorn",
+        "hypercorn", "uvloop", "greenlet", "pydantic", "pydantic_core", "httpx", "httpcore",
+        "_pytest", "pytest", "pytest_asyncio", "pluggy", "typing_extensions",
+    }
+)  # fmt: skip
+# poolwatch's own demo is an application: its findings must point into it.
+_APPLICATION_PACKAGES = ("poolwatch.demo",)
+# How far up the awaiting tasks to look (nested gathers) before giving up.
+_MAX_TASK_HOPS = 8
+_MAX_CACHED_CODES = 65536
+
+
+class CallSite(NamedTuple):
+    """A line in the application: ``file:line in function``."""
+
+    file: str
+    line: int
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} in {self.function}"
+
+
+class CallSiteFinder:
+    """Finds the call site of the running code; one per PoolWatch (its ignore list).
+
+    ``ignore_modules`` adds module prefixes (``"myapp.db"``) to treat like a library, for
+    applications that wrap the ORM in a layer of their own.
+    """
+
+    def __init__(self, ignore_modules: Iterable[str] = ()) -> None:
+        self._ignore = tuple(ignore_modules)
+        # code object -> is it library code? Decided once per function.
+        self._library: dict[CodeType, bool] = {}
+        # (code, line) -> "file:line in function", so a loop formats one string
+        self._sites: dict[tuple[CodeType, int], str] = {}
+        self._stop = _task_boundary_codes()
+
+    def find(self) -> str | None:
+        """The call site of the code running now (``file:line in function``), if any."""
+        frame: FrameType | None = sys._getframe(1)
+        frame, stopped_at_task = self._walk(frame)
+        if frame is None:
+            frame = self._from_greenlet_parent()
+        if frame is None and stopped_at_task:
+            frame = self._from_awaiting_task()
+        if frame is None:
+            return None
+        return self._site(frame.f_code, frame.f_lineno)
+
+    # -- the walk ----------------------------------------------------------------------
+
+    def _walk(self, frame: FrameType | None) -> tuple[FrameType | None, bool]:
+        """The first application frame from ``frame`` outwards.
+
+        Stops at the frame that runs an asyncio callback: below it lie the event loop and
+        whatever started it, never the code that issued this query.
+        """
+        library = self._library
+        stop = self._stop
+        while frame is not None:
+            code = frame.f_code
+            verdict = library.get(code)
+            if verdict is None:
+                verdict = self._judge(code, frame)
+            if not verdict:
+                return frame, False
+            if code in stop:
+                return None, True
+            frame = frame.f_back
+        return None, False
+
+    def _judge(self, code: CodeType, frame: FrameType) -> bool:
+        if len(self._library) >= _MAX_CACHED_CODES:
+            self._library.clear()
+        module = frame.f_globals.get("__name__")
+        verdict = is_library_module(module if isinstance(module, str) else "", self._ignore)
+        self._library[code] = verdict
+        return verdict
+
+    def _site(self, code: CodeType, line: int | None) -> str:
+        key = (code, line or 0)
+        site = self._sites.get(key)
+        if site is None:
+            if len(self._sites) >= _MAX_CACHED_CODES:
+                self._sites.clear()
+            site = self._sites[key] = str(
+                CallSite(
+                    display_path(code.co_filename), line or code.co_firstlineno, code.co_qualname
+                )
+            )
+        return site
+
+    # -- where a plain walk cannot see -------------------------------------------------
+
+    def _from_greenlet_parent(self) -> FrameType | None:
+        greenlet = sys.modules.get("greenlet")
+        if greenlet is None:
+            return None
+        current = greenlet.getcurrent()
+        while (parent := current.parent) is not None:
+            frame, _ = self._walk(parent.gr_frame)
+            if frame is not None:
+                return frame
+            current = parent
+        return None
+
+    def _from_awaiting_task(self) -> FrameType | None:
+        try:
+            task: asyncio.Task[Any] | None = asyncio.current_task()
+        except RuntimeError:
+            return None
+        for _ in range(_MAX_TASK_HOPS):
+            if task is None:
+                return None
+            task = awaiting_task(task)
+            if task is None:
+                return None
+            frame = self._innermost_application_frame(task)
+            if frame is not None:
+                return frame
+        return None
+
+    def _innermost_application_frame(self, task: asyncio.Task[Any]) -> FrameType | None:
+        """The application frame nearest to where ``task`` is suspended."""
+        found: FrameType | None = None
+        awaitable: Any = task.get_coro()
+        while awaitable is not None:
+            frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+            if frame is None:
+                break
+            verdict = self._library.get(frame.f_code)
+            if verdict is None:
+                verdict = self._judge(frame.f_code, frame)
+            if not verdict:
+                found = frame
+            awaitable = getattr(awaitable, "cr_await", None) or getattr(
+                awaitable, "gi_yieldfrom", None
+            )
+        return found
+
+
+def is_library_module(module: str, extra: tuple[str, ...] = ()) -> bool:
+    """Whether frames of ``module`` are library code (never a call site)."""
+    if module.startswith(_APPLICATION_PACKAGES):
+        return False
+    top = module.partition(".")[0]
+    if top in LIBRARY_PACKAGES or top in sys.stdlib_module_names:
+        return True
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in extra)
+
+
+def awaiting_task(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
+    """The task that waits for ``task`` through ``gather`` or a ``TaskGroup``, if any.
+
+    Python 3.14 answers this with ``asyncio.capture_call_graph``; before it, the link is
+    only in private attributes: the done-callbacks a child carries (gather's closure over
+    its outer future, or the TaskGroup's bound method) and the future a parent task waits
+    on (``_fut_waiter``). Every access is guarded; on any surprise the answer is "unknown".
+    """
+    graph = getattr(asyncio, "capture_call_graph", None)
+    if graph is not None:
+        try:
+            captured = graph(task, depth=0)
+            for entry in captured.awaited_by if captured is not None else ():
+                if isinstance(entry.future, asyncio.Task):
+                    return entry.future
+        except Exception:
+            return None
+        return None
+    try:
+        callbacks = list(getattr(task, "_callbacks", None) or ())
+        for callback, _context in callbacks:
+            owner = getattr(callback, "__self__", None)
+            parent = getattr(owner, "_parent_task", None)
+            if isinstance(parent, asyncio.Task):
+                return parent
+            for cell in getattr(callback, "__closure__", None) or ():
+                content = cell.cell_contents
+                if isinstance(content, asyncio.Future) and not isinstance(content, asyncio.Task):
+                    for candidate in asyncio.all_tasks():
+                        if getattr(candidate, "_fut_waiter", None) is content:
+                            return candidate
+    except Exception:
+        return None
+    return None
+
+
+def _task_boundary_codes() -> frozenset[CodeType]:
+    # asyncio.events.Handle._run calls every task step and callback; it is pure Python
+    # even where Task itself is in C.
+    return frozenset({asyncio.events.Handle._run.__code__})
+
+
+_display_cache: dict[str, str] = {}
+
+
+def display_path(filename: str) -> str:
+    """``filename`` relative to the working directory or its ``sys.path`` entry."""
+    shown = _display_cache.get(filename)
+    if shown is None:
+        shown = filename
+        if os.path.isabs(filename):
+            roots = [os.getcwd(), *(p for p in sys.path if p and os.path.isabs(p))]
+            for root in sorted(roots, key=len, reverse=True):
+                if filename.startswith(root.rstrip(os.sep) + os.sep):
+                    shown = filename[len(root.rstrip(os.sep)) + 1 :]
+                    break
+        if len(_display_cache) < _MAX_CACHED_CODES:
+            _display_cache[filename] = shown
+    return shown

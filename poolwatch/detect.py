@@ -1,0 +1,212 @@
+"""N+1, duplicate and bulk-write detection over the queries of one scope. Pure.
+
+A :class:`ScopeQueries` is filled with the :class:`~poolwatch.events.QueryEvent` of one
+request (or ``poolwatch.scope`` block) as they happen; :func:`detect` turns it into
+findings under a :class:`Policy`. Nothing here reads a clock, a stack or a setting, so
+the rules are tested by feeding events.
+
+The rules:
+
+* **N+1**: reads with one fingerprint from one call site, ``threshold`` times or more
+  (and ``min_duration`` seconds in total). A group whose statements carry multi-item
+  ``IN (...)`` lists is a chunked batch load, not a loop, and is left alone; one
+  ``IN (?)`` per row is still a loop.
+* **duplicate**: the same statement with the same parameters, ``duplicate_threshold``
+  times, wherever it came from.
+* **bulk write**: INSERT/UPDATE/DELETE with one fingerprint from one call site,
+  ``threshold`` times: a hint to batch, never an N+1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+
+from poolwatch.events import BULK_WRITE, DUPLICATE, NPLUSONE, Finding, QueryEvent
+
+__all__ = ["Policy", "ScopeQueries", "Suggest", "detect", "late_finding"]
+
+# Memory bound per scope: a request with more distinct statements than this is already
+# reported (its loop groups exist long before); the rest is counted, not grouped.
+MAX_GROUPS = 4096
+MAX_REPEATS = 16384
+
+_READS = frozenset({"SELECT"})
+_WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
+
+Suggest = Callable[[str, str, str], str]
+"""``suggest(kind, fingerprint, pool)`` -> what to change, in one sentence."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Policy:
+    """When a group of queries becomes a finding, and which findings to ignore.
+
+    The allow-lists hold shell-style patterns (``fnmatch``): ``"/admin/*"`` for routes,
+    ``"select * from audit_log*"`` for fingerprints, ``"*/reports.py:*"`` for call sites.
+    """
+
+    threshold: int = 5
+    min_duration: float = 0.0
+    duplicate_threshold: int = 2
+    allow_routes: tuple[str, ...] = ()
+    allow_fingerprints: tuple[str, ...] = ()
+    allow_call_sites: tuple[str, ...] = ()
+
+    def allows(self, finding: Finding) -> bool:
+        """Whether ``finding`` is allow-listed (and so not reported)."""
+        return (
+            any(fnmatchcase(finding.route, p) for p in self.allow_routes)
+            or any(fnmatchcase(finding.fingerprint, p) for p in self.allow_fingerprints)
+            or any(fnmatchcase(finding.call_site, p) for p in self.allow_call_sites)
+        )
+
+
+class _Group:
+    """Statements of one fingerprint from one call site."""
+
+    __slots__ = ("batched", "count", "operation", "pool", "seconds")
+
+    def __init__(self, operation: str, pool: str) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.batched = 0
+        self.operation = operation
+        self.pool = pool
+
+
+class _Repeat:
+    """One exact statement (text and parameters) and how often it ran."""
+
+    __slots__ = ("call_site", "count", "fingerprint", "pool", "seconds")
+
+    def __init__(self, event: QueryEvent) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.fingerprint = event.fingerprint
+        self.call_site = event.call_site
+        self.pool = event.pool
+
+
+class ScopeQueries:
+    """The queries of one scope, grouped for detection as they arrive."""
+
+    __slots__ = ("closed", "groups", "repeats", "reported")
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, str], _Group] = {}
+        self.repeats: dict[int, _Repeat] = {}
+        # Set once the scope has been judged; queries arriving later (from a task that
+        # outlived its request) are judged one group at a time.
+        self.closed = False
+        # Kinds already counted for this scope: the counters count scopes, not findings.
+        self.reported: set[str] = set()
+
+    def add(self, event: QueryEvent) -> tuple[tuple[str, str], _Group] | None:
+        """Record ``event``; returns its group (``None`` for statements not grouped)."""
+        operation = event.operation
+        if operation not in _READS and operation not in _WRITES:
+            return None  # BEGIN, COMMIT, SET, PRAGMA: the ORM's bookkeeping
+        key = (event.fingerprint, event.call_site)
+        group = self.groups.get(key)
+        if group is None:
+            if len(self.groups) >= MAX_GROUPS:
+                return None
+            group = self.groups[key] = _Group(operation, event.pool)
+        group.count += 1
+        group.seconds += event.seconds
+        if event.in_list > 1:
+            group.batched += 1
+        if event.identity is not None and operation in _READS:
+            repeat = self.repeats.get(event.identity)
+            if repeat is None and len(self.repeats) < MAX_REPEATS:
+                repeat = self.repeats[event.identity] = _Repeat(event)
+            if repeat is not None:
+                repeat.count += 1
+                repeat.seconds += event.seconds
+        return key, group
+
+
+def _group_finding(
+    key: tuple[str, str], group: _Group, policy: Policy, route: str, suggest: Suggest
+) -> Finding | None:
+    if group.count < policy.threshold or group.seconds < policy.min_duration:
+        return None
+    if group.operation in _READS:
+        # A chunked batch load: all but perhaps its last chunk carry many ids.
+        if group.batched >= group.count - 1:
+            return None
+        kind = NPLUSONE
+    else:
+        kind = BULK_WRITE
+    fingerprint, call_site = key
+    return Finding(
+        kind=kind,
+        route=route,
+        fingerprint=fingerprint,
+        count=group.count,
+        duration=group.seconds,
+        call_site=call_site,
+        suggestion=suggest(kind, fingerprint, group.pool),
+        pool=group.pool,
+    )
+
+
+def detect(queries: ScopeQueries, policy: Policy, route: str, suggest: Suggest) -> list[Finding]:
+    """The findings of one scope, biggest first, allow-listed ones left out.
+
+    Exact repeats inside an N+1 loop (the same author loaded for several posts) are part
+    of that loop's finding, not findings of their own: one fix removes both.
+    """
+    findings: list[Finding] = []
+    loops: set[tuple[str, str]] = set()
+    for key, group in queries.groups.items():
+        finding = _group_finding(key, group, policy, route, suggest)
+        if finding is not None:
+            findings.append(finding)
+            if finding.kind == NPLUSONE:
+                loops.add(key)
+    # Several repeated statements of one fingerprint at one call site are one finding.
+    repeated: dict[tuple[str, str], list[_Repeat]] = {}
+    for repeat in queries.repeats.values():
+        key = (repeat.fingerprint, repeat.call_site)
+        if repeat.count >= policy.duplicate_threshold and key not in loops:
+            repeated.setdefault(key, []).append(repeat)
+    for (fingerprint, call_site), repeats in repeated.items():
+        findings.append(
+            Finding(
+                kind=DUPLICATE,
+                route=route,
+                fingerprint=fingerprint,
+                count=sum(r.count for r in repeats),
+                duration=sum(r.seconds for r in repeats),
+                call_site=call_site,
+                suggestion=suggest(DUPLICATE, fingerprint, repeats[0].pool),
+                pool=repeats[0].pool,
+            )
+        )
+    findings = [f for f in findings if not policy.allows(f)]
+    findings.sort(key=lambda f: (-f.count, f.kind, f.fingerprint))
+    return findings
+
+
+def late_finding(
+    queries: ScopeQueries,
+    added: tuple[tuple[str, str], _Group],
+    policy: Policy,
+    route: str,
+    suggest: Suggest,
+) -> Finding | None:
+    """A finding made by a query that arrived after its scope was judged.
+
+    A task that outlives its request (``asyncio.create_task`` in an endpoint) can still
+    loop; its group is reported once, when it reaches the threshold.
+    """
+    key, group = added
+    if group.count != policy.threshold:
+        return None
+    finding = _group_finding(key, group, policy, route, suggest)
+    if finding is None or policy.allows(finding):
+        return None
+    return finding

@@ -1,0 +1,155 @@
+"""What to change: a fix suggestion for a finding, from the ORM's model metadata. Pure.
+
+A lazy relation load has a recognisable shape: it selects from one table filtering one
+column by one value (``WHERE post.author_id = ?``, or SQLAlchemy's ``WHERE ? =
+posts.author_id``). The ORM adapters describe every relation as a :class:`Relation`
+(which table and column its lazy load filters on); matching the two names the relation,
+and the suggestion names the attribute to prefetch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from poolwatch.events import BULK_WRITE, DUPLICATE, NPLUSONE, SLOW_QUERY
+
+__all__ = ["FORWARD", "MANY_TO_MANY", "REVERSE", "Relation", "filtered_column", "suggest"]
+
+FORWARD = "forward"  # many-to-one / one-to-one: the load filters the target's key
+REVERSE = "reverse"  # one-to-many: the load filters the foreign key column
+MANY_TO_MANY = "m2m"  # the load filters the association table's key column
+
+TORTOISE = "tortoise"
+SQLALCHEMY = "sqlalchemy"
+
+
+class Relation(NamedTuple):
+    """One relation attribute, and the table and column its lazy load filters on."""
+
+    orm: str
+    model: str
+    attribute: str
+    table: str
+    column: str
+    kind: str
+    target: str
+    """The model the relation loads."""
+
+
+# "from posts", "join post_tag", "from authors as authors_1", "from author a"
+_FROM = re.compile(
+    r"""\b(?:from|join)\ ([\w$]+)
+        (?:\ as)?(?:\ (?!(?:where|on|left|inner|join|limit|order|group)\b)([\w$]+))?""",
+    re.VERBOSE,
+)
+# "where posts.author_id = ?", "where ? = posts.author_id" (SQLAlchemy's lazy loads),
+# "where author_id in (?)" (one prefetch per row)
+_WHERE = re.compile(
+    r"""\bwhere\ (?:
+        \?\ =\ (?:([\w$]+)\.)?([\w$]+)
+      | (?:([\w$]+)\.)?([\w$]+)\ (?:=\ \?|in\ \((?:\?|\.\.\.)\))
+    )""",
+    re.VERBOSE,
+)
+
+
+def filtered_column(fingerprint: str) -> tuple[str, str] | None:
+    """``(table, column)`` of the first ``WHERE`` comparison against a value, if any.
+
+    >>> filtered_column("select posts.id from posts where ? = posts.author_id")
+    ('posts', 'author_id')
+    >>> filtered_column("select id from author where id = ? limit ?")
+    ('author', 'id')
+    """
+    where = _WHERE.search(fingerprint)
+    if where is None:
+        return None
+    qualifier = where.group(1) or where.group(3)
+    column = where.group(2) or where.group(4)
+    aliases: dict[str, str] = {}
+    first_table = None
+    for match in _FROM.finditer(fingerprint[: where.start()]):
+        table, alias = match.group(1), match.group(2)
+        first_table = first_table or table
+        aliases[table] = table
+        if alias:
+            aliases[alias] = table
+    if qualifier is not None:
+        table = aliases.get(qualifier, qualifier)
+    elif first_table is not None:
+        table = first_table
+    else:
+        return None
+    return table, column
+
+
+def _matches(fingerprint: str, relations: Sequence[Relation]) -> list[Relation]:
+    where = filtered_column(fingerprint)
+    if where is None:
+        return []
+    table, column = where
+    return [r for r in relations if r.table == table and r.column == column]
+
+
+def _prefetch(relation: Relation) -> str:
+    if relation.orm == TORTOISE:
+        return f'`{relation.model}.all().prefetch_related("{relation.attribute}")`'
+    loader = "joinedload" if relation.kind == FORWARD else "selectinload"
+    return f"`{loader}({relation.model}.{relation.attribute})`"
+
+
+def _nplusone(fingerprint: str, relations: Sequence[Relation]) -> str:
+    found = _matches(fingerprint, relations)
+    if not found:
+        return (
+            "The same query runs once per row: load the rows together, with "
+            "prefetch_related()/select_related() (Tortoise) or selectinload()/joinedload() "
+            "(SQLAlchemy) on the query that fetched them, or with one IN (...) query."
+        )
+    first = found[0]
+    verb = "use" if first.orm == TORTOISE else "add"
+    options = " or ".join(_prefetch(r) for r in found[:3])
+    text = f"Load {first.target} with the rows that need it: {verb} {options}"
+    text += " on the query that fetched them" if first.orm == TORTOISE else " to that query"
+    if first.kind == FORWARD:
+        text += "; for a loop over ids, fetch them in one query: " + (
+            f"`{first.target}.filter(id__in=ids)`"
+            if first.orm == TORTOISE
+            else f"`select({first.target}).where({first.target}.id.in_(ids))`"
+        )
+    return text + "."
+
+
+def _bulk_write(fingerprint: str, orm: str | None) -> str:
+    verb = fingerprint.split(" ", 1)[0]
+    if orm == TORTOISE:
+        batch = {"insert": "bulk_create()", "update": "bulk_update() or a filter().update()"}
+        how = batch.get(verb, "one filter().delete()")
+    elif orm == SQLALCHEMY:
+        how = "session.add_all() or one insert()/update() executed with a list of rows"
+    else:
+        how = "one batched statement (executemany, bulk_create, add_all)"
+    return f"One {verb.upper()} per row: write the rows together with {how}."
+
+
+def suggest(
+    kind: str, fingerprint: str, relations: Sequence[Relation], orm: str | None = None
+) -> str:
+    """One sentence saying what to change for a finding of ``kind`` on ``fingerprint``."""
+    if kind == NPLUSONE:
+        return _nplusone(fingerprint, relations)
+    if kind == DUPLICATE:
+        return (
+            "The same query with the same parameters ran more than once in this request: "
+            "keep the first result and reuse it."
+        )
+    if kind == BULK_WRITE:
+        return _bulk_write(fingerprint, orm)
+    if kind == SLOW_QUERY:
+        return (
+            "Look at its plan (EXPLAIN ANALYZE): an index on the filtered or joined "
+            "columns, or fewer rows fetched, is the usual fix."
+        )
+    return ""

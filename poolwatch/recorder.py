@@ -1,0 +1,191 @@
+"""From statements to findings: the mechanism around the pure rules of :mod:`detect`.
+
+For each statement (while detection is on, or a ``testing.capture()`` block is open) the
+recorder finds the call site, fingerprints the SQL and adds a
+:class:`~poolwatch.events.QueryEvent` to the current scope's groups. When the scope ends
+it asks :func:`~poolwatch.detect.detect` for findings and reports them: metrics, a log
+line, the recent-findings list, and in ``raise`` mode an :class:`NPlusOneError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from poolwatch.callsite import CallSiteFinder
+from poolwatch.config import Settings
+from poolwatch.context import NO_ROUTE, WorkScope, nplusone_allowed
+from poolwatch.detect import Policy, ScopeQueries, Suggest, detect, late_finding
+from poolwatch.errors import NPlusOneError
+from poolwatch.events import DUPLICATE, NPLUSONE, SLOW_QUERY, Finding, QueryEvent
+from poolwatch.findings import FindingsLog, FindingsLogger
+from poolwatch.fingerprint import shape
+from poolwatch.metrics import Metrics
+
+__all__ = ["UNKNOWN_SITE", "QueryRecorder", "add_sink", "remove_sink"]
+
+UNKNOWN_SITE = "unknown"
+
+# The open testing.capture() blocks: each sees every statement while it is open.
+_sinks: list[Callable[[QueryEvent], None]] = []
+
+
+def add_sink(sink: Callable[[QueryEvent], None]) -> None:
+    """Hand every recorded statement to ``sink`` (for :func:`poolwatch.testing.capture`)."""
+    _sinks.append(sink)
+
+
+def remove_sink(sink: Callable[[QueryEvent], None]) -> None:
+    """Undo :func:`add_sink`."""
+    if sink in _sinks:
+        _sinks.remove(sink)
+
+
+def sinks_open() -> bool:
+    """Whether a capture block is open (statements must be recorded even with mode off)."""
+    return bool(_sinks)
+
+
+def _frozen(params: Any) -> Any:
+    if isinstance(params, list):
+        return tuple(_frozen(p) for p in params)
+    if isinstance(params, dict):
+        return tuple((k, _frozen(v)) for k, v in params.items())
+    return params
+
+
+def identity(sql: str, params: Any) -> int:
+    """A hash of the statement and its parameters; the values themselves are not kept."""
+    try:
+        return hash((sql, _frozen(params)))
+    except TypeError:  # an unhashable value (a JSON document, an array of arrays)
+        return hash((sql, repr(params)))
+
+
+class QueryRecorder:
+    """Statements in, findings out, for one PoolWatch."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, suggest: Suggest) -> None:
+        self.mode = settings.nplusone_mode
+        self.enabled = self.mode != "off"
+        self.policy = Policy(
+            threshold=settings.nplusone_threshold,
+            min_duration=settings.nplusone_min_duration,
+            duplicate_threshold=settings.duplicate_threshold,
+            allow_routes=settings.allow_routes,
+            allow_fingerprints=settings.allow_fingerprints,
+            allow_call_sites=settings.allow_call_sites,
+        )
+        self.slow_threshold = settings.slow_query_threshold
+        self.finder = CallSiteFinder(settings.ignore_modules)
+        self.recent = FindingsLog()
+        self._logger = FindingsLogger(settings.findings_log_interval)
+        self._metrics = metrics
+        self._suggest = suggest
+        self._route_children: dict[str, tuple[Any, Any, Any]] = {}
+
+    @property
+    def active(self) -> bool:
+        """Whether statements need recording at all."""
+        return self.enabled or bool(_sinks)
+
+    # -- per statement (hot path) ------------------------------------------------------
+
+    def record(
+        self,
+        work: WorkScope | None,
+        sql: str,
+        seconds: float,
+        failed: bool,
+        params: Any,
+        *,
+        pool: str,
+    ) -> None:
+        """Add one statement to its scope, and report it if it was slow."""
+        sql_shape = shape(sql)
+        operation = sql_shape.operation
+        event = QueryEvent(
+            sql_shape.fingerprint,
+            operation,
+            self.finder.find() or UNKNOWN_SITE,
+            seconds,
+            failed,
+            pool,
+            NO_ROUTE if work is None else work.route,
+            sql_shape.in_list,
+            identity(sql, params) if operation == "SELECT" else None,
+        )
+        if work is not None and not nplusone_allowed():
+            grouped = work.grouped
+            if grouped is None:
+                grouped = work.grouped = ScopeQueries()
+            added = grouped.add(event)
+            if grouped.closed and added is not None and self.enabled:
+                late = late_finding(grouped, added, self.policy, event.route, self._suggest)
+                if late is not None:
+                    self._report([late], grouped)
+        if self.enabled and seconds >= self.slow_threshold:
+            self._report_slow(event)
+        for sink in tuple(_sinks):
+            sink(event)
+
+    # -- per scope ---------------------------------------------------------------------
+
+    def scope_closed(self, work: WorkScope) -> list[Finding]:
+        """Judge a scope that just ended; raises :class:`NPlusOneError` in raise mode."""
+        if not self.enabled:
+            return []
+        route = work.route
+        self._children(route)  # every route seen has its counters, at zero if need be
+        grouped = work.grouped
+        if grouped is None:
+            return []
+        findings = detect(grouped, self.policy, route, self._suggest)
+        if findings:
+            self._report(findings, grouped)
+            if self.mode == "raise" and any(f.kind in (NPLUSONE, DUPLICATE) for f in findings):
+                raise NPlusOneError(findings, where=route)
+        return findings
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def _children(self, route: str) -> tuple[Any, Any, Any]:
+        children = self._route_children.get(route)
+        if children is None:
+            metrics = self._metrics
+            children = self._route_children[route] = (
+                metrics.nplusone.labels(route),
+                metrics.duplicate_queries.labels(route),
+                metrics.slow_queries.labels(route),
+            )
+        return children
+
+    def _report(self, findings: list[Finding], grouped: ScopeQueries) -> None:
+        nplusone, duplicates, _ = self._children(findings[0].route)
+        for finding in findings:
+            # The counters count requests with a finding, not findings.
+            if finding.kind not in grouped.reported:
+                grouped.reported.add(finding.kind)
+                if finding.kind == NPLUSONE:
+                    nplusone.inc()
+                elif finding.kind == DUPLICATE:
+                    duplicates.inc()
+            self.recent.add(finding)
+            self._logger.log(finding)
+
+    def _report_slow(self, event: QueryEvent) -> None:
+        finding = Finding(
+            kind=SLOW_QUERY,
+            route=event.route,
+            fingerprint=event.fingerprint,
+            count=1,
+            duration=event.seconds,
+            call_site=event.call_site,
+            suggestion=self._suggest(SLOW_QUERY, event.fingerprint, event.pool),
+            pool=event.pool,
+        )
+        if self.policy.allows(finding):
+            return
+        self._children(event.route)[2].inc()
+        self.recent.add(finding)
+        self._logger.log(finding)
