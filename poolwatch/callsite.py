@@ -33,6 +33,7 @@ LIBRARY_PACKAGES = frozenset(
         "MySQLdb", "starlette", "fastapi", "anyio", "sniffio", "uvicorn", "gunicorn",
         "hypercorn", "uvloop", "greenlet", "pydantic", "pydantic_core", "httpx", "httpcore",
         "_pytest", "pytest", "pytest_asyncio", "pluggy", "typing_extensions",
+        "console_script",
     }
 )  # fmt: skip
 # poolwatch's own demo is an application: its findings must point into it.
@@ -105,8 +106,7 @@ class CallSiteFinder:
     def _judge(self, code: CodeType, frame: FrameType) -> bool:
         if len(self._library) >= _MAX_CACHED_CODES:
             self._library.clear()
-        module = frame.f_globals.get("__name__")
-        verdict = is_library_module(module if isinstance(module, str) else "", self._ignore)
+        verdict = is_library_module(_module_of(frame), self._ignore)
         self._library[code] = verdict
         return verdict
 
@@ -170,6 +170,20 @@ class CallSiteFinder:
                 awaitable, "gi_yieldfrom", None
             )
         return found
+
+
+def _module_of(frame: FrameType) -> str:
+    module = frame.f_globals.get("__name__")
+    if module != "__main__":
+        return module if isinstance(module, str) else ""
+    # "python -m pytest" runs pytest/__main__.py as __main__; its spec knows better.
+    spec = frame.f_globals.get("__spec__")
+    if spec is not None and isinstance(getattr(spec, "name", None), str):
+        return str(spec.name)
+    # A console-script shim (bin/uvicorn, bin/gunicorn) only calls a library's main().
+    if os.path.basename(os.path.dirname(frame.f_code.co_filename)) in ("bin", "Scripts"):
+        return "console_script"
+    return "__main__"
 
 
 def is_library_module(module: str, extra: tuple[str, ...] = ()) -> bool:

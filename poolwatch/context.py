@@ -36,7 +36,7 @@ UNMATCHED = "unmatched"
 class WorkScope:
     """One unit of work: an HTTP request or a ``poolwatch.scope(name)`` block."""
 
-    __slots__ = ("_asgi", "_route", "grouped", "owner", "queries")
+    __slots__ = ("_asgi", "_route", "closed", "grouped", "owner", "queries")
 
     def __init__(
         self,
@@ -52,6 +52,9 @@ class WorkScope:
         self.owner = owner
         # Its statements grouped for N+1 detection, made on the first one recorded.
         self.grouped: ScopeQueries | None = None
+        # Set once the scope has been judged; statements arriving later (from a task that
+        # outlived its request) are judged one group at a time.
+        self.closed = False
 
     @property
     def route(self) -> str:
@@ -133,8 +136,7 @@ def close(work: WorkScope, *, raise_findings: bool) -> None:
             listener(work)
         except NPlusOneError as exc:
             error = error or exc
-    if work.grouped is not None:
-        work.grouped.closed = True
+    work.closed = True
     if error is not None and raise_findings:
         raise error
 

@@ -92,14 +92,11 @@ class _Repeat:
 class ScopeQueries:
     """The queries of one scope, grouped for detection as they arrive."""
 
-    __slots__ = ("closed", "groups", "repeats", "reported")
+    __slots__ = ("groups", "repeats", "reported")
 
     def __init__(self) -> None:
         self.groups: dict[tuple[str, str], _Group] = {}
         self.repeats: dict[int, _Repeat] = {}
-        # Set once the scope has been judged; queries arriving later (from a task that
-        # outlived its request) are judged one group at a time.
-        self.closed = False
         # Kinds already counted for this scope: the counters count scopes, not findings.
         self.reported: set[str] = set()
 

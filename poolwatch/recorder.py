@@ -120,7 +120,7 @@ class QueryRecorder:
             if grouped is None:
                 grouped = work.grouped = ScopeQueries()
             added = grouped.add(event)
-            if grouped.closed and added is not None and self.enabled:
+            if work.closed and added is not None and self.enabled:
                 late = late_finding(grouped, added, self.policy, event.route, self._suggest)
                 if late is not None:
                     self._report([late], grouped)

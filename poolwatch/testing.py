@@ -1,0 +1,246 @@
+"""Test helpers: see the queries and findings of a block, and fail on a new N+1.
+
+::
+
+    from poolwatch.testing import assert_max_queries, capture
+
+    async def test_author_page(client):
+        with capture() as captured:
+            await client.get("/authors/1")
+        assert not captured.nplusone, captured.report()
+
+    def test_list_is_two_queries(client):
+        with assert_max_queries(2):
+            client.get("/posts")
+
+A capture sees the statements of every instrumented pool in the process while it is
+open (so also those of an app served by ``TestClient`` in another thread), and judges
+them with test thresholds: an N+1 is two statements from one call site. Requests that
+end inside the block are judged one by one, like in production; statements outside any
+request form one more scope of their own.
+
+The app must be instrumented (``PoolWatch().instrument_tortoise()`` or
+``instrument_sqlalchemy(engine)``); its ``nplusone_mode`` may be ``off``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from types import TracebackType
+
+from poolwatch import context
+from poolwatch.context import WorkScope, current_scope, nplusone_allowed
+from poolwatch.detect import Policy, ScopeQueries, detect
+from poolwatch.errors import NPlusOneError
+from poolwatch.events import DUPLICATE, NPLUSONE, SLOW_QUERY, Finding, QueryEvent
+from poolwatch.hints import Relation, suggest
+from poolwatch.recorder import add_sink, remove_sink
+
+__all__ = ["Capture", "assert_max_queries", "capture"]
+
+_DATA = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
+
+
+def _any_orm_suggestion(kind: str, fingerprint: str, pool: str) -> str:
+    relations: list[Relation] = []
+    orm = None
+    try:
+        if "tortoise" in sys.modules:
+            from poolwatch.adapters.tortoise_relations import tortoise_relations
+
+            relations += tortoise_relations()
+        if "sqlalchemy.orm" in sys.modules:
+            from poolwatch.adapters.sqlalchemy_relations import sqlalchemy_relations
+
+            relations += sqlalchemy_relations()
+    except Exception:  # half-configured models: a generic hint will do
+        relations = []
+    if relations and all(r.orm == relations[0].orm for r in relations):
+        orm = relations[0].orm
+    return suggest(kind, fingerprint, relations, orm)
+
+
+class Capture:
+    """The statements and findings of a ``with capture():`` block.
+
+    Attributes:
+        queries: every data statement (SELECT, INSERT, UPDATE, DELETE) in order; BEGIN,
+            COMMIT and other bookkeeping are left out, so counts agree across drivers.
+        findings: N+1, duplicate, bulk-write and slow-query findings, filled as each
+            request ends and completed when the block ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "capture",
+        threshold: int = 2,
+        duplicate_threshold: int = 2,
+        min_duration: float = 0.0,
+        slow_query_threshold: float = 0.5,
+        raise_on_findings: bool = False,
+    ) -> None:
+        self.name = name
+        self.policy = Policy(
+            threshold=threshold,
+            min_duration=min_duration,
+            duplicate_threshold=duplicate_threshold,
+        )
+        self.slow_query_threshold = slow_query_threshold
+        self.raise_on_findings = raise_on_findings
+        self.queries: list[QueryEvent] = []
+        self.findings: list[Finding] = []
+        self._ambient: WorkScope | None = None
+        self._own = ScopeQueries()
+        self._lock = threading.Lock()
+        self._open = False
+
+    # -- what a test reads -------------------------------------------------------------
+
+    @property
+    def nplusone(self) -> list[Finding]:
+        """The N+1 findings."""
+        return [f for f in self.findings if f.kind == NPLUSONE]
+
+    @property
+    def duplicates(self) -> list[Finding]:
+        """The duplicate-query findings."""
+        return [f for f in self.findings if f.kind == DUPLICATE]
+
+    def report(self) -> str:
+        """The statements and findings, one per line, for an assertion message."""
+        lines = [f"{len(self.queries)} queries:"]
+        lines += [f"  {i}. {q}" for i, q in enumerate(self.queries, 1)]
+        if self.findings:
+            lines.append(f"{len(self.findings)} findings:")
+            lines += [f"  - {f}" for f in self.findings]
+        return "\n".join(lines)
+
+    def assert_max_queries(self, limit: int) -> None:
+        """Fail, listing each statement's fingerprint and call site, above ``limit``."""
+        if len(self.queries) > limit:
+            raise AssertionError(f"expected at most {limit} queries, got {self.report()}")
+
+    # -- the block ---------------------------------------------------------------------
+
+    def __enter__(self) -> Capture:
+        if self._open:
+            raise RuntimeError("this capture is already open")
+        self._open = True
+        self._ambient = current_scope()
+        add_sink(self._on_query)
+        context.add_scope_listener(self._on_scope_closed)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        remove_sink(self._on_query)
+        context.remove_scope_listener(self._on_scope_closed)
+        self._open = False
+        route = self._ambient.route if self._ambient is not None else self.name
+        own = detect(self._own, self.policy, route, _any_orm_suggestion)
+        with self._lock:
+            self.findings.extend(own)
+        if exc_type is None and self.raise_on_findings:
+            serious = [f for f in self.findings if f.kind in (NPLUSONE, DUPLICATE)]
+            if serious:
+                raise NPlusOneError(self.findings, where=self.name)
+
+    async def __aenter__(self) -> Capture:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    # -- fed by poolwatch --------------------------------------------------------------
+
+    def _on_query(self, event: QueryEvent) -> None:
+        if event.operation not in _DATA:
+            return
+        slow = event.seconds >= self.slow_query_threshold
+        with self._lock:
+            self.queries.append(event)
+            if slow:
+                self.findings.append(
+                    Finding(
+                        kind=SLOW_QUERY,
+                        route=event.route,
+                        fingerprint=event.fingerprint,
+                        count=1,
+                        duration=event.seconds,
+                        call_site=event.call_site,
+                        suggestion=_any_orm_suggestion(SLOW_QUERY, event.fingerprint, ""),
+                        pool=event.pool,
+                    )
+                )
+        # Statements of requests are judged per request when it ends; the rest here.
+        if current_scope() is self._ambient and not nplusone_allowed():
+            self._own.add(event)
+
+    def _on_scope_closed(self, work: WorkScope) -> None:
+        if work is self._ambient or work.grouped is None:
+            return
+        found = detect(work.grouped, self.policy, work.route, _any_orm_suggestion)
+        with self._lock:
+            self.findings.extend(found)
+
+
+def capture(
+    *,
+    name: str = "capture",
+    threshold: int = 2,
+    duplicate_threshold: int = 2,
+    min_duration: float = 0.0,
+    slow_query_threshold: float = 0.5,
+    raise_on_findings: bool = False,
+) -> Capture:
+    """Capture the statements and findings of a block (``with`` or ``async with``).
+
+    With ``raise_on_findings=True`` the block raises :class:`~poolwatch.NPlusOneError`
+    when it ends with an N+1 or duplicate finding.
+    """
+    return Capture(
+        name=name,
+        threshold=threshold,
+        duplicate_threshold=duplicate_threshold,
+        min_duration=min_duration,
+        slow_query_threshold=slow_query_threshold,
+        raise_on_findings=raise_on_findings,
+    )
+
+
+class _MaxQueries(Capture):
+    def __init__(self, limit: int) -> None:
+        super().__init__(name=f"at most {limit} queries")
+        self.limit = limit
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        super().__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            self.assert_max_queries(self.limit)
+
+
+def assert_max_queries(limit: int) -> Capture:
+    """A block that fails when it runs more than ``limit`` data statements::
+
+    with assert_max_queries(3):
+        client.get("/authors/1")
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit={limit!r}: must be a whole number, 0 or more")
+    return _MaxQueries(limit)

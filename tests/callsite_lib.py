@@ -1,0 +1,22 @@
+"""Stands in for an ORM in the call-site tests (listed in ``ignore_modules`` there)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import greenlet
+
+from poolwatch.callsite import CallSiteFinder
+
+
+def query(finder: CallSiteFinder) -> str | None:
+    return finder.find()
+
+
+async def async_query(finder: CallSiteFinder) -> str | None:
+    return finder.find()
+
+
+def in_greenlet(work: Callable[[], str | None]) -> str | None:
+    # What SQLAlchemy's asyncio layer does: run sync ORM code in a child greenlet.
+    return greenlet.greenlet(work).switch()  # type: ignore[no-any-return]

@@ -1,0 +1,103 @@
+"""The call site: the application's line behind a query, even across tasks and greenlets."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+from poolwatch.callsite import CallSiteFinder, display_path, is_library_module
+from tests import callsite_lib
+
+LIB = ("tests.callsite_lib",)
+
+
+def here(offset: int = 0) -> int:
+    frame = inspect.currentframe()
+    assert frame is not None
+    assert frame.f_back is not None
+    return frame.f_back.f_lineno + offset
+
+
+def test_first_application_frame_outside_libraries() -> None:
+    finder = CallSiteFinder(LIB)
+    site = callsite_lib.query(finder)
+    line = here(-1)
+    assert (
+        site == f"tests/test_callsite.py:{line} in test_first_application_frame_outside_libraries"
+    )
+
+
+def test_without_ignore_the_wrapper_is_the_call_site() -> None:
+    site = callsite_lib.query(CallSiteFinder())
+    assert site is not None
+    assert site.startswith("tests/callsite_lib.py:")
+
+
+def test_a_loop_gives_one_site_per_line() -> None:
+    finder = CallSiteFinder(LIB)
+    sites = {callsite_lib.query(finder) for _ in range(3)}
+    assert len(sites) == 1
+
+
+async def test_gather_children_without_application_frames_point_at_the_gather() -> None:
+    finder = CallSiteFinder(LIB)
+    sites = await asyncio.gather(*(callsite_lib.async_query(finder) for _ in range(3)))
+    line = here(-1)
+    name = "test_gather_children_without_application_frames_point_at_the_gather"
+    assert set(sites) == {f"tests/test_callsite.py:{line} in {name}"}
+
+
+async def test_gather_through_an_application_helper_points_into_the_helper() -> None:
+    finder = CallSiteFinder(LIB)
+
+    async def load() -> str | None:
+        return await callsite_lib.async_query(finder)
+
+    line = here(-2)
+    sites = await asyncio.gather(load(), load())
+    assert {s.split(" in ")[0] for s in sites if s} == {f"tests/test_callsite.py:{line}"}
+
+
+async def test_task_group_children_point_at_the_awaiting_block() -> None:
+    finder = CallSiteFinder(LIB)
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(callsite_lib.async_query(finder)) for _ in range(2)]
+    line = here(-2)
+    results = {t.result() for t in tasks}
+    # The parent waits in the TaskGroup's __aexit__, i.e. at the end of the "async with".
+    assert len(results) == 1
+    (site,) = results
+    assert site is not None
+    assert site.startswith("tests/test_callsite.py:")
+    assert int(site.split(":")[1].split(" ")[0]) in range(line - 1, line + 1)
+
+
+def test_greenlet_child_is_followed_to_its_parent() -> None:
+    finder = CallSiteFinder(LIB)
+    site = callsite_lib.in_greenlet(lambda: callsite_lib.query(finder))
+    # The lambda is application code in this file: that line is the call site.
+    line = here(-2)
+    assert site is not None
+    assert site.startswith(f"tests/test_callsite.py:{line}")
+
+    def library_only() -> str | None:
+        return callsite_lib.query(finder)
+
+    library_finder = CallSiteFinder((*LIB, "tests.test_callsite"))
+    assert callsite_lib.in_greenlet(lambda: callsite_lib.query(library_finder)) is None
+    assert library_only() is not None
+
+
+def test_library_modules() -> None:
+    assert is_library_module("sqlalchemy.orm.strategies")
+    assert is_library_module("asyncio.tasks")
+    assert is_library_module("poolwatch.recorder")
+    assert not is_library_module("poolwatch.demo.app")  # the demo is an application
+    assert not is_library_module("myapp.views")
+    assert is_library_module("myapp.db.repo", ("myapp.db",))
+    assert not is_library_module("myapp.dbx", ("myapp.db",))
+
+
+def test_paths_are_shown_relative_to_the_working_directory() -> None:
+    assert display_path(__file__) == "tests/test_callsite.py"
+    assert display_path("<string>") == "<string>"

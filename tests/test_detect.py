@@ -1,0 +1,133 @@
+"""The detection rules, fed with events: no database, no clock, no stack."""
+
+from __future__ import annotations
+
+import pytest
+
+from poolwatch import Finding, QueryEvent
+from poolwatch.detect import MAX_GROUPS, Policy, ScopeQueries, detect, late_finding
+
+
+def suggest(kind: str, fingerprint: str, pool: str) -> str:
+    return f"fix {kind}"
+
+
+def event(
+    fingerprint: str = "select * from book where author_id = ?",
+    *,
+    site: str = "app.py:10 in view",
+    operation: str = "SELECT",
+    seconds: float = 0.001,
+    in_list: int = 0,
+    identity: int | None = None,
+) -> QueryEvent:
+    return QueryEvent(fingerprint, operation, site, seconds, False, "main", "/r", in_list, identity)
+
+
+def judge(events: list[QueryEvent], policy: Policy | None = None) -> list[Finding]:
+    queries = ScopeQueries()
+    for e in events:
+        queries.add(e)
+    return detect(queries, policy or Policy(), "/r", suggest)
+
+
+def kinds(findings: list[Finding]) -> list[str]:
+    return [f.kind for f in findings]
+
+
+def test_loop_reaching_the_threshold_is_one_nplusone_finding() -> None:
+    findings = judge([event(identity=i) for i in range(5)])
+    assert kinds(findings) == ["nplusone"]
+    (finding,) = findings
+    assert (finding.count, finding.call_site, finding.route) == (5, "app.py:10 in view", "/r")
+    assert finding.duration == pytest.approx(0.005)
+    assert finding.suggestion == "fix nplusone"
+    assert judge([event(identity=i) for i in range(4)]) == []
+
+
+def test_same_sql_from_different_call_sites_under_threshold_is_not_a_loop() -> None:
+    events = [event(site=f"app.py:{line} in view", identity=line) for line in (1, 2, 3, 4, 5)]
+    assert judge(events) == []
+
+
+def test_min_duration_lets_fast_loops_through_only_when_asked() -> None:
+    fast = [event(seconds=0.0001, identity=i) for i in range(10)]
+    assert kinds(judge(fast)) == ["nplusone"]  # default 0: fast loops are loops
+    assert judge(fast, Policy(min_duration=0.01)) == []
+
+
+def test_chunked_in_batches_are_not_a_loop_but_one_in_per_row_is() -> None:
+    chunks = [event("select * from a where id in (...)", in_list=500, identity=i) for i in range(5)]
+    last_chunk_of_one = [*chunks, event("select * from a where id in (...)", in_list=1)]
+    assert judge(last_chunk_of_one) == []
+    per_row = [event("select * from a where id in (...)", in_list=1, identity=i) for i in range(5)]
+    assert kinds(judge(per_row)) == ["nplusone"]
+
+
+def test_writes_in_a_loop_are_a_bulk_write_hint_never_an_nplusone() -> None:
+    inserts = [event("insert into book (title) values (?)", operation="INSERT") for _ in range(6)]
+    assert kinds(judge(inserts)) == ["bulk_write"]
+
+
+def test_bookkeeping_statements_are_ignored() -> None:
+    assert judge([event("begin", operation="OTHER") for _ in range(10)]) == []
+
+
+def test_duplicates_are_exact_repeats_reported_once_per_fingerprint_and_site() -> None:
+    twice = [event(site="a.py:1 in f", identity=7), event(site="a.py:2 in g", identity=7)]
+    (finding,) = judge(twice)
+    assert (finding.kind, finding.count, finding.call_site) == ("duplicate", 2, "a.py:1 in f")
+    different_values = [event(identity=1), event(identity=2)]
+    assert judge(different_values) == []
+    two_pairs = [event(identity=1), event(identity=1), event(identity=2), event(identity=2)]
+    (finding,) = judge(two_pairs)
+    assert (finding.kind, finding.count) == ("duplicate", 4)
+
+
+def test_repeats_inside_an_nplusone_loop_belong_to_the_loop() -> None:
+    # 6 posts by 2 authors: the author query repeats, but the fix is the loop's.
+    events = [event("select * from author where id = ?", identity=i % 2) for i in range(6)]
+    assert kinds(judge(events)) == ["nplusone"]
+
+
+def test_allow_lists_by_route_fingerprint_and_call_site() -> None:
+    loop = [event(identity=i) for i in range(5)]
+    assert judge(loop, Policy(allow_routes=("/r",))) == []
+    assert judge(loop, Policy(allow_fingerprints=("select * from book *",))) == []
+    assert judge(loop, Policy(allow_call_sites=("app.py:*",))) == []
+    assert kinds(judge(loop, Policy(allow_routes=("/other/*",)))) == ["nplusone"]
+
+
+def test_findings_are_ordered_biggest_first() -> None:
+    small = [event("select * from a where x = ?", identity=i) for i in range(5)]
+    big = [event("select * from b where x = ?", identity=i + 100) for i in range(9)]
+    assert [f.count for f in judge(small + big)] == [9, 5]
+
+
+def test_a_late_query_reports_its_loop_once_when_it_reaches_the_threshold() -> None:
+    queries = ScopeQueries()
+    policy = Policy(threshold=3)
+    found = []
+    for i in range(5):
+        added = queries.add(event(identity=i))
+        assert added is not None
+        late = late_finding(queries, added, policy, "/r", suggest)
+        if late is not None:
+            found.append(late)
+    assert [(f.kind, f.count) for f in found] == [("nplusone", 3)]
+
+
+def test_groups_are_bounded() -> None:
+    queries = ScopeQueries()
+    for i in range(MAX_GROUPS + 10):
+        queries.add(event(f"select {i}", identity=i))
+    assert len(queries.groups) == MAX_GROUPS
+
+
+def test_finding_text_carries_what_to_fix() -> None:
+    (finding,) = judge([event(identity=i) for i in range(5)])
+    assert str(finding) == (
+        "nplusone on /r: 5 x 'select * from book where author_id = ?' (5.0 ms) "
+        "at app.py:10 in view. fix nplusone"
+    )
+    assert finding.to_dict()["call_site"] == "app.py:10 in view"

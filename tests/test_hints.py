@@ -1,0 +1,85 @@
+"""Fix suggestions from model metadata: the relation named when the SQL shows it."""
+
+from __future__ import annotations
+
+import pytest
+
+from poolwatch.fingerprint import fingerprint
+from poolwatch.hints import FORWARD, MANY_TO_MANY, REVERSE, Relation, filtered_column, suggest
+
+TORTOISE = [
+    Relation("tortoise", "Author", "books", "book", "author_id", REVERSE, "Book"),
+    Relation("tortoise", "Book", "author", "author", "id", FORWARD, "Author"),
+    Relation("tortoise", "Book", "tags", "book_tag", "book_id", MANY_TO_MANY, "Tag"),
+]
+SQLALCHEMY = [
+    Relation("sqlalchemy", "Author", "books", "books", "author_id", REVERSE, "Book"),
+    Relation("sqlalchemy", "Book", "author", "authors", "id", FORWARD, "Author"),
+]
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ('SELECT "id","title" FROM "book" WHERE "author_id"=$1', ("book", "author_id")),
+        ("SELECT books.id FROM books WHERE ? = books.author_id", ("books", "author_id")),
+        ("SELECT a.id FROM authors AS a WHERE a.id = %(pk)s", ("authors", "id")),
+        (
+            'SELECT "tag"."id" FROM "tag" LEFT OUTER JOIN "book_tag" ON "tag"."id"='
+            '"book_tag"."tag_id" WHERE "book_tag"."book_id"=?',
+            ("book_tag", "book_id"),
+        ),
+        ('SELECT "id" FROM "book" WHERE "author_id" IN ($1)', ("book", "author_id")),
+        ("SELECT count(*) FROM books", None),
+    ],
+)
+def test_filtered_column(sql: str, expected: tuple[str, str] | None) -> None:
+    assert filtered_column(fingerprint(sql)) == expected
+
+
+def test_tortoise_reverse_and_forward_relations_are_named() -> None:
+    reverse = suggest(
+        "nplusone", fingerprint('SELECT "id" FROM "book" WHERE "author_id"=?'), TORTOISE
+    )
+    assert 'Author.all().prefetch_related("books")' in reverse
+    forward = suggest(
+        "nplusone", fingerprint('SELECT "id" FROM "author" WHERE "id"=? LIMIT ?'), TORTOISE
+    )
+    assert 'Book.all().prefetch_related("author")' in forward
+    assert "Author.filter(id__in=ids)" in forward  # the explicit get(id=...) loop
+    m2m = suggest(
+        "nplusone",
+        fingerprint(
+            'SELECT "tag"."id" FROM "tag" JOIN "book_tag" ON x WHERE "book_tag"."book_id"=?'
+        ),
+        TORTOISE,
+    )
+    assert 'Book.all().prefetch_related("tags")' in m2m
+
+
+def test_sqlalchemy_relations_name_the_loader_option() -> None:
+    reverse = suggest(
+        "nplusone", fingerprint("SELECT books.id FROM books WHERE ? = books.author_id"), SQLALCHEMY
+    )
+    assert "selectinload(Author.books)" in reverse
+    forward = suggest(
+        "nplusone", fingerprint("SELECT authors.id FROM authors WHERE authors.id = ?"), SQLALCHEMY
+    )
+    assert "joinedload(Book.author)" in forward
+
+
+def test_unknown_tables_get_a_generic_hint_naming_both_orms() -> None:
+    text = suggest("nplusone", "select * from audit where x = ?", TORTOISE)
+    assert "prefetch_related" in text
+    assert "selectinload" in text
+
+
+def test_other_kinds() -> None:
+    assert "bulk_create" in suggest(
+        "bulk_write", "insert into book (title) values (?)", [], "tortoise"
+    )
+    assert "add_all" in suggest(
+        "bulk_write", "insert into books (title) values (?)", [], "sqlalchemy"
+    )
+    assert "reuse" in suggest("duplicate", "select 1", [])
+    assert "EXPLAIN" in suggest("slow_query", "select 1", [])
