@@ -77,6 +77,7 @@ def _threshold(config: pytest.Config) -> int:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    __tracebackhide__ = True  # the failure is the test's N+1, not this hook
     mode = _mode(item.config)
     limit_marker = item.get_closest_marker("max_queries")
     if item.get_closest_marker("allow_nplusone") is not None:

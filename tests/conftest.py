@@ -19,6 +19,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+pytest_plugins = ["pytester"]  # for the tests of poolwatch's own pytest plugin
+
 TEST_COMMAND = "bash scripts/test.sh"
 
 
