@@ -63,15 +63,25 @@ class CallSiteFinder:
 
     def __init__(self, ignore_modules: Iterable[str] = ()) -> None:
         self._ignore = tuple(ignore_modules)
-        # code object -> is it library code? Decided once per function.
-        self._library: dict[CodeType, bool] = {}
-        # (code, line) -> "file:line in function", so a loop formats one string
-        self._sites: dict[tuple[CodeType, int], str] = {}
-        self._stop = _task_boundary_codes()
+        # id(code) -> is it library code? Decided once per function. Keyed by id because
+        # hashing a code object hashes its bytecode on every lookup; _seen holds each code
+        # object so that its id cannot be reused while the verdict is cached.
+        self._library: dict[int, bool] = {}
+        self._seen: list[CodeType] = []
+        # (id(code), line) -> (code, "file:line in function"): a loop formats one string
+        self._sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
+        self._stop = _task_boundary_code()
 
-    def find(self) -> str | None:
-        """The call site of the code running now (``file:line in function``), if any."""
-        frame: FrameType | None = sys._getframe(1)
+    def find(self, skip: int = 1) -> str | None:
+        """The call site of the code running now (``file:line in function``), if any.
+
+        ``skip`` frames are known to be poolwatch's own: ``sys._getframe(skip)`` steps
+        over them without materialising a frame object for each.
+        """
+        try:
+            frame: FrameType | None = sys._getframe(skip)
+        except ValueError:  # a shallower stack than the caller promised
+            frame = sys._getframe(1)
         frame, stopped_at_task = self._walk(frame)
         if frame is None:
             frame = self._from_greenlet_parent()
@@ -93,12 +103,12 @@ class CallSiteFinder:
         stop = self._stop
         while frame is not None:
             code = frame.f_code
-            verdict = library.get(code)
+            verdict = library.get(id(code))
             if verdict is None:
                 verdict = self._judge(code, frame)
             if not verdict:
                 return frame, False
-            if code in stop:
+            if code is stop:
                 return None, True
             frame = frame.f_back
         return None, False
@@ -106,21 +116,23 @@ class CallSiteFinder:
     def _judge(self, code: CodeType, frame: FrameType) -> bool:
         if len(self._library) >= _MAX_CACHED_CODES:
             self._library.clear()
+            self._seen.clear()
         verdict = is_library_module(_module_of(frame), self._ignore)
-        self._library[code] = verdict
+        self._library[id(code)] = verdict
+        self._seen.append(code)
         return verdict
 
     def _site(self, code: CodeType, line: int | None) -> str:
-        key = (code, line or 0)
-        site = self._sites.get(key)
-        if site is None:
-            if len(self._sites) >= _MAX_CACHED_CODES:
-                self._sites.clear()
-            site = self._sites[key] = str(
-                CallSite(
-                    display_path(code.co_filename), line or code.co_firstlineno, code.co_qualname
-                )
-            )
+        key = (id(code), line or 0)
+        known = self._sites.get(key)
+        if known is not None:
+            return known[1]
+        if len(self._sites) >= _MAX_CACHED_CODES:
+            self._sites.clear()
+        site = str(
+            CallSite(display_path(code.co_filename), line or code.co_firstlineno, code.co_qualname)
+        )
+        self._sites[key] = (code, site)
         return site
 
     # -- where a plain walk cannot see -------------------------------------------------
@@ -161,7 +173,7 @@ class CallSiteFinder:
             frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
             if frame is None:
                 break
-            verdict = self._library.get(frame.f_code)
+            verdict = self._library.get(id(frame.f_code))
             if verdict is None:
                 verdict = self._judge(frame.f_code, frame)
             if not verdict:
@@ -232,10 +244,10 @@ def awaiting_task(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
     return None
 
 
-def _task_boundary_codes() -> frozenset[CodeType]:
+def _task_boundary_code() -> CodeType:
     # asyncio.events.Handle._run calls every task step and callback; it is pure Python
     # even where Task itself is in C.
-    return frozenset({asyncio.events.Handle._run.__code__})
+    return asyncio.events.Handle._run.__code__
 
 
 _display_cache: dict[str, str] = {}

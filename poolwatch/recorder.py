@@ -102,12 +102,16 @@ class QueryRecorder:
         pool: str,
     ) -> None:
         """Add one statement to its scope, and report it if it was slow."""
+        grouping = work is not None and not nplusone_allowed()
+        if not grouping and not _sinks and seconds < self.slow_threshold:
+            return  # nothing to group it with, nobody capturing: skip the stack walk
         sql_shape = shape(sql)
         operation = sql_shape.operation
         event = QueryEvent(
             sql_shape.fingerprint,
             operation,
-            self.finder.find() or UNKNOWN_SITE,
+            # Skip find, record and PoolObserver.query: they are always there.
+            self.finder.find(3) or UNKNOWN_SITE,
             seconds,
             failed,
             pool,
@@ -115,7 +119,7 @@ class QueryRecorder:
             sql_shape.in_list,
             identity(sql, params) if operation == "SELECT" else None,
         )
-        if work is not None and not nplusone_allowed():
+        if grouping and work is not None:
             grouped = work.grouped
             if grouped is None:
                 grouped = work.grouped = ScopeQueries()
