@@ -72,3 +72,45 @@ def test_disabled_watch_instruments_nothing() -> None:
     other.instrument_tortoise()
     other.uninstrument()
     watch.uninstrument()
+
+
+def test_detection_settings_from_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "POOLWATCH_NPLUSONE_MODE": "raise",
+            "POOLWATCH_NPLUSONE_THRESHOLD": "3",
+            "POOLWATCH_SLOW_QUERY_THRESHOLD": "0.25",
+            "POOLWATCH_ALLOW_ROUTES": "/admin/*, /export",
+            "POOLWATCH_EXPOSE_FINDINGS": "no",
+        }
+    )
+    assert settings.nplusone_mode == "raise"
+    assert settings.nplusone_threshold == 3
+    assert settings.slow_query_threshold == 0.25
+    assert settings.allow_routes == ("/admin/*", "/export")
+    assert settings.expose_findings is False
+    assert Settings.from_env({}, allow_call_sites=["*/x.py:*"]).allow_call_sites == ("*/x.py:*",)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"nplusone_mode": "loud"}, "nplusone_mode='loud': must be one of ('off', 'log', 'raise')"),
+        ({"nplusone_threshold": 1}, "nplusone_threshold=1: must be at least 2"),
+        ({"nplusone_threshold": True}, "nplusone_threshold=True: must be a number"),
+        ({"duplicate_threshold": 2.5}, "duplicate_threshold=2.5: must be a number"),
+        ({"slow_query_threshold": 0}, "slow_query_threshold=0: must be more than 0"),
+        ({"nplusone_min_duration": float("nan")}, "nplusone_min_duration=nan: must be at least"),
+        ({"allow_routes": "/admin"}, "allow_routes='/admin': must be a tuple of non-empty"),
+        ({"findings_path": "findings"}, "findings_path='findings': must be a URL path"),
+    ],
+)
+def test_bad_detection_settings_fail_fast(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        PoolWatch(**overrides)
+    assert str(caught.value).startswith(message)
+
+
+def test_bad_number_in_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"POOLWATCH_NPLUSONE_THRESHOLD='five': must be a number"):
+        Settings.from_env({"POOLWATCH_NPLUSONE_THRESHOLD": "five"})
