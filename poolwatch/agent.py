@@ -13,22 +13,18 @@ from poolwatch.config import Settings
 from poolwatch.context import WorkScope
 from poolwatch.errors import ConfigError, NPlusOneError, PoolWatchError
 from poolwatch.events import PoolEvents, PoolProbe, PoolState
-from poolwatch.hints import Relation, suggest
 from poolwatch.metrics import Metrics, PoolSource, PoolStateCollector
 from poolwatch.middleware import ASGIApp, PoolWatchMiddleware
 from poolwatch.observer import PoolObserver
 from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
+from poolwatch.suggestions import register_pool, suggestion
 
 __all__ = ["PoolWatch"]
 
 
 def _no_state() -> PoolState | None:
     return None
-
-
-def _no_relations() -> list[Relation]:
-    return []
 
 
 class PoolWatch:
@@ -73,9 +69,6 @@ class PoolWatch:
             ) from exc
         self.faults = FaultReporter(self.metrics.count_internal_error)
         self.recorder = QueryRecorder(self.settings, self.metrics, self._suggest)
-        # pool -> (ORM name, its relations); read when a finding needs a suggestion
-        self._relations: dict[str, tuple[str, Callable[[], list[Relation]]]] = {}
-        self._suggestions: dict[tuple[str, str, str], str] = {}
         self._observers: dict[str, PoolObserver] = {}
         self._probes: dict[str, PoolProbe] = {}
         self._undo: list[Callable[[], None]] = []
@@ -182,7 +175,7 @@ class PoolWatch:
             clients[name] = client
             if first:
                 self.set_pool_probe(name, lambda: read_pool_state(clients[name]))
-                self._relations[name] = ("tortoise", tortoise_relations)
+                register_pool(name, "tortoise", tortoise_relations)
 
         instrumentation = TortoiseInstrumentation(self.pool_events, on_client)
         instrumentation.install()
@@ -209,7 +202,7 @@ class PoolWatch:
                 self._observers.pop(pool, None)
             raise
         self.set_pool_probe(pool, instrumentation.probe)
-        self._relations[pool] = ("sqlalchemy", sqlalchemy_relations)
+        register_pool(pool, "sqlalchemy", sqlalchemy_relations)
         self._activate()
         self._undo.append(instrumentation.uninstall)
         self._undo.append(lambda: self._forget_probe(pool))
@@ -244,16 +237,4 @@ class PoolWatch:
             self.faults.report("scope", exc)
 
     def _suggest(self, kind: str, fingerprint: str, pool: str) -> str:
-        key = (kind, fingerprint, pool)
-        text = self._suggestions.get(key)
-        if text is None:
-            orm, relations = self._relations.get(pool, (None, _no_relations))
-            try:
-                found = relations()
-            except Exception as exc:  # models half-configured: fall back to a generic hint
-                self.faults.report("hints", exc)
-                found = []
-            text = suggest(kind, fingerprint, found, orm)
-            if found and len(self._suggestions) < 4096:
-                self._suggestions[key] = text
-        return text
+        return suggestion(kind, fingerprint, pool, lambda exc: self.faults.report("hints", exc))

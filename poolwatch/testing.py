@@ -25,7 +25,6 @@ The app must be instrumented (``PoolWatch().instrument_tortoise()`` or
 
 from __future__ import annotations
 
-import sys
 import threading
 from types import TracebackType
 
@@ -34,31 +33,16 @@ from poolwatch.context import WorkScope, current_scope, nplusone_allowed
 from poolwatch.detect import Policy, ScopeQueries, detect
 from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, SLOW_QUERY, Finding, QueryEvent
-from poolwatch.hints import Relation, suggest
 from poolwatch.recorder import add_sink, remove_sink
+from poolwatch.suggestions import suggestion
 
 __all__ = ["Capture", "assert_max_queries", "capture"]
 
 _DATA = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
 
 
-def _any_orm_suggestion(kind: str, fingerprint: str, pool: str) -> str:
-    relations: list[Relation] = []
-    orm = None
-    try:
-        if "tortoise" in sys.modules:
-            from poolwatch.adapters.tortoise_relations import tortoise_relations
-
-            relations += tortoise_relations()
-        if "sqlalchemy.orm" in sys.modules:
-            from poolwatch.adapters.sqlalchemy_relations import sqlalchemy_relations
-
-            relations += sqlalchemy_relations()
-    except Exception:  # half-configured models: a generic hint will do
-        relations = []
-    if relations and all(r.orm == relations[0].orm for r in relations):
-        orm = relations[0].orm
-    return suggest(kind, fingerprint, relations, orm)
+def _suggest(kind: str, fingerprint: str, pool: str) -> str:
+    return suggestion(kind, fingerprint, pool)
 
 
 class Capture:
@@ -143,7 +127,7 @@ class Capture:
         context.remove_scope_listener(self._on_scope_closed)
         self._open = False
         route = self._ambient.route if self._ambient is not None else self.name
-        own = detect(self._own, self.policy, route, _any_orm_suggestion)
+        own = detect(self._own, self.policy, route, _suggest)
         with self._lock:
             self.findings.extend(own)
         if exc_type is None and self.raise_on_findings:
@@ -179,7 +163,7 @@ class Capture:
                         count=1,
                         duration=event.seconds,
                         call_site=event.call_site,
-                        suggestion=_any_orm_suggestion(SLOW_QUERY, event.fingerprint, ""),
+                        suggestion=_suggest(SLOW_QUERY, event.fingerprint, event.pool),
                         pool=event.pool,
                     )
                 )
@@ -190,7 +174,7 @@ class Capture:
     def _on_scope_closed(self, work: WorkScope) -> None:
         if work is self._ambient or work.grouped is None:
             return
-        found = detect(work.grouped, self.policy, work.route, _any_orm_suggestion)
+        found = detect(work.grouped, self.policy, work.route, _suggest)
         with self._lock:
             self.findings.extend(found)
 

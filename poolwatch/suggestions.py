@@ -1,0 +1,53 @@
+"""Which ORM's model metadata explains a pool's queries, and the cached suggestion.
+
+Each ``instrument_*`` call registers its pools here with the ORM that owns them, so a
+finding on pool ``default`` is explained with Tortoise's models and one on ``main`` with
+SQLAlchemy's, whether it was found by a PoolWatch or by ``testing.capture()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from poolwatch.hints import Relation, suggest
+
+__all__ = ["register_pool", "suggestion"]
+
+RelationSource = Callable[[], list[Relation]]
+
+_pools: dict[str, tuple[str, RelationSource]] = {}
+_cache: dict[tuple[str, str, str], str] = {}
+_MAX_CACHED = 4096
+
+
+def register_pool(pool: str, orm: str, relations: RelationSource) -> None:
+    """Explain findings on ``pool`` with ``orm``'s ``relations()``."""
+    _pools[pool] = (orm, relations)
+    _cache.clear()  # a pool name now served by another ORM
+
+
+def suggestion(
+    kind: str,
+    fingerprint: str,
+    pool: str,
+    on_error: Callable[[BaseException], None] | None = None,
+) -> str:
+    """What to change for a finding of ``kind`` on ``fingerprint`` in ``pool``."""
+    key = (kind, fingerprint, pool)
+    text = _cache.get(key)
+    if text is not None:
+        return text
+    orm, source = _pools.get(pool, (None, None))
+    sources = [source] if source is not None else [s for _, s in _pools.values()]
+    found: list[Relation] = []
+    for relations in dict.fromkeys(sources):  # one call per distinct source
+        try:
+            found += relations()
+        except Exception as exc:  # models half-configured: a generic hint will do
+            if on_error is not None:
+                on_error(exc)
+    text = suggest(kind, fingerprint, found, orm)
+    # Before the ORM has loaded its models there is nothing to match: try again later.
+    if found and len(_cache) < _MAX_CACHED:
+        _cache[key] = text
+    return text
