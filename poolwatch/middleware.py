@@ -147,57 +147,51 @@ class PoolWatchMiddleware:
             self._faults.report("middleware", exc)
 
     async def _serve_metrics(self, scope: Scope, send: Send) -> None:
-        if not await _method_allowed(scope, send):
-            return
         accept = ""
         for name, value in scope.get("headers", ()):
             if name == b"accept":
                 accept = value.decode("latin-1")
-        try:
+
+        def render() -> tuple[bytes, str]:
             encoder, content_type = choose_encoder(accept)
-            body = encoder(self._registry)
-        except Exception as exc:
-            self._faults.report("exposition", exc)
-            await _respond(send, 500, body=b"metrics unavailable\n", content_type=b"text/plain")
-            return
-        await _respond(
-            send,
-            200,
-            body=body,
-            content_type=content_type.encode("latin-1"),
-            head=scope.get("method") == "HEAD",
-        )
+            return encoder(self._registry), content_type
+
+        await self._serve(scope, send, "exposition", render)
 
     async def _serve_findings(self, scope: Scope, send: Send) -> None:
-        if not await _method_allowed(scope, send):
+        def render() -> tuple[bytes, str]:
+            body = json.dumps({"findings": self._findings()}, indent=1)
+            return body.encode(), "application/json"
+
+        await self._serve(scope, send, "findings", render)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        send: Send,
+        component: str,
+        render: Callable[[], tuple[bytes, str]],
+    ) -> None:
+        """Answer GET/HEAD with ``render()``; a fault in it is a 500, counted, not raised."""
+        method = scope.get("method")
+        if method not in ("GET", "HEAD"):
+            await _respond(
+                send,
+                405,
+                body=b"Method Not Allowed\n",
+                content_type=b"text/plain",
+                extra=[(b"allow", b"GET, HEAD")],
+            )
             return
         try:
-            body = json.dumps({"findings": self._findings()}, indent=1).encode()
+            body, content_type = render()
         except Exception as exc:
-            self._faults.report("findings", exc)
-            await _respond(send, 500, body=b"findings unavailable\n", content_type=b"text/plain")
+            self._faults.report(component, exc)
+            await _respond(send, 500, body=b"unavailable\n", content_type=b"text/plain")
             return
         await _respond(
-            send,
-            200,
-            body=body,
-            content_type=b"application/json",
-            head=scope.get("method") == "HEAD",
+            send, 200, body=body, content_type=content_type.encode("latin-1"), head=method == "HEAD"
         )
-
-
-async def _method_allowed(scope: Scope, send: Send) -> bool:
-    """GET and HEAD only, for the endpoints poolwatch serves itself."""
-    if scope.get("method") in ("GET", "HEAD"):
-        return True
-    await _respond(
-        send,
-        405,
-        body=b"Method Not Allowed\n",
-        content_type=b"text/plain",
-        extra=[(b"allow", b"GET, HEAD")],
-    )
-    return False
 
 
 async def _respond(

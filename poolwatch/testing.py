@@ -179,28 +179,10 @@ class Capture:
             self.findings.extend(found)
 
 
-def capture(
-    *,
-    name: str = "capture",
-    threshold: int = 2,
-    duplicate_threshold: int = 2,
-    min_duration: float = 0.0,
-    slow_query_threshold: float = 0.5,
-    raise_on_findings: bool = False,
-) -> Capture:
-    """Capture the statements and findings of a block (``with`` or ``async with``).
-
-    With ``raise_on_findings=True`` the block raises :class:`~poolwatch.NPlusOneError`
-    when it ends with an N+1 or duplicate finding.
-    """
-    return Capture(
-        name=name,
-        threshold=threshold,
-        duplicate_threshold=duplicate_threshold,
-        min_duration=min_duration,
-        slow_query_threshold=slow_query_threshold,
-        raise_on_findings=raise_on_findings,
-    )
+capture = Capture
+"""``with capture() as captured:`` (or ``async with``): the statements and findings of a
+block. ``raise_on_findings=True`` raises :class:`~poolwatch.NPlusOneError` when the block
+ends with an N+1 or duplicate finding."""
 
 
 class _MaxQueries(Capture):
