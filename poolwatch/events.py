@@ -77,11 +77,15 @@ class PoolEvents(Protocol):
         """A new database connection took ``seconds`` to open."""
         ...
 
-    def query(self, sql: str, seconds: float, failed: bool, params: Any = None) -> None:
+    def query(
+        self, sql: str, seconds: float, failed: bool, params: Any = None, continues: bool = False
+    ) -> None:
         """One statement ran.
 
         ``params`` are the statement's parameters, used only to tell an exact repeat from
-        a loop: they are hashed, never stored, logged or exported.
+        a loop: they are hashed, never stored, logged or exported. ``continues`` marks a
+        later part of one statement the driver sent in pieces (a batched executemany):
+        it is timed and counted, but is not a statement of the application's own.
         """
         ...
 

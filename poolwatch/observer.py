@@ -108,7 +108,9 @@ class PoolObserver:
         except Exception as exc:
             self._faults.report("pool", exc)
 
-    def query(self, sql: str, seconds: float, failed: bool, params: Any = None) -> None:
+    def query(
+        self, sql: str, seconds: float, failed: bool, params: Any = None, continues: bool = False
+    ) -> None:
         try:
             work = current_scope()
             if work is None:
@@ -127,7 +129,7 @@ class PoolObserver:
             self._faults.report("query", exc)
             return
         recorder = self._recorder
-        if recorder is not None and recorder.active:
+        if recorder is not None and recorder.active and not continues:
             try:
                 recorder.record(work, sql, seconds, failed, params, pool=self.name)
             except Exception as exc:

@@ -80,6 +80,31 @@ SUPPORTED = ((2, 1), (2, 2))  # [from, to): the versions whose internals this wa
 _EXECUTE_METHODS = ("do_execute", "do_executemany", "do_execute_no_params")
 _CONNECT_STARTED = "poolwatch.connect_started"  # key in a pool entry's ``info`` dict
 _COMPONENT = "sqlalchemy"
+_INSERTMANYVALUES = getattr(
+    getattr(sqlalchemy.engine.interfaces, "ExecuteStyle", None), "INSERTMANYVALUES", None
+)
+
+
+def _continues_batch(args: tuple[Any, ...]) -> bool:
+    """Whether this ``do_execute`` is a second or later part of one ``executemany``.
+
+    SQLAlchemy's "insertmanyvalues" splits an ORM flush of many rows into batched INSERTs,
+    and into one INSERT per row where RETURNING must come back in order and the dialect
+    cannot promise it (SQLite). The application issued one statement: its later parts are
+    timed and counted, not grouped again by N+1 detection. The first part marks the
+    execution context, which lives exactly as long as that one executemany.
+    """
+    context = args[1] if len(args) > 1 else None
+    if _INSERTMANYVALUES is None or getattr(context, "execute_style", None) is not (
+        _INSERTMANYVALUES
+    ):
+        return False
+    state = vars(context)
+    seen = "_poolwatch_batch" in state
+    state["_poolwatch_batch"] = True
+    return seen
+
+
 _MISSING = object()
 
 
@@ -305,13 +330,15 @@ class SQLAlchemyInstrumentation:
                 try:
                     # A cancelled statement is not a database error; its time is real.
                     params = args[0] if has_params and args else None
-                    query(statement, elapsed, isinstance(exc, Exception), params)
+                    more = has_params and _continues_batch(args)
+                    query(statement, elapsed, isinstance(exc, Exception), params, more)
                 except Exception as err:
                     report(_COMPONENT, err)
                 raise
             elapsed = clock() - started
             try:
-                query(statement, elapsed, False, args[0] if has_params and args else None)
+                params = args[0] if has_params and args else None
+                query(statement, elapsed, False, params, has_params and _continues_batch(args))
             except Exception as err:
                 report(_COMPONENT, err)
             return result

@@ -1,0 +1,1 @@
+"""Small apps whose endpoints must, or must not, produce query findings."""
