@@ -46,19 +46,16 @@ def sinks_open() -> bool:
     return bool(_sinks)
 
 
-def _frozen(params: Any) -> Any:
-    if isinstance(params, list):
-        return tuple(_frozen(p) for p in params)
-    if isinstance(params, dict):
-        return tuple((k, _frozen(v)) for k, v in params.items())
-    return params
-
-
 def identity(sql: str, params: Any) -> int:
     """A hash of the statement and its parameters; the values themselves are not kept."""
     try:
-        return hash((sql, _frozen(params)))
-    except TypeError:  # an unhashable value (a JSON document, an array of arrays)
+        # One flat tuple per statement: this runs for every SELECT.
+        if type(params) is list or type(params) is tuple:
+            return hash((sql, *params))
+        if type(params) is dict:
+            return hash((sql, *params.items()))
+        return hash((sql, params))
+    except TypeError:  # an unhashable value (a JSON document, an array parameter)
         return hash((sql, repr(params)))
 
 
@@ -107,17 +104,23 @@ class QueryRecorder:
             return  # nothing to group it with, nobody capturing: skip the stack walk
         sql_shape = shape(sql)
         operation = sql_shape.operation
-        event = QueryEvent(
-            sql_shape.fingerprint,
-            operation,
-            # Skip find, record and PoolObserver.query: they are always there.
-            self.finder.find(3) or UNKNOWN_SITE,
-            seconds,
-            failed,
-            pool,
-            NO_ROUTE if work is None else work.route,
-            sql_shape.in_list,
-            identity(sql, params) if operation == "SELECT" else None,
+        if operation == "OTHER" and seconds < self.slow_threshold:
+            return  # BEGIN, COMMIT, SET: never grouped, and captures leave them out
+        # tuple.__new__ directly: the NamedTuple constructor is one more Python call.
+        event: QueryEvent = tuple.__new__(
+            QueryEvent,
+            (
+                sql_shape.fingerprint,
+                operation,
+                # Skip find, record and PoolObserver.query: they are always there.
+                self.finder.find(3) or UNKNOWN_SITE,
+                seconds,
+                failed,
+                pool,
+                NO_ROUTE if work is None else work.route,
+                sql_shape.in_list,
+                identity(sql, params) if operation == "SELECT" else None,
+            ),
         )
         if grouping and work is not None:
             grouped = work.grouped
@@ -130,8 +133,9 @@ class QueryRecorder:
                     self._report([late], grouped)
         if self.enabled and seconds >= self.slow_threshold:
             self._report_slow(event)
-        for sink in tuple(_sinks):
-            sink(event)
+        if _sinks:
+            for sink in tuple(_sinks):
+                sink(event)
 
     # -- per scope ---------------------------------------------------------------------
 

@@ -47,7 +47,9 @@ def suggestion(
             if on_error is not None:
                 on_error(exc)
     text = suggest(kind, fingerprint, found, orm)
-    # Before the ORM has loaded its models there is nothing to match: try again later.
-    if found and len(_cache) < _MAX_CACHED:
-        _cache[key] = text
+    # Findings come from statements, so the ORM has loaded its models by now; reading
+    # them again for every request of a loop would cost more than the detection.
+    if len(_cache) >= _MAX_CACHED:
+        _cache.clear()
+    _cache[key] = text
     return text
