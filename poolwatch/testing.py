@@ -64,12 +64,18 @@ class Capture:
         min_duration: float = 0.0,
         slow_query_threshold: float = 0.5,
         raise_on_findings: bool = False,
+        allow_routes: tuple[str, ...] = (),
+        allow_fingerprints: tuple[str, ...] = (),
+        allow_call_sites: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.policy = Policy(
             threshold=threshold,
             min_duration=min_duration,
             duplicate_threshold=duplicate_threshold,
+            allow_routes=allow_routes,
+            allow_fingerprints=allow_fingerprints,
+            allow_call_sites=allow_call_sites,
         )
         self.slow_query_threshold = slow_query_threshold
         self.raise_on_findings = raise_on_findings

@@ -109,3 +109,12 @@ async def test_requests_in_the_block_are_judged_one_by_one(engine: Engine) -> No
             await client.get("/many")
         assert [(f.kind, f.route, f.count) for f in captured.findings] == [("nplusone", "/many", 3)]
     watch.uninstrument()
+
+
+def test_capture_allow_lists(engine: Engine) -> None:
+    with capture(allow_call_sites=("*:* in by_id",)) as captured:
+        by_id(engine, [1, 2, 3])
+    assert captured.findings == []
+    with capture(allow_fingerprints=("select name from item *",)) as captured:
+        by_id(engine, [1, 2, 3])
+    assert captured.findings == []
