@@ -7,17 +7,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import values as prometheus_values
 
 from poolwatch import context
 from poolwatch.config import Settings
 from poolwatch.context import WorkScope
 from poolwatch.errors import ConfigError, NPlusOneError, PoolWatchError
 from poolwatch.events import PoolEvents, PoolProbe, PoolState
+from poolwatch.exposition import Exposition
 from poolwatch.metrics import Metrics, PoolSource, PoolStateCollector
 from poolwatch.middleware import ASGIApp, PoolWatchMiddleware
+from poolwatch.multiprocess import MultiprocessExposition, PoolGauges, multiprocess_dir
 from poolwatch.observer import PoolObserver
 from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
+from poolwatch.server import MetricsServer
 from poolwatch.suggestions import register_pool, suggestion
 
 __all__ = ["PoolWatch"]
@@ -73,10 +77,35 @@ class PoolWatch:
         self._probes: dict[str, PoolProbe] = {}
         self._undo: list[Callable[[], None]] = []
         self._active = True
-        self._collector = PoolStateCollector(self._sources, self.metrics.count_internal_error)
-        registry.register(self._collector)
+        self._server: MetricsServer | None = None
+        self._pool_gauges: PoolGauges | None = None
+        self._render_registry: Callable[[], CollectorRegistry] = lambda: registry
+        shared_dir = multiprocess_dir(os.environ)
+        if shared_dir is None:
+            registry.register(PoolStateCollector(self._sources, self.metrics.count_internal_error))
+        else:
+            self._enter_multiprocess(shared_dir)
         self._scope_children: dict[str, Any] = {}
         self._activate()
+
+    def _enter_multiprocess(self, shared_dir: str) -> None:
+        """Keep pool gauges in the shared files and render scrapes from every worker's."""
+        if not os.path.isdir(shared_dir):
+            raise ConfigError(
+                "PROMETHEUS_MULTIPROC_DIR", shared_dir, "must be an existing directory"
+            )
+        # prometheus_client picks where values live once, when it is imported.
+        if prometheus_values.ValueClass is prometheus_values.MutexValue:
+            raise ConfigError(
+                "PROMETHEUS_MULTIPROC_DIR",
+                shared_dir,
+                "was set after prometheus_client was imported; set it before the process "
+                "starts (gunicorn: raw_env or the environment)",
+            )
+        gauges = self._pool_gauges = PoolGauges(self.registry, self.metrics.count_internal_error)
+        self._render_registry = MultiprocessExposition(
+            shared_dir, lambda: gauges.write_all(self._sources())
+        )
 
     # -- pools -------------------------------------------------------------------------
 
@@ -87,8 +116,15 @@ class PoolWatch:
         """
         observer = self._observers.get(name)
         if observer is None:
+            on_change = None
+            gauges = self._pool_gauges
+            if gauges is not None:  # multiprocess: other workers read these from files
+
+                def on_change() -> None:
+                    gauges.write(self._source(name))
+
             observer = self._observers[name] = PoolObserver(
-                name, self.metrics, self.faults, self.recorder
+                name, self.metrics, self.faults, self.recorder, on_change
             )
         return observer
 
@@ -104,11 +140,15 @@ class PoolWatch:
     def _forget_probe(self, name: str) -> None:
         self._probes.pop(name, None)
 
+    def _source(self, name: str) -> PoolSource:
+        observer = self._observers[name]
+        return PoolSource(
+            name, self._probes.get(name, _no_state), observer.pending, observer.checked_out
+        )
+
     def _sources(self) -> Iterator[PoolSource]:
-        for name, observer in list(self._observers.items()):
-            yield PoolSource(
-                name, self._probes.get(name, _no_state), observer.pending, observer.checked_out
-            )
+        for name in list(self._observers):
+            yield self._source(name)
 
     # -- instrumentation ---------------------------------------------------------------
 
@@ -136,17 +176,59 @@ class PoolWatch:
 
     def _middleware_options(self) -> dict[str, Any]:
         settings = self.settings
+        exposition = None
+        if settings.metrics_port is None:
+            exposition = self.exposition()
+        else:
+            self.start_metrics_server()  # the app's own port serves none of it
         return {
             "metrics": self.metrics,
-            "registry": self.registry,
             "faults": self.faults,
-            "metrics_path": settings.metrics_path if settings.expose_metrics else None,
-            "findings_path": settings.findings_path if settings.expose_findings else None,
-            "findings": self.findings,
+            "exposition": exposition,
             "owner": self,
             "exclude_paths": frozenset(settings.exclude_paths),
             "is_active": self._is_active,
+            "exemplars": settings.exemplars and self._pool_gauges is None,
         }
+
+    def exposition(self) -> Exposition:
+        """What answers ``metrics_path`` and ``findings_path``, for any HTTP server."""
+        settings = self.settings
+        return Exposition(
+            registry=self._render_registry,
+            findings=self.findings,
+            faults=self.faults,
+            metrics_path=settings.metrics_path if settings.expose_metrics else None,
+            findings_path=settings.findings_path if settings.expose_findings else None,
+            bearer_token=settings.metrics_bearer_token,
+            basic_auth=settings.metrics_basic_auth,
+        )
+
+    def start_metrics_server(
+        self, port: int | None = None, host: str | None = None
+    ) -> tuple[str, int]:
+        """Serve poolwatch's paths on a port of their own; returns the bound address.
+
+        ``port`` and ``host`` default to the ``metrics_port`` and ``metrics_host``
+        settings (``port=0`` picks a free port). :meth:`uninstrument` stops the server.
+        Under gunicorn with several workers, call it in the master (``when_ready``), not
+        in each worker: see ``examples/gunicorn.conf.py``.
+        """
+        if self._server is not None:
+            return self._server.address
+        port = self.settings.metrics_port if port is None else port
+        if port is None:
+            raise ConfigError("metrics_port", None, "give a port to serve metrics on")
+        server = MetricsServer(self.exposition(), host or self.settings.metrics_host, port)
+        server.start()
+        self._server = server
+
+        def stop() -> None:
+            server.stop()
+            self._server = None
+
+        self._undo.append(stop)
+        return server.address
 
     def _activate(self) -> None:
         self._active = True

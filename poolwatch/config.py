@@ -54,6 +54,13 @@ class Settings:
         findings_path: path serving the recent findings as JSON.
         expose_findings: serve ``findings_path`` at all.
         findings_log_interval: seconds between two log lines about the same fingerprint.
+        metrics_bearer_token: require ``Authorization: Bearer <token>`` on poolwatch's
+            paths.
+        metrics_basic_auth: require HTTP basic auth, given as ``"user:password"``.
+        metrics_port: serve poolwatch's paths on this port, from a small server of their
+            own, and not on the app's port.
+        metrics_host: the address that server binds (loopback unless told otherwise).
+        exemplars: attach the request's trace id to its observations (OpenMetrics).
     """
 
     enabled: bool = True
@@ -73,9 +80,20 @@ class Settings:
     findings_path: str = "/poolwatch/findings"
     expose_findings: bool = True
     findings_log_interval: float = 60.0
+    metrics_bearer_token: str | None = dataclasses.field(default=None, repr=False)
+    metrics_basic_auth: str | None = dataclasses.field(default=None, repr=False)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    exemplars: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("enabled", "expose_metrics", "use_global_registry", "expose_findings"):
+        for name in (
+            "enabled",
+            "expose_metrics",
+            "use_global_registry",
+            "expose_findings",
+            "exemplars",
+        ):
             _check_bool(name, getattr(self, name))
         _check_path("metrics_path", self.metrics_path)
         _check_path("findings_path", self.findings_path)
@@ -91,10 +109,35 @@ class Settings:
         _check_number("nplusone_min_duration", self.nplusone_min_duration, float, minimum=0)
         _check_number("findings_log_interval", self.findings_log_interval, float, minimum=0)
         _check_number("slow_query_threshold", self.slow_query_threshold, float, minimum=0)
+        self._check_exposition()
         if self.slow_query_threshold <= 0:
             raise ConfigError(
                 "slow_query_threshold", self.slow_query_threshold, "must be more than 0 seconds"
             )
+
+    def _check_exposition(self) -> None:
+        token, basic = self.metrics_bearer_token, self.metrics_basic_auth
+        if token is not None and (not isinstance(token, str) or not token or _spaced(token)):
+            raise ConfigError(
+                "metrics_bearer_token", "***", "must be a non-empty string without spaces"
+            )
+        if basic is not None and (not isinstance(basic, str) or ":" not in basic[1:]):
+            raise ConfigError("metrics_basic_auth", "***", "must be 'user:password'")
+        if token is not None and basic is not None:
+            raise ConfigError(
+                "metrics_basic_auth", "***", "cannot be combined with metrics_bearer_token"
+            )
+        port = self.metrics_port
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+        ):
+            raise ConfigError("metrics_port", port, "must be a TCP port, 1 to 65535")
+        if (
+            not isinstance(self.metrics_host, str)
+            or not self.metrics_host
+            or _spaced(self.metrics_host)
+        ):
+            raise ConfigError("metrics_host", self.metrics_host, "must be a host address")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -130,12 +173,17 @@ def _parse(name: str, raw: str, kind: object) -> object:
         raise ConfigError(name, raw, f"must be one of {sorted(_TRUE | _FALSE)}")
     if kind == "tuple[str, ...]":
         return tuple(p.strip() for p in text.split(",") if p.strip())
-    if kind in ("int", "float"):
+    if kind in ("int", "float", "int | None"):
         try:
-            return int(text) if kind == "int" else float(text)
+            return float(text) if kind == "float" else int(text)
         except ValueError:
-            raise ConfigError(name, raw, f"must be a number ({kind})") from None
+            shown = "***" if "TOKEN" in name or "AUTH" in name else raw
+            raise ConfigError(name, shown, f"must be a number ({kind})") from None
     return text
+
+
+def _spaced(text: str) -> bool:
+    return any(c.isspace() for c in text)
 
 
 def _check_bool(name: str, value: object) -> None:

@@ -36,7 +36,7 @@ UNMATCHED = "unmatched"
 class WorkScope:
     """One unit of work: an HTTP request or a ``poolwatch.scope(name)`` block."""
 
-    __slots__ = ("_asgi", "_route", "closed", "grouped", "owner", "queries")
+    __slots__ = ("_asgi", "_route", "closed", "grouped", "owner", "queries", "trace_id")
 
     def __init__(
         self,
@@ -55,6 +55,8 @@ class WorkScope:
         # Set once the scope has been judged; statements arriving later (from a task that
         # outlived its request) are judged one group at a time.
         self.closed = False
+        # The request's trace id (exemplars of its observations), when it has one.
+        self.trace_id: str | None = None
 
     @property
     def route(self) -> str:

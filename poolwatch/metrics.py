@@ -9,6 +9,7 @@ when Prometheus scrapes, not copied on every event.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
@@ -16,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from poolwatch.events import PoolState
 
-__all__ = ["Metrics", "PoolStateCollector"]
+__all__ = ["Metrics", "PoolReading", "PoolSource", "PoolStateCollector", "read_pool"]
 
 # Waiting for a pooled connection is normally tens of microseconds; the interesting change
 # is when it becomes milliseconds, so the low end is dense.
@@ -195,23 +196,36 @@ class PoolStateCollector(Collector):
         count, limit, pending = self._families()
         for source in self._sources():
             try:
-                state = source.probe()
-                waiting = source.pending()
-                own = source.checked_out()
+                reading = read_pool(source)
             except Exception:
                 self._on_error("collector")
                 continue
-            if state is None:
-                used, idle, max_ = own, 0, None
-            else:
-                used = own if state.used is None else state.used
-                idle = 0 if state.idle is None else state.idle
-                max_ = state.max
-            count.add_metric([source.name, "idle"], idle)
-            count.add_metric([source.name, "used"], used)
-            if max_ is not None:
-                limit.add_metric([source.name], max_)
-            pending.add_metric([source.name], waiting)
+            count.add_metric([source.name, "idle"], reading.idle)
+            count.add_metric([source.name, "used"], reading.used)
+            if reading.max is not None:
+                limit.add_metric([source.name], reading.max)
+            pending.add_metric([source.name], reading.pending)
         yield count
         yield limit
         yield pending
+
+
+class PoolReading(NamedTuple):
+    """One pool's gauges, as exposed."""
+
+    used: int
+    idle: int
+    max: int | None
+    pending: int
+
+
+def read_pool(source: PoolSource) -> PoolReading:
+    """Read a pool: the driver's own counts where it has them, poolwatch's otherwise."""
+    state = source.probe()
+    waiting = source.pending()
+    own = source.checked_out()
+    if state is None:
+        return PoolReading(own, 0, None, waiting)
+    used = own if state.used is None else state.used
+    idle = 0 if state.idle is None else state.idle
+    return PoolReading(used, idle, state.max, waiting)

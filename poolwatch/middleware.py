@@ -1,7 +1,9 @@
-"""Plain ASGI middleware: times each request, binds its scope, serves ``/metrics``.
+"""Plain ASGI middleware: times each request, binds its scope, serves poolwatch's paths.
 
-It also serves the recent query findings as JSON (``/poolwatch/findings``), and ends each
-request's scope, which is when N+1 detection judges it.
+``/metrics`` and ``/poolwatch/findings`` are answered by an :class:`Exposition` (auth,
+format, gzip). Each request's scope ends here, which is when N+1 detection judges it. A
+trace id (OpenTelemetry's current span, else a W3C ``traceparent`` header) rides along
+as the exemplar of the request's and its statements' observations.
 
 Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``: the request's context variables
 then reach the endpoint, the threadpool and background tasks, and streaming responses are
@@ -11,18 +13,16 @@ that run afterwards still count their queries towards the request.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-
 from poolwatch import context
 from poolwatch.context import WorkScope
+from poolwatch.exposition import Exposition
 from poolwatch.metrics import Metrics
 from poolwatch.safety import FaultReporter
+from poolwatch.tracing import trace_id_of
 
 __all__ = ["PoolWatchMiddleware"]
 
@@ -62,9 +62,8 @@ class _Request:
 class PoolWatchMiddleware:
     """Times HTTP requests and attributes the queries they issue to their route.
 
-    Usually added by :meth:`PoolWatch.instrument_app`; for a bare ASGI app::
-
-        app = PoolWatchMiddleware(app, metrics=..., registry=..., faults=...)
+    Usually added by :meth:`PoolWatch.instrument_app`; for a bare ASGI app use
+    :meth:`PoolWatch.wrap`.
     """
 
     def __init__(
@@ -72,25 +71,21 @@ class PoolWatchMiddleware:
         app: ASGIApp,
         *,
         metrics: Metrics,
-        registry: CollectorRegistry,
         faults: FaultReporter,
-        metrics_path: str | None = "/metrics",
-        findings_path: str | None = None,
-        findings: Callable[[], list[dict[str, Any]]] = list,
+        exposition: Exposition | None = None,
         exclude_paths: frozenset[str] = frozenset(),
         is_active: Callable[[], bool] = lambda: True,
         owner: object = None,
+        exemplars: bool = True,
     ) -> None:
         self.app = app
-        self._registry = registry
         self._faults = faults
-        self._metrics_path = metrics_path
-        self._findings_path = findings_path
-        self._findings = findings
-        served = {p for p in (metrics_path, findings_path) if p}
-        self._excluded = exclude_paths | served
+        self._exposition = exposition
+        self._served = exposition.paths if exposition is not None else frozenset()
+        self._excluded = exclude_paths | self._served
         self._is_active = is_active
         self._owner = owner
+        self._exemplars = exemplars
         self._http = metrics.http_duration
         self._queries = metrics.request_queries
         self._http_children: dict[tuple[str, str, str], Any] = {}
@@ -102,15 +97,18 @@ class PoolWatchMiddleware:
             return
         path = scope.get("path", "")
         if path in self._excluded:
-            if path == self._metrics_path:
-                await self._serve_metrics(scope, send)
-            elif path == self._findings_path:
-                await self._serve_findings(scope, send)
+            if path in self._served and self._exposition is not None:
+                await self._serve(scope, send, self._exposition)
             else:
                 await self.app(scope, receive, send)
             return
 
         work = WorkScope(asgi_scope=scope, owner=self._owner)
+        if self._exemplars:
+            try:
+                work.trace_id = trace_id_of(scope)
+            except Exception as exc:
+                self._faults.report("tracing", exc)
         token = context.enter(work)
         request = _Request(send)
         try:
@@ -138,7 +136,10 @@ class PoolWatchMiddleware:
             child = self._http_children.get(key)
             if child is None:
                 child = self._http_children[key] = self._http.labels(*key)
-            child.observe(end - request.started)
+            if work.trace_id is None:
+                child.observe(end - request.started)
+            else:
+                child.observe(end - request.started, {"trace_id": work.trace_id})
             queries = self._query_children.get(route)
             if queries is None:
                 queries = self._query_children[route] = self._queries.labels(route)
@@ -146,65 +147,19 @@ class PoolWatchMiddleware:
         except Exception as exc:
             self._faults.report("middleware", exc)
 
-    async def _serve_metrics(self, scope: Scope, send: Send) -> None:
-        accept = ""
-        for name, value in scope.get("headers", ()):
-            if name == b"accept":
-                accept = value.decode("latin-1")
-
-        def render() -> tuple[bytes, str]:
-            encoder, content_type = choose_encoder(accept)
-            return encoder(self._registry), content_type
-
-        await self._serve(scope, send, "exposition", render)
-
-    async def _serve_findings(self, scope: Scope, send: Send) -> None:
-        def render() -> tuple[bytes, str]:
-            body = json.dumps({"findings": self._findings()}, indent=1)
-            return body.encode(), "application/json"
-
-        await self._serve(scope, send, "findings", render)
-
-    async def _serve(
-        self,
-        scope: Scope,
-        send: Send,
-        component: str,
-        render: Callable[[], tuple[bytes, str]],
-    ) -> None:
-        """Answer GET/HEAD with ``render()``; a fault in it is a 500, counted, not raised."""
-        method = scope.get("method")
-        if method not in ("GET", "HEAD"):
-            await _respond(
-                send,
-                405,
-                body=b"Method Not Allowed\n",
-                content_type=b"text/plain",
-                extra=[(b"allow", b"GET, HEAD")],
-            )
-            return
-        try:
-            body, content_type = render()
-        except Exception as exc:
-            self._faults.report(component, exc)
-            await _respond(send, 500, body=b"unavailable\n", content_type=b"text/plain")
-            return
-        await _respond(
-            send, 200, body=body, content_type=content_type.encode("latin-1"), head=method == "HEAD"
+    async def _serve(self, scope: Scope, send: Send, exposition: Exposition) -> None:
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope.get("headers", ())
+        }
+        response = exposition.respond(scope.get("path", ""), scope.get("method", "GET"), headers)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [
+                    (k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers
+                ],
+            }
         )
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    *,
-    body: bytes,
-    content_type: bytes,
-    extra: list[tuple[bytes, bytes]] | None = None,
-    head: bool = False,
-) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    await send(
-        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
-    )
-    await send({"type": "http.response.body", "body": b"" if head else body})
+        await send({"type": "http.response.body", "body": response.body})

@@ -10,6 +10,7 @@ need), no string formatting, no stack walks. Any fault in here is reported to th
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
@@ -37,10 +38,13 @@ class PoolObserver:
         metrics: Metrics,
         faults: FaultReporter,
         recorder: QueryRecorder | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._faults = faults
         self._recorder = recorder
+        # Called after each acquire and release (multiprocess mode writes pool gauges).
+        self._on_change = on_change
         self._tickets = itertools.count()
         # ticket -> perf_counter() at the start of the wait
         self._waiting: dict[int, float] = {}
@@ -70,6 +74,8 @@ class PoolObserver:
     def acquire_started(self) -> int:
         ticket = next(self._tickets)
         self._waiting[ticket] = perf_counter()
+        if self._on_change is not None:
+            self._changed()
         return ticket
 
     def acquire_succeeded(self, ticket: int, holder: int, connect_seconds: float = 0.0) -> None:
@@ -83,6 +89,8 @@ class PoolObserver:
                 self._create.observe(connect_seconds)
         except Exception as exc:
             self._faults.report("pool", exc)
+        if self._on_change is not None:
+            self._changed()
 
     def acquire_failed(self, ticket: int, exc: BaseException) -> None:
         try:
@@ -93,12 +101,23 @@ class PoolObserver:
                     self._wait.observe(perf_counter() - started)
         except Exception as err:
             self._faults.report("pool", err)
+        if self._on_change is not None:
+            self._changed()
 
     def released(self, holder: int) -> None:
         try:
             since = self._checked_out.pop(holder, None)
             if since is not None:
                 self._use.observe(perf_counter() - since)
+        except Exception as exc:
+            self._faults.report("pool", exc)
+        if self._on_change is not None:
+            self._changed()
+
+    def _changed(self) -> None:
+        try:
+            if self._on_change is not None:
+                self._on_change()
         except Exception as exc:
             self._faults.report("pool", exc)
 
@@ -113,16 +132,21 @@ class PoolObserver:
     ) -> None:
         try:
             work = current_scope()
+            trace_id = None
             if work is None:
                 route = NO_ROUTE
             else:
                 route = work.route
                 work.queries += 1
+                trace_id = work.trace_id
             key = (operation_of(sql), route)
             child = self._by_label.get(key)
             if child is None:
                 child = self._by_label[key] = self._durations.labels(self.name, *key)
-            child.observe(seconds)
+            if trace_id is None:
+                child.observe(seconds)
+            else:
+                child.observe(seconds, {"trace_id": trace_id})
             if failed:
                 self._errors.labels(self.name, *key).inc()
         except Exception as exc:
