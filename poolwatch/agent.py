@@ -17,7 +17,12 @@ from poolwatch.events import PoolEvents, PoolProbe, PoolState
 from poolwatch.exposition import Exposition
 from poolwatch.metrics import Metrics, PoolSource, PoolStateCollector
 from poolwatch.middleware import ASGIApp, PoolWatchMiddleware
-from poolwatch.multiprocess import MultiprocessExposition, PoolGauges, multiprocess_dir
+from poolwatch.multiprocess import (
+    MultiprocessExposition,
+    PoolGauges,
+    Refresher,
+    multiprocess_dir,
+)
 from poolwatch.observer import PoolObserver
 from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
@@ -79,6 +84,7 @@ class PoolWatch:
         self._active = True
         self._server: MetricsServer | None = None
         self._pool_gauges: PoolGauges | None = None
+        self._refresher: Refresher | None = None
         self._render_registry: Callable[[], CollectorRegistry] = lambda: registry
         shared_dir = multiprocess_dir(os.environ)
         if shared_dir is None:
@@ -103,9 +109,13 @@ class PoolWatch:
                 "starts (gunicorn: raw_env or the environment)",
             )
         gauges = self._pool_gauges = PoolGauges(self.registry, self.metrics.count_internal_error)
-        self._render_registry = MultiprocessExposition(
-            shared_dir, lambda: gauges.write_all(self._sources())
-        )
+
+        def write_all() -> None:
+            gauges.write_all(self._sources())
+
+        self._render_registry = MultiprocessExposition(shared_dir, write_all)
+        self._refresher = Refresher(write_all)
+        self._undo.append(self._refresher.stop)
 
     # -- pools -------------------------------------------------------------------------
 
@@ -122,6 +132,8 @@ class PoolWatch:
 
                 def on_change() -> None:
                     gauges.write(self._source(name))
+                    if self._refresher is not None:
+                        self._refresher.ensure()
 
             observer = self._observers[name] = PoolObserver(
                 name, self.metrics, self.faults, self.recorder, on_change

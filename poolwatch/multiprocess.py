@@ -6,27 +6,31 @@ whichever worker (or the gunicorn master) it lands, reads all of them.
 
 Pool gauges need one more step. Their values live in each worker's own pool, so a scrape
 served by worker A cannot read worker B's pool. Each worker therefore writes its pool
-gauges to the shared files whenever a connection is taken or returned (and the scraping
-worker once more before it renders): ``livesum`` gauges, summed over the workers that are
-alive. gunicorn's ``child_exit`` hook calls ``mark_process_dead``, which drops a dead
-worker's gauge files; its counters stay in the sums, as counters must.
+gauges to the shared files: whenever a connection is taken or returned, every
+``REFRESH_SECONDS`` from a daemon thread (a driver may count a returned connection a
+moment after poolwatch hears of it), and, in the worker serving a scrape, just before it
+renders. They are ``livesum`` gauges, summed over the workers that are alive.
+gunicorn's ``child_exit`` hook calls ``mark_process_dead``, which drops a dead worker's
+gauge files; its counters stay in the sums, as counters must.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from poolwatch.metrics import PoolSource, read_pool
 
-__all__ = ["MultiprocessExposition", "PoolGauges", "multiprocess_dir"]
+__all__ = ["MultiprocessExposition", "PoolGauges", "Refresher", "multiprocess_dir"]
 
 _UNTYPED = "db_client_connection_count"
+REFRESH_SECONDS = 0.5
 
 
 def multiprocess_dir(environ: Mapping[str, str]) -> str | None:
@@ -79,6 +83,65 @@ class PoolGauges:
             self.write(source)
 
 
+class Refresher:
+    """Writes a worker's pool gauges every ``interval`` seconds from a daemon thread.
+
+    Started on the first pool event in each process (a thread does not survive gunicorn's
+    fork, and the app may be imported before it), so :meth:`ensure` is cheap to call often.
+    """
+
+    def __init__(self, refresh: Callable[[], None], interval: float = REFRESH_SECONDS) -> None:
+        self._refresh = refresh
+        self._interval = interval
+        self._pid = 0
+        self._stop = threading.Event()
+
+    def ensure(self) -> None:
+        """Start the thread in this process unless it runs already."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._stop = threading.Event()
+        thread = threading.Thread(target=self._run, name="poolwatch-gauges", daemon=True)
+        thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (at uninstrument)."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.wait(self._interval):
+            self._refresh()
+
+
+def forget_dead_workers(path: str) -> None:
+    """Drop the live gauges of processes that no longer exist.
+
+    gunicorn's ``child_exit`` hook does this at once; ``uvicorn --workers`` has no such
+    hook, so each scrape also looks for gauge files of processes that are gone.
+    """
+    pids: set[int] = set()
+    for name in os.listdir(path):
+        if name.startswith("gauge_live") and name.endswith(".db"):
+            digits = name[: -len(".db")].rpartition("_")[2]
+            if digits.isdigit():
+                pids.add(int(digits))
+    for pid in pids:
+        if not _alive(pid):
+            mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
 class _AllWorkers(Collector):
     """Every worker's files, with the connection count untyped as in single-process mode."""
 
@@ -103,6 +166,7 @@ class MultiprocessExposition:
 
     def __call__(self) -> CollectorRegistry:
         self._refresh()
+        forget_dead_workers(self._path)
         registry = CollectorRegistry()
         registry.register(_AllWorkers(self._path))
         return registry

@@ -28,3 +28,14 @@ def pool_gauges(registry: CollectorRegistry, pool: str) -> tuple[float, float, f
         value(registry, "db_client_connection_count", pool=pool, state="idle"),
         value(registry, "db_client_connection_pending_requests", pool=pool),
     )
+
+
+def parse_exposition(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Samples of a Prometheus text exposition, keyed by (name, labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
