@@ -69,6 +69,7 @@ class Server:
             command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
         self.requests = 0
+        self.last_scrape = ""
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + 30
@@ -98,6 +99,7 @@ class Server:
         time.sleep(1.2)
         status, body = _get(self.port, "/metrics")
         assert status == 200
+        self.last_scrape = body
         return parse_exposition(body)
 
     def stop(self) -> None:
@@ -125,7 +127,9 @@ def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def test_one_scrape_sums_every_worker_and_drops_a_dead_workers_gauges(server: Server) -> None:
+def test_one_scrape_sums_every_worker_and_drops_a_dead_workers_gauges(
+    server: Server, promtool: str
+) -> None:
     pids = server.hit_until(set())
     assert len(pids) == WORKERS
     samples = server.scrape()
@@ -154,6 +158,36 @@ def test_one_scrape_sums_every_worker_and_drops_a_dead_workers_gauges(server: Se
     samples = server.scrape()
     assert _value(samples, "db_client_connection_max", pool="main") == POOL_MAX * WORKERS
     assert _value(samples, "db_client_connection_count", pool="main", state="idle") == WORKERS
+    lint = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=server.last_scrape,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (lint.returncode, lint.stdout + lint.stderr) == (0, "")
     # Counters keep what the dead worker counted.
     assert _value(samples, http_count, **hits) == server.requests
     assert _value(samples, ops, **select) == server.requests
+
+
+def test_multiprocess_misconfiguration_fails_fast(tmp_path: Path) -> None:
+    script = (
+        "import os, prometheus_client\n"
+        "os.environ['PROMETHEUS_MULTIPROC_DIR'] = {path!r}\n"
+        "from poolwatch import PoolWatch\n"
+        "PoolWatch()\n"
+    )
+    for path, message in (
+        (str(tmp_path), "was set after prometheus_client was imported"),
+        (str(tmp_path / "missing"), "must be an existing directory"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-c", script.format(path=path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
+        assert run.returncode == 1
+        assert f"PROMETHEUS_MULTIPROC_DIR={path!r}: {message}" in run.stderr
