@@ -92,7 +92,6 @@ class PoolWatch:
         else:
             self._enter_multiprocess(shared_dir)
         self._scope_children: dict[str, Any] = {}
-        self._activate()
 
     def _enter_multiprocess(self, shared_dir: str) -> None:
         """Keep pool gauges in the shared files and render scrapes from every worker's."""
@@ -187,6 +186,7 @@ class PoolWatch:
         return PoolWatchMiddleware(app, **self._middleware_options())
 
     def _middleware_options(self) -> dict[str, Any]:
+        self._activate()  # requests end through this PoolWatch's scope listener
         settings = self.settings
         exposition = None
         if settings.metrics_port is None:

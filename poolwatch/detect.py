@@ -97,8 +97,9 @@ class ScopeQueries:
     def __init__(self) -> None:
         self.groups: dict[tuple[str, str], _Group] = {}
         self.repeats: dict[int, _Repeat] = {}
-        # Kinds already counted for this scope: the counters count scopes, not findings.
-        self.reported: set[str] = set()
+        # (recorder id, kind) already counted for this scope: the counters count scopes,
+        # not findings, and each PoolWatch judging the scope counts in its own registry.
+        self.reported: set[tuple[int, str]] = set()
 
     def add(self, event: QueryEvent) -> tuple[tuple[str, str], _Group] | None:
         """Record ``event``; returns its group (``None`` for statements not grouped)."""

@@ -172,8 +172,9 @@ class QueryRecorder:
         nplusone, duplicates, _ = self._children(findings[0].route)
         for finding in findings:
             # The counters count requests with a finding, not findings.
-            if finding.kind not in grouped.reported:
-                grouped.reported.add(finding.kind)
+            counted = (id(self), finding.kind)
+            if counted not in grouped.reported:
+                grouped.reported.add(counted)
                 if finding.kind == NPLUSONE:
                     nplusone.inc()
                 elif finding.kind == DUPLICATE:

@@ -166,7 +166,9 @@ def test_exposition_settings_fail_fast_without_echoing_secrets() -> None:
         PoolWatch(metrics_basic_auth="no-colon-secret")
     with pytest.raises(ConfigError, match=r"metrics_port=0: must be a TCP port"):
         PoolWatch(metrics_port=0)
-    assert "tok" not in repr(PoolWatch(metrics_bearer_token="tok").settings)
+    watch = PoolWatch(metrics_bearer_token="tok")
+    assert "tok" not in repr(watch.settings)
+    watch.uninstrument()
 
 
 def _lower(headers: object) -> dict[str, str]:

@@ -286,3 +286,16 @@ def test_log_line_per_finding(engine: Engine, caplog: pytest.LogCaptureFixture) 
     (record,) = caplog.records
     assert record.getMessage().startswith("poolwatch nplusone: nplusone on job: 6 x")
     assert json.dumps(record.poolwatch_finding)  # type: ignore[attr-defined]
+
+
+def test_each_watch_judging_a_scope_counts_it_in_its_own_registry(engine: Engine) -> None:
+    first = PoolWatch()
+    first.instrument_sqlalchemy(engine, pool="one")
+    second = PoolWatch()
+    second.instrument_sqlalchemy(create_engine("sqlite://"), pool="two")
+    with poolwatch.scope("job"):
+        loop(engine)
+    assert value(first.registry, "poolwatch_nplusone_total", route="job") == 1
+    assert value(second.registry, "poolwatch_nplusone_total", route="job") == 1
+    first.uninstrument()
+    second.uninstrument()
