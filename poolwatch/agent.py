@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client import values as prometheus_values
@@ -26,8 +26,10 @@ from poolwatch.multiprocess import (
 from poolwatch.observer import PoolObserver
 from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
-from poolwatch.server import MetricsServer
 from poolwatch.suggestions import register_pool, suggestion
+
+if TYPE_CHECKING:
+    from poolwatch.server import MetricsServer
 
 __all__ = ["PoolWatch"]
 
@@ -228,6 +230,8 @@ class PoolWatch:
         """
         if self._server is not None:
             return self._server.address
+        from poolwatch.server import MetricsServer  # http.server: only when asked for
+
         port = self.settings.metrics_port if port is None else port
         if port is None:
             raise ConfigError("metrics_port", None, "give a port to serve metrics on")
