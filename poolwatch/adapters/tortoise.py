@@ -246,16 +246,13 @@ class TortoiseInstrumentation:
     def _wrap_query(self, original: AsyncMethod) -> AsyncMethod:
         instrumentation = self
 
-        @functools.wraps(original)
-        async def query(self: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
-            if _query_clock.get() is not None:  # called by another execute_* method
-                return await original(self, sql, *args, **kwargs)
-            events = instrumentation._query_events(self)
+        async def timed(client: Any, sql: str, args: tuple[Any, ...], kwargs: Any) -> Any:
+            events = instrumentation._query_events(client)
             clock = _Clock()
             token = _query_clock.set(clock)
             started = perf_counter()
             try:
-                result = await original(self, sql, *args, **kwargs)
+                result = await original(client, sql, *args, **kwargs)
             except BaseException as exc:
                 elapsed = perf_counter() - started - clock.acquiring
                 _query_clock.reset(token)
@@ -266,6 +263,15 @@ class TortoiseInstrumentation:
             _query_clock.reset(token)
             events.query(sql, elapsed, False, args[0] if args else None)
             return result
+
+        # A plain function returning the coroutine: when another execute_* method calls
+        # this one (the statement is already being timed), it hands back the original
+        # coroutine itself, with no extra coroutine layer for every await inside it.
+        @functools.wraps(original)
+        def query(self: Any, sql: str, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+            if _query_clock.get() is not None:
+                return original(self, sql, *args, **kwargs)
+            return timed(self, sql, args, kwargs)
 
         return query
 
