@@ -19,6 +19,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from poolwatch import PoolWatch
+
 pytest_plugins = ["pytester"]  # for the tests of poolwatch's own pytest plugin
 
 TEST_COMMAND = "bash scripts/test.sh"
@@ -33,6 +35,15 @@ def _unavailable(reason: str) -> NoReturn:
     if _in_ci():
         pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
     pytest.skip(f"{reason}; `{TEST_COMMAND}` provides it")
+
+
+@pytest.fixture
+def watch() -> Iterator[PoolWatch]:
+    """A PoolWatch instrumenting every Tortoise connection, undone after the test."""
+    w = PoolWatch()
+    w.instrument_tortoise()
+    yield w
+    w.uninstrument()
 
 
 @pytest.fixture(scope="session")

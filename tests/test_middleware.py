@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -85,14 +85,6 @@ def build_app(watch: PoolWatch) -> FastAPI:
         return StreamingResponse(chunks())
 
     return app
-
-
-@pytest.fixture
-def watch() -> Iterator[PoolWatch]:
-    w = PoolWatch()
-    w.instrument_tortoise()
-    yield w
-    w.uninstrument()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,14 +31,6 @@ from tests.tortoise_models import Author, Book
 
 SECRET = "s3cr3t-param-value-7731"
 OPS = "db_client_operation_duration_seconds_count"
-
-
-@pytest.fixture
-def watch() -> Iterator[PoolWatch]:
-    w = PoolWatch()
-    w.instrument_tortoise()
-    yield w
-    w.uninstrument()
 
 
 @contextlib.asynccontextmanager
