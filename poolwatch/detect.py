@@ -23,9 +23,17 @@ import dataclasses
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 
-from poolwatch.events import BULK_WRITE, DUPLICATE, NPLUSONE, Finding, QueryEvent
+from poolwatch.events import BULK_WRITE, DUPLICATE, NPLUSONE, SLOW_QUERY, Finding, QueryEvent
 
-__all__ = ["Policy", "ScopeQueries", "Suggest", "detect", "late_finding"]
+__all__ = [
+    "DATA_OPERATIONS",
+    "Policy",
+    "ScopeQueries",
+    "Suggest",
+    "detect",
+    "late_finding",
+    "slow_finding",
+]
 
 # Memory bound per scope: a request with more distinct statements than this is already
 # reported (its loop groups exist long before); the rest is counted, not grouped.
@@ -34,6 +42,8 @@ MAX_REPEATS = 16384
 
 _READS = frozenset({"SELECT"})
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
+DATA_OPERATIONS = _READS | _WRITES
+"""Statements that touch data; BEGIN, COMMIT, SET and the like are bookkeeping."""
 
 Suggest = Callable[[str, str, str], str]
 """``suggest(kind, fingerprint, pool)`` -> what to change, in one sentence."""
@@ -104,7 +114,7 @@ class ScopeQueries:
     def add(self, event: QueryEvent) -> tuple[tuple[str, str], _Group] | None:
         """Record ``event``; returns its group (``None`` for statements not grouped)."""
         operation = event.operation
-        if operation not in _READS and operation not in _WRITES:
+        if operation not in DATA_OPERATIONS:
             return None  # BEGIN, COMMIT, SET, PRAGMA: the ORM's bookkeeping
         key = (event.fingerprint, event.call_site)
         group = self.groups.get(key)
@@ -208,3 +218,17 @@ def late_finding(
     if finding is None or policy.allows(finding):
         return None
     return finding
+
+
+def slow_finding(event: QueryEvent, suggest: Suggest) -> Finding:
+    """The slow-query finding of one statement (the caller decides it was slow)."""
+    return Finding(
+        kind=SLOW_QUERY,
+        route=event.route,
+        fingerprint=event.fingerprint,
+        count=1,
+        duration=event.seconds,
+        call_site=event.call_site,
+        suggestion=suggest(SLOW_QUERY, event.fingerprint, event.pool),
+        pool=event.pool,
+    )

@@ -20,7 +20,7 @@ from prometheus_client.exposition import choose_encoder
 
 from poolwatch.safety import FaultReporter
 
-__all__ = ["Exposition", "Response"]
+__all__ = ["Exposition", "Response", "text_response"]
 
 # Scrapes are small and frequent: fast compression beats a few more percent of size.
 _GZIP_LEVEL = 1
@@ -64,10 +64,12 @@ class Exposition:
     def respond(self, path: str, method: str, headers: Mapping[str, str]) -> Response:
         """The response to ``method path``; ``headers`` have lower-case names."""
         if method not in ("GET", "HEAD"):
-            return _text(405, "Method Not Allowed", [("allow", "GET, HEAD")])
+            return text_response(405, "Method Not Allowed", [("allow", "GET, HEAD")])
         if not self._authorised(headers.get("authorization", "")):
             scheme = "Bearer" if self._bearer is not None else "Basic"
-            return _text(401, "Unauthorized", [("www-authenticate", f'{scheme} realm="poolwatch"')])
+            return text_response(
+                401, "Unauthorized", [("www-authenticate", f'{scheme} realm="poolwatch"')]
+            )
         try:
             if path == self.metrics_path:
                 encoder, content_type = choose_encoder(headers.get("accept", ""))
@@ -77,7 +79,7 @@ class Exposition:
                 body = json.dumps({"findings": self._findings()}, indent=1).encode()
         except Exception as exc:
             self._faults.report("exposition", exc)
-            return _text(500, "unavailable")
+            return text_response(500, "unavailable")
         extra = [("vary", "Accept-Encoding")]
         if "gzip" in headers.get("accept-encoding", ""):
             body = gzip.compress(body, compresslevel=_GZIP_LEVEL)
@@ -103,7 +105,8 @@ class Exposition:
         return False
 
 
-def _text(status: int, text: str, headers: list[tuple[str, str]] | None = None) -> Response:
+def text_response(status: int, text: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    """A short plain-text answer (errors, refusals)."""
     body = (text + "\n").encode()
     return Response(
         status,

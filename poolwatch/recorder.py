@@ -15,9 +15,16 @@ from typing import Any
 from poolwatch.callsite import CallSiteFinder
 from poolwatch.config import Settings
 from poolwatch.context import NO_ROUTE, WorkScope, nplusone_allowed
-from poolwatch.detect import Policy, ScopeQueries, Suggest, detect, late_finding
+from poolwatch.detect import (
+    Policy,
+    ScopeQueries,
+    Suggest,
+    detect,
+    late_finding,
+    slow_finding,
+)
 from poolwatch.errors import NPlusOneError
-from poolwatch.events import DUPLICATE, NPLUSONE, SLOW_QUERY, Finding, QueryEvent
+from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
 from poolwatch.findings import FindingsLog, FindingsLogger
 from poolwatch.fingerprint import shape
 from poolwatch.metrics import Metrics
@@ -183,16 +190,7 @@ class QueryRecorder:
             self._logger.log(finding)
 
     def _report_slow(self, event: QueryEvent) -> None:
-        finding = Finding(
-            kind=SLOW_QUERY,
-            route=event.route,
-            fingerprint=event.fingerprint,
-            count=1,
-            duration=event.seconds,
-            call_site=event.call_site,
-            suggestion=self._suggest(SLOW_QUERY, event.fingerprint, event.pool),
-            pool=event.pool,
-        )
+        finding = slow_finding(event, self._suggest)
         if self.policy.allows(finding):
             return
         self._children(event.route)[2].inc()

@@ -12,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from poolwatch.exposition import Exposition
+from poolwatch.exposition import Exposition, text_response
 
 __all__ = ["MetricsServer"]
 
@@ -52,16 +52,11 @@ def _handler(exposition: Exposition) -> type[BaseHTTPRequestHandler]:
 
         def _answer(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path not in exposition.paths:
-                body = b"Not Found\n"
-                self.send_response(404)
-                self.send_header("content-type", "text/plain; charset=utf-8")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                return
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            response = exposition.respond(path, self.command, headers)
+            if path in exposition.paths:
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                response = exposition.respond(path, self.command, headers)
+            else:
+                response = text_response(404, "Not Found")
             self.send_response(response.status)
             for name, value in response.headers:
                 self.send_header(name, value)

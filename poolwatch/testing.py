@@ -30,19 +30,13 @@ from types import TracebackType
 
 from poolwatch import context
 from poolwatch.context import WorkScope, current_scope, nplusone_allowed
-from poolwatch.detect import Policy, ScopeQueries, detect
+from poolwatch.detect import DATA_OPERATIONS, Policy, ScopeQueries, detect, slow_finding
 from poolwatch.errors import NPlusOneError
-from poolwatch.events import DUPLICATE, NPLUSONE, SLOW_QUERY, Finding, QueryEvent
+from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
 from poolwatch.recorder import add_sink, remove_sink
 from poolwatch.suggestions import suggestion
 
 __all__ = ["Capture", "assert_max_queries", "capture"]
-
-_DATA = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
-
-
-def _suggest(kind: str, fingerprint: str, pool: str) -> str:
-    return suggestion(kind, fingerprint, pool)
 
 
 class Capture:
@@ -133,7 +127,7 @@ class Capture:
         context.remove_scope_listener(self._on_scope_closed)
         self._open = False
         route = self._ambient.route if self._ambient is not None else self.name
-        own = detect(self._own, self.policy, route, _suggest)
+        own = detect(self._own, self.policy, route, suggestion)
         with self._lock:
             self.findings.extend(own)
         if exc_type is None and self.raise_on_findings:
@@ -155,24 +149,13 @@ class Capture:
     # -- fed by poolwatch --------------------------------------------------------------
 
     def _on_query(self, event: QueryEvent) -> None:
-        if event.operation not in _DATA:
+        if event.operation not in DATA_OPERATIONS:
             return
         slow = event.seconds >= self.slow_query_threshold
         with self._lock:
             self.queries.append(event)
             if slow:
-                self.findings.append(
-                    Finding(
-                        kind=SLOW_QUERY,
-                        route=event.route,
-                        fingerprint=event.fingerprint,
-                        count=1,
-                        duration=event.seconds,
-                        call_site=event.call_site,
-                        suggestion=_suggest(SLOW_QUERY, event.fingerprint, event.pool),
-                        pool=event.pool,
-                    )
-                )
+                self.findings.append(slow_finding(event, suggestion))
         # Statements of requests are judged per request when it ends; the rest here.
         if current_scope() is self._ambient and not nplusone_allowed():
             self._own.add(event)
@@ -180,7 +163,7 @@ class Capture:
     def _on_scope_closed(self, work: WorkScope) -> None:
         if work is self._ambient or work.grouped is None:
             return
-        found = detect(work.grouped, self.policy, work.route, _suggest)
+        found = detect(work.grouped, self.policy, work.route, suggestion)
         with self._lock:
             self.findings.extend(found)
 
