@@ -24,6 +24,7 @@ __all__ = [
     "column",
     "interleave",
     "interleave_async",
+    "order",
     "ratio",
     "spread",
 ]
@@ -32,7 +33,8 @@ Samples = dict[str, list[float]]
 T = TypeVar("T")
 
 
-def _order(setups: Sequence[str], index: int) -> Sequence[str]:
+def order(setups: Sequence[str], index: int) -> Sequence[str]:
+    """The setups in the order round ``index`` runs them: reversed every other round."""
     return setups if index % 2 == 0 else setups[::-1]
 
 
@@ -46,7 +48,7 @@ def interleave(
     """
     samples: dict[str, list[T]] = {setup: [] for setup in setups}
     for index in range(discard + rounds):
-        for setup in _order(setups, index):
+        for setup in order(setups, index):
             sample = run(setup)
             if index >= discard:
                 samples[setup].append(sample)
@@ -63,7 +65,7 @@ async def interleave_async(
     """:func:`interleave` for a coroutine ``run``."""
     samples: dict[str, list[T]] = {setup: [] for setup in setups}
     for index in range(discard + rounds):
-        for setup in _order(setups, index):
+        for setup in order(setups, index):
             sample = await run(setup)
             if index >= discard:
                 samples[setup].append(sample)

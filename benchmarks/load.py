@@ -37,7 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, cast
 
-from _timing import Table, Target, column, interleave, ratio, spread
+from _timing import Table, Target, column, order, ratio, spread
 from apps import ENDPOINTS, SETUP_NAMES, SETUPS, build_app, paths
 
 __all__ = ["bench_uvicorn"]
@@ -286,6 +286,29 @@ def _hit(
     return result
 
 
+def _start_all() -> dict[str, _Server]:
+    """One fresh server per setup, started together, warmed up on every endpoint."""
+    servers: dict[str, _Server] = {}
+    try:
+        for setup in SETUPS:
+            servers[setup] = _Server(setup)
+        deadline = time.monotonic() + READY_TIMEOUT
+        for server in servers.values():
+            server.wait_ready(deadline)
+        for endpoint in ENDPOINTS:
+            for server in servers.values():  # first requests: imports, caches, routes
+                _hit(server, endpoint, 0.3, 0.2, 8)
+    except BaseException:
+        _stop_all(servers)
+        raise
+    return servers
+
+
+def _stop_all(servers: dict[str, _Server]) -> None:
+    for server in servers.values():
+        server.stop()
+
+
 def bench_uvicorn(rounds: int, seconds: float, connections: int = 8) -> Table:
     """Section 1b: requests/s through uvicorn per setup and endpoint, ratio vs bare."""
     warmup = min(0.25, seconds / 2)
@@ -294,43 +317,45 @@ def bench_uvicorn(rounds: int, seconds: float, connections: int = 8) -> Table:
         ["endpoint", "setup", "requests/s", "ratio vs bare", "spread",
          "server CPU µs/request", "CPU ratio vs bare", "target"],
     )  # fmt: skip
-    servers = {setup: _Server(setup) for setup in SETUPS}
     client_load: list[float] = []
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        for server in servers.values():
-            server.wait_ready(deadline)
-        for endpoint, label in ENDPOINTS.items():
-            for server in servers.values():  # first requests: imports, caches, routes
-                _hit(server, endpoint, 0.3, 0.2, connections)
-
-            def run(setup: str, endpoint: str = endpoint) -> tuple[float, float]:
-                result = _hit(servers[setup], endpoint, seconds, warmup, connections)
-                client_load.append(result["client_cpu"])
-                return result["rps"], result["server_cpu_per_request"]
-
-            measured = interleave(SETUPS, rounds, run)
-            samples, cpu = column(measured, 0), column(measured, 1)
-            for setup in SETUPS:
-                share = ratio(samples, setup, "bare")
-                target = Target("≥ 0.90x bare", share >= 0.9) if "poolwatch" in setup else None
-                table.add(
-                    label,
-                    SETUP_NAMES[setup],
-                    f"{statistics.median(samples[setup]):,.0f}",
-                    f"{share:.3f}x",
-                    spread(samples, setup, "bare"),
-                    f"{statistics.median(cpu[setup]) * 1e6:.0f}",
-                    f"{ratio(cpu, setup, 'bare'):.3f}x",
-                    target=target,
-                )
-    finally:
-        for server in servers.values():
-            server.stop()
+    measured: dict[str, dict[str, list[tuple[float, float]]]] = {
+        endpoint: {setup: [] for setup in SETUPS} for endpoint in ENDPOINTS
+    }
+    for index in range(rounds):
+        # Fresh processes every round: one process can run a few percent faster or slower
+        # than another with the same code (hash seeds, memory layout, which core), and a
+        # server kept for every round would carry its luck into the median.
+        servers = _start_all()
+        try:
+            for endpoint in ENDPOINTS:
+                for setup in order(SETUPS, index):
+                    result = _hit(servers[setup], endpoint, seconds, warmup, connections)
+                    client_load.append(result["client_cpu"])
+                    measured[endpoint][setup].append(
+                        (result["rps"], result["server_cpu_per_request"])
+                    )
+        finally:
+            _stop_all(servers)
+    for endpoint, label in ENDPOINTS.items():
+        samples, cpu = column(measured[endpoint], 0), column(measured[endpoint], 1)
+        for setup in SETUPS:
+            share = ratio(samples, setup, "bare")
+            target = Target("≥ 0.90x bare", share >= 0.9) if "poolwatch" in setup else None
+            table.add(
+                label,
+                SETUP_NAMES[setup],
+                f"{statistics.median(samples[setup]):,.0f}",
+                f"{share:.3f}x",
+                spread(samples, setup, "bare"),
+                f"{statistics.median(cpu[setup]) * 1e6:.0f}",
+                f"{ratio(cpu, setup, 'bare'):.3f}x",
+                target=target,
+            )
     table.notes.append(
         f"Median of {rounds} interleaved rounds of {seconds:g} s (after {warmup:g} s warm-up) "
-        f"per setup, {connections} keep-alive connections. Load generator CPU use: median "
-        f"{statistics.median(client_load):.0%}, max {max(client_load):.0%} of one CPU."
+        f"per setup, {connections} keep-alive connections, fresh server processes every "
+        f"round. Load generator CPU use: median {statistics.median(client_load):.0%}, "
+        f"max {max(client_load):.0%} of one CPU."
     )
     return table
 

@@ -16,7 +16,7 @@ from poolwatch.errors import ConfigError, NPlusOneError, PoolWatchError
 from poolwatch.events import PoolEvents, PoolProbe, PoolState
 from poolwatch.exposition import Exposition
 from poolwatch.metrics import Metrics, PoolSource, PoolStateCollector
-from poolwatch.middleware import ASGIApp, PoolWatchMiddleware
+from poolwatch.middleware import ASGIApp, PoolWatchMiddleware, Switch
 from poolwatch.multiprocess import (
     MultiprocessExposition,
     PoolGauges,
@@ -70,8 +70,9 @@ class PoolWatch:
         if registry is None:
             registry = REGISTRY if self.settings.use_global_registry else CollectorRegistry()
         self.registry = registry
+        shared_dir = multiprocess_dir(os.environ)
         try:
-            self.metrics = Metrics(registry)
+            self.metrics = Metrics(registry, multiprocess=shared_dir is not None)
         except ValueError as exc:  # prometheus_client: "Duplicated timeseries"
             raise ConfigError(
                 "registry",
@@ -83,12 +84,11 @@ class PoolWatch:
         self._observers: dict[str, PoolObserver] = {}
         self._probes: dict[str, PoolProbe] = {}
         self._undo: list[Callable[[], None]] = []
-        self._active = True
+        self._switch = Switch()
         self._server: MetricsServer | None = None
         self._pool_gauges: PoolGauges | None = None
         self._refresher: Refresher | None = None
         self._render_registry: Callable[[], CollectorRegistry] = lambda: registry
-        shared_dir = multiprocess_dir(os.environ)
         if shared_dir is None:
             registry.register(PoolStateCollector(self._sources, self.metrics.count_internal_error))
         else:
@@ -201,7 +201,7 @@ class PoolWatch:
             "exposition": exposition,
             "owner": self,
             "exclude_paths": frozenset(settings.exclude_paths),
-            "is_active": self._is_active,
+            "switch": self._switch,
             "exemplars": settings.exemplars and self._pool_gauges is None,
         }
 
@@ -247,12 +247,9 @@ class PoolWatch:
         return server.address
 
     def _activate(self) -> None:
-        self._active = True
+        self._switch.on = True
         if self._scope_closed not in context._scope_listeners:
             context.add_scope_listener(self._scope_closed)
-
-    def _is_active(self) -> bool:
-        return self._active
 
     def instrument_tortoise(self) -> None:
         """Instrument every Tortoise-ORM connection, on every backend.
@@ -307,7 +304,7 @@ class PoolWatch:
 
     def uninstrument(self) -> None:
         """Undo every ``instrument_*`` call; the middleware becomes a pass-through."""
-        self._active = False
+        self._switch.on = False
         errors: list[BaseException] = []
         while self._undo:
             try:

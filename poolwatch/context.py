@@ -84,7 +84,9 @@ def route_template(asgi_scope: Mapping[str, Any]) -> str | None:
         return None
     # Inside a Mount the route's path is relative; the mount's matched prefix is the part
     # of root_path the mount added on top of the application's own root_path.
-    root = asgi_scope.get("root_path", "")
+    root = asgi_scope.get("root_path")
+    if not root:  # most apps: no root path, no mount
+        return path
     app_root = asgi_scope.get("app_root_path", root)
     if isinstance(root, str) and isinstance(app_root, str) and len(root) > len(app_root):
         path = root[len(app_root) :] + path
@@ -161,14 +163,10 @@ def allow_nplusone() -> Generator[None, None, None]:
         _allowed.reset(token)
 
 
-def enter(work: WorkScope) -> contextvars.Token[WorkScope | None]:
-    """Make ``work`` the current scope; pass the token to :func:`leave`."""
-    return _current.set(work)
-
-
-def leave(token: contextvars.Token[WorkScope | None]) -> None:
-    """Restore the scope that was current before :func:`enter`."""
-    _current.reset(token)
+# Make a scope current and restore the previous one: the ContextVar's own methods, bound
+# here rather than wrapped, since the middleware calls them on every request.
+enter = _current.set
+leave = _current.reset
 
 
 @contextmanager

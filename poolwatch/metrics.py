@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
 from prometheus_client.registry import Collector
 
 from poolwatch.events import PoolState
+from poolwatch.histogram import LabelledHistogram, histogram
 
 __all__ = ["Metrics", "PoolReading", "PoolSource", "PoolStateCollector", "read_pool"]
 
@@ -50,41 +51,45 @@ QUERIES_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 class Metrics:
     """The metric objects of one PoolWatch, registered in one registry."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, multiprocess: bool = False) -> None:
         self.registry = registry
+
+        def timed(
+            name: str, documentation: str, labels: list[str], buckets: tuple[float, ...]
+        ) -> LabelledHistogram:
+            return histogram(
+                name, documentation, labels, buckets, registry, multiprocess=multiprocess
+            )
+
         self.connection_timeouts = Counter(
             "db_client_connection_timeouts",
             "Acquire attempts that timed out waiting for a pooled connection.",
             ["pool"],
             registry=registry,
         )
-        self.connection_wait_time = Histogram(
+        self.connection_wait_time = timed(
             "db_client_connection_wait_time_seconds",
             "Time spent waiting for a pooled connection (opening a new one excluded).",
             ["pool"],
-            registry=registry,
-            buckets=WAIT_BUCKETS,
+            WAIT_BUCKETS,
         )
-        self.connection_use_time = Histogram(
+        self.connection_use_time = timed(
             "db_client_connection_use_time_seconds",
             "Time a connection was checked out of the pool, from acquire to release.",
             ["pool"],
-            registry=registry,
-            buckets=USE_BUCKETS,
+            USE_BUCKETS,
         )
-        self.connection_create_time = Histogram(
+        self.connection_create_time = timed(
             "db_client_connection_create_time_seconds",
             "Time taken to open a new database connection.",
             ["pool"],
-            registry=registry,
-            buckets=CREATE_BUCKETS,
+            CREATE_BUCKETS,
         )
-        self.operation_duration = Histogram(
+        self.operation_duration = timed(
             "db_client_operation_duration_seconds",
             "Duration of database statements, from send to result, by route.",
             ["pool", "operation", "route"],
-            registry=registry,
-            buckets=QUERY_BUCKETS,
+            QUERY_BUCKETS,
         )
         self.operation_errors = Counter(
             "db_client_operation_errors",
@@ -92,19 +97,17 @@ class Metrics:
             ["pool", "operation", "route"],
             registry=registry,
         )
-        self.http_duration = Histogram(
+        self.http_duration = timed(
             "http_server_request_duration_seconds",
             "Duration of HTTP requests, until the response was sent.",
             ["method", "route", "status"],
-            registry=registry,
-            buckets=HTTP_BUCKETS,
+            HTTP_BUCKETS,
         )
-        self.request_queries = Histogram(
+        self.request_queries = timed(
             "poolwatch_request_queries",
             "Database statements issued per request (or per poolwatch.scope block).",
             ["route"],
-            registry=registry,
-            buckets=QUERIES_BUCKETS,
+            QUERIES_BUCKETS,
         )
         self.nplusone = Counter(
             "poolwatch_nplusone",

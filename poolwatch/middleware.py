@@ -24,7 +24,7 @@ from poolwatch.metrics import Metrics
 from poolwatch.safety import FaultReporter
 from poolwatch.tracing import trace_id_of
 
-__all__ = ["PoolWatchMiddleware"]
+__all__ = ["PoolWatchMiddleware", "Switch"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,6 +39,18 @@ _METHODS = frozenset(
 )
 
 
+class Switch:
+    """Whether the middleware instruments requests; off after ``uninstrument()``.
+
+    An attribute rather than a callback: it is read on every request.
+    """
+
+    __slots__ = ("on",)
+
+    def __init__(self) -> None:
+        self.on = True
+
+
 class _Request:
     """Per-request state shared with the ``send`` wrapper (cheaper than a closure cell)."""
 
@@ -50,13 +62,15 @@ class _Request:
         self.status = 0
         self.done = 0.0
 
-    async def __call__(self, message: Message) -> None:
+    # A plain function handing back the server's own awaitable: no coroutine of ours is
+    # created and awaited for each message sent.
+    def __call__(self, message: Message) -> Awaitable[None]:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.done = perf_counter()
-        await self.send(message)
+        return self.send(message)
 
 
 class PoolWatchMiddleware:
@@ -74,7 +88,7 @@ class PoolWatchMiddleware:
         faults: FaultReporter,
         exposition: Exposition | None = None,
         exclude_paths: frozenset[str] = frozenset(),
-        is_active: Callable[[], bool] = lambda: True,
+        switch: Switch | None = None,
         owner: object = None,
         exemplars: bool = True,
     ) -> None:
@@ -83,16 +97,16 @@ class PoolWatchMiddleware:
         self._exposition = exposition
         self._served = exposition.paths if exposition is not None else frozenset()
         self._excluded = exclude_paths | self._served
-        self._is_active = is_active
+        self._switch = switch or Switch()
         self._owner = owner
         self._exemplars = exemplars
         self._http = metrics.http_duration
         self._queries = metrics.request_queries
-        self._http_children: dict[tuple[str, str, str], Any] = {}
+        self._http_children: dict[tuple[str, str, int], Any] = {}
         self._query_children: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._is_active():
+        if scope["type"] != "http" or not self._switch.on:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
@@ -111,19 +125,16 @@ class PoolWatchMiddleware:
                 self._faults.report("tracing", exc)
         token = context.enter(work)
         request = _Request(send)
+        failed = True
         try:
             await self.app(scope, receive, request)
-        except BaseException:
-            if not request.status:
-                request.status = 500
+            failed = False
+        finally:
             context.leave(token)
             self._record(scope, work, request)
-            context.close(work, raise_findings=False)
-            raise
-        context.leave(token)
-        self._record(scope, work, request)
-        # In nplusone_mode="raise" this raises NPlusOneError, after the response was sent.
-        context.close(work, raise_findings=True)
+            # In nplusone_mode="raise" this raises NPlusOneError once the response was
+            # sent, and never in place of the application's own exception.
+            context.close(work, raise_findings=not failed)
 
     def _record(self, scope: Scope, work: WorkScope, request: _Request) -> None:
         try:
@@ -132,14 +143,12 @@ class PoolWatchMiddleware:
             if method not in _METHODS:
                 method = "_OTHER"
             route = work.route
-            key = (method, route, str(request.status or 500))
+            status = request.status or 500
+            key = (method, route, status)
             child = self._http_children.get(key)
             if child is None:
-                child = self._http_children[key] = self._http.labels(*key)
-            if work.trace_id is None:
-                child.observe(end - request.started)
-            else:
-                child.observe(end - request.started, {"trace_id": work.trace_id})
+                child = self._http_children[key] = self._http.labels(method, route, str(status))
+            child.observe(end - request.started, work.trace_id)
             queries = self._query_children.get(route)
             if queries is None:
                 queries = self._query_children[route] = self._queries.labels(route)

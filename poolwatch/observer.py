@@ -143,10 +143,7 @@ class PoolObserver:
             child = self._by_label.get(key)
             if child is None:
                 child = self._by_label[key] = self._durations.labels(self.name, *key)
-            if trace_id is None:
-                child.observe(seconds)
-            else:
-                child.observe(seconds, {"trace_id": trace_id})
+            child.observe(seconds, trace_id)
             if failed:
                 self._errors.labels(self.name, *key).inc()
         except Exception as exc:

@@ -151,7 +151,8 @@ class QueryRecorder:
         if not self.enabled:
             return []
         route = work.route
-        self._children(route)  # every route seen has its counters, at zero if need be
+        if route not in self._route_children:  # every route seen has its counters, at 0
+            self._children(route)
         grouped = work.grouped
         if grouped is None:
             return []

@@ -22,7 +22,13 @@ _ZERO = "0" * 32
 def trace_id_of(asgi_scope: Mapping[str, Any]) -> str | None:
     """The 32-hex-digit trace id of the request in ``asgi_scope``, or ``None``."""
     otel = sys.modules.get("opentelemetry.trace")
-    if otel is not None:
+    # FastAPI imports OpenTelemetry's API whether or not anyone traces, and asking it for
+    # the current span costs six Python calls per request. Without an installed tracer
+    # provider no span is ever recorded, so it is asked only when there is one. The public
+    # get_tracer_provider() reads the environment on every call; this reads the global it
+    # returns (if a version renames it, OpenTelemetry is asked every time). A context
+    # propagated without any provider came in a traceparent header, which is read next.
+    if otel is not None and getattr(otel, "_TRACER_PROVIDER", True) is not None:
         context = otel.get_current_span().get_span_context()
         if context.is_valid:
             return format(context.trace_id, "032x")
