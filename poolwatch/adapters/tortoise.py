@@ -137,6 +137,8 @@ class TortoiseInstrumentation:
         self._on_client = on_client
         self._events: dict[str, PoolEvents] = {}
         self._clients: dict[str, Any] = {}
+        # id(root client) -> (client, its pool's events): the per-checkout lookup
+        self._by_client: dict[int, tuple[Any, PoolEvents]] = {}
         self._patched: list[tuple[type, str, Any]] = []
 
     # -- install / uninstall -------------------------------------------------------------
@@ -226,13 +228,24 @@ class TortoiseInstrumentation:
 
     def _pool_events(self, client: Any) -> PoolEvents:
         """The events of the pool that ``client`` (a root client) belongs to."""
+        # One dict hit per checkout; the identity check guards against a reused id.
+        known = self._by_client.get(id(client))
+        if known is not None and known[0] is client:
+            return known[1]
+        return self._register(client)
+
+    def _register(self, client: Any) -> PoolEvents:
         name = client.connection_name
-        if self._clients.get(name) is not client:
+        previous = self._clients.get(name)
+        if previous is not client:
+            if previous is not None:  # Tortoise was initialised again: a new client
+                self._by_client.pop(id(previous), None)
             self._clients[name] = client
             self._on_client(name, client)
         events = self._events.get(name)
         if events is None:
             events = self._events[name] = self._events_for(name)
+        self._by_client[id(client)] = (client, events)
         return events
 
     def _query_events(self, client: Any) -> PoolEvents:
@@ -306,14 +319,15 @@ class TortoiseInstrumentation:
     def _wrap_release(self, original: AsyncMethod, locate: Locate) -> AsyncMethod:
         instrumentation = self
 
+        # The connection counts as released when the application lets go of it, before
+        # the driver's own housekeeping (asyncpg resets it, a round trip). A plain
+        # function handing back the original coroutine: no coroutine layer of ours.
         @functools.wraps(original)
-        async def aexit(self: Any, *exc_info: Any) -> Any:
-            try:
-                return await original(self, *exc_info)
-            finally:
-                client = locate(self)
-                if client is not None:
-                    instrumentation._pool_events(client).released(id(self))
+        def aexit(self: Any, *exc_info: Any) -> Coroutine[Any, Any, Any]:
+            client = locate(self)
+            if client is not None:
+                instrumentation._pool_events(client).released(id(self))
+            return original(self, *exc_info)
 
         return aexit
 
