@@ -68,7 +68,7 @@ class CallSiteFinder:
         # object so that its id cannot be reused while the verdict is cached.
         self._library: dict[int, bool] = {}
         self._seen: list[CodeType] = []
-        # (id(code), line) -> (code, "file:line in function"): a loop formats one string
+        # (id(code), offset) -> (code, "file:line in function"): a loop formats one string
         self._sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
         self._stop = _task_boundary_code()
 
@@ -89,7 +89,7 @@ class CallSiteFinder:
             frame = self._from_awaiting_task()
         if frame is None:
             return None
-        return self._site(frame.f_code, frame.f_lineno)
+        return self._site(frame)
 
     # -- the walk ----------------------------------------------------------------------
 
@@ -122,16 +122,17 @@ class CallSiteFinder:
         self._seen.append(code)
         return verdict
 
-    def _site(self, code: CodeType, line: int | None) -> str:
-        key = (id(code), line or 0)
+    def _site(self, frame: FrameType) -> str:
+        code = frame.f_code
+        # Keyed by the bytecode offset: f_lineno decodes the line table on every read.
+        key = (id(code), frame.f_lasti)
         known = self._sites.get(key)
         if known is not None:
             return known[1]
         if len(self._sites) >= _MAX_CACHED_CODES:
             self._sites.clear()
-        site = str(
-            CallSite(display_path(code.co_filename), line or code.co_firstlineno, code.co_qualname)
-        )
+        line = frame.f_lineno or code.co_firstlineno
+        site = str(CallSite(display_path(code.co_filename), line, code.co_qualname))
         self._sites[key] = (code, site)
         return site
 

@@ -91,21 +91,23 @@ class _Repeat:
 
     __slots__ = ("call_site", "count", "fingerprint", "pool", "seconds")
 
-    def __init__(self, event: QueryEvent) -> None:
-        self.count = 0
-        self.seconds = 0.0
-        self.fingerprint = event.fingerprint
-        self.call_site = event.call_site
-        self.pool = event.pool
+    def __init__(self, first: QueryEvent, again: QueryEvent) -> None:
+        self.count = 2
+        self.seconds = first.seconds + again.seconds
+        self.fingerprint = first.fingerprint
+        self.call_site = first.call_site
+        self.pool = first.pool
 
 
 class ScopeQueries:
     """The queries of one scope, grouped for detection as they arrive."""
 
-    __slots__ = ("groups", "repeats", "reported")
+    __slots__ = ("first", "groups", "repeats", "reported")
 
     def __init__(self) -> None:
         self.groups: dict[tuple[str, str], _Group] = {}
+        # identity -> the first event with it; identity -> counts, once it repeats
+        self.first: dict[int, QueryEvent] = {}
         self.repeats: dict[int, _Repeat] = {}
         # (recorder id, kind) already counted for this scope: the counters count scopes,
         # not findings, and each PoolWatch judging the scope counts in its own registry.
@@ -126,13 +128,21 @@ class ScopeQueries:
         group.seconds += event.seconds
         if event.in_list > 1:
             group.batched += 1
-        if event.identity is not None and operation in _READS:
-            repeat = self.repeats.get(event.identity)
-            if repeat is None and len(self.repeats) < MAX_REPEATS:
-                repeat = self.repeats[event.identity] = _Repeat(event)
+        identity = event.identity
+        if identity is not None and operation in _READS:
+            repeat = self.repeats.get(identity)
             if repeat is not None:
                 repeat.count += 1
                 repeat.seconds += event.seconds
+            else:
+                # Most statements run once: keep the event itself, and make the counter
+                # only when the same statement and parameters come back.
+                first = self.first.get(identity)
+                if first is None:
+                    if len(self.first) < MAX_REPEATS:
+                        self.first[identity] = event
+                elif len(self.repeats) < MAX_REPEATS:
+                    self.repeats[identity] = _Repeat(first, event)
         return key, group
 
 
