@@ -1,0 +1,179 @@
+"""A semaphore whose size changes while it is held: the effective limit of a pool.
+
+The driver's pool is created at a hard ceiling; this limiter sits in front of its
+acquire, so a new limit takes effect at once in both directions. Growing wakes as many
+waiters as there are new permits; shrinking takes no connection away from anyone, the
+permits simply are not handed out again until use falls below the new limit.
+
+Two flavours with the same counters: :class:`AsyncLimiter` for asyncio pools (one event
+loop), :class:`ThreadLimiter` for pools used from threads (sync SQLAlchemy). Waiters are
+served first come, first served in the asyncio one; a cancelled or timed-out waiter
+never keeps a permit, even one granted to it in the same instant it was cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from typing import Protocol
+
+__all__ = ["AsyncLimiter", "Limiter", "ThreadLimiter"]
+
+
+class Limiter(Protocol):
+    """What the sizer reads and sets, whichever flavour."""
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def in_use(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    def set_limit(self, limit: int) -> None: ...
+
+    def release(self) -> None: ...
+
+
+def _check(limit: int) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"limit={limit!r}: must be an integer >= 1")
+    return limit
+
+
+class AsyncLimiter:
+    """An asyncio semaphore with a settable size."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = _check(limit)
+        self._in_use = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        # The loop its waiters live on, known from the first wait.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def limit(self) -> int:
+        """Permits allowed out at once."""
+        return self._limit
+
+    @property
+    def in_use(self) -> int:
+        """Permits out now (may exceed ``limit`` right after a shrink)."""
+        return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        """Acquires waiting for a permit."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
+    def set_limit(self, limit: int) -> None:
+        """Change the size; waiters are woken if it grew. Callable from any thread."""
+        self._limit = _check(limit)
+        loop = self._loop
+        if loop is not None and not _running_in(loop):
+            # Futures belong to their loop: wake its waiters from there.
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._wake)
+            return
+        self._wake()
+
+    async def acquire(self) -> None:
+        """Wait for a permit. Cancel it (or time it out) freely: nothing leaks."""
+        if self._in_use < self._limit and not self._waiters:
+            self._in_use += 1
+            return
+        loop = self._loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                # Granted, then cancelled before this task ran again: pass it on.
+                self.release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a permit back."""
+        if self._in_use <= 0:
+            raise RuntimeError("release() without a matching acquire()")
+        self._in_use -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters and self._in_use < self._limit:
+            waiter = waiters.popleft()
+            if not waiter.done():  # a cancelled waiter is skipped, its slot stays free
+                self._in_use += 1
+                waiter.set_result(None)
+
+
+def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+class ThreadLimiter:
+    """A threading semaphore with a settable size."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = _check(limit)
+        self._in_use = 0
+        self._waiting = 0
+        self._changed = threading.Condition(threading.Lock())
+
+    @property
+    def limit(self) -> int:
+        """Permits allowed out at once."""
+        return self._limit
+
+    @property
+    def in_use(self) -> int:
+        """Permits out now (may exceed ``limit`` right after a shrink)."""
+        return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        """Threads waiting for a permit."""
+        return self._waiting
+
+    def set_limit(self, limit: int) -> None:
+        """Change the size; waiting threads are woken if it grew."""
+        with self._changed:
+            self._limit = _check(limit)
+            self._changed.notify_all()
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (forever if ``None``); False if it ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            self._waiting += 1
+            try:
+                while self._in_use >= self._limit:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._changed.wait(remaining)
+                self._in_use += 1
+                return True
+            finally:
+                self._waiting -= 1
+
+    def release(self) -> None:
+        """Give a permit back."""
+        with self._changed:
+            if self._in_use <= 0:
+                raise RuntimeError("release() without a matching acquire()")
+            self._in_use -= 1
+            self._changed.notify()
