@@ -14,12 +14,20 @@ Importing this package does nothing by itself: no registry, no task, no patch.
 from __future__ import annotations
 
 from poolwatch.agent import PoolWatch
+from poolwatch.autosize import Autosize
 from poolwatch.config import Settings
 from poolwatch.context import allow_nplusone, current_route, scope
-from poolwatch.errors import ConfigError, NPlusOneError, NPlusOneWarning, PoolWatchError
+from poolwatch.errors import (
+    ConfigError,
+    NPlusOneError,
+    NPlusOneWarning,
+    PoolTimeoutError,
+    PoolWatchError,
+)
 from poolwatch.events import Finding, PoolEvents, PoolProbe, PoolState, QueryEvent
 
 __all__ = [
+    "Autosize",
     "ConfigError",
     "Finding",
     "NPlusOneError",
@@ -27,6 +35,7 @@ __all__ = [
     "PoolEvents",
     "PoolProbe",
     "PoolState",
+    "PoolTimeoutError",
     "PoolWatch",
     "PoolWatchError",
     "QueryEvent",

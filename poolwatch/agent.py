@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client import values as prometheus_values
 
 from poolwatch import context
+from poolwatch.autosize import Autosize, Gate
 from poolwatch.config import Settings
 from poolwatch.context import WorkScope
 from poolwatch.errors import ConfigError, NPlusOneError, PoolWatchError
 from poolwatch.events import PoolEvents, PoolProbe, PoolState
 from poolwatch.exposition import Exposition
+from poolwatch.guard import Guards
 from poolwatch.metrics import Metrics, PoolSource, PoolStateCollector
 from poolwatch.middleware import ASGIApp, PoolWatchMiddleware, Switch
 from poolwatch.multiprocess import (
@@ -82,6 +84,13 @@ class PoolWatch:
         self.faults = FaultReporter(self.metrics.count_internal_error)
         self.recorder = QueryRecorder(self.settings, self.metrics, self._suggest)
         self._observers: dict[str, PoolObserver] = {}
+        self.guards = Guards(
+            self.settings,
+            self.metrics,
+            self.faults,
+            self.recorder.finder,
+            lambda: list(self._observers.values()),
+        )
         self._probes: dict[str, PoolProbe] = {}
         self._undo: list[Callable[[], None]] = []
         self._switch = Switch()
@@ -139,6 +148,7 @@ class PoolWatch:
             observer = self._observers[name] = PoolObserver(
                 name, self.metrics, self.faults, self.recorder, on_change
             )
+            self.guards.observe(observer)
         return observer
 
     def set_pool_probe(self, name: str, probe: PoolProbe) -> None:
@@ -155,9 +165,23 @@ class PoolWatch:
 
     def _source(self, name: str) -> PoolSource:
         observer = self._observers[name]
-        return PoolSource(
-            name, self._probes.get(name, _no_state), observer.pending, observer.checked_out
-        )
+        probe = self._probes.get(name, _no_state)
+        if name in self.guards.sizers:
+            probe = self._limited_probe(name, probe)
+        return PoolSource(name, probe, observer.pending, observer.checked_out)
+
+    def _limited_probe(self, name: str, probe: PoolProbe) -> PoolProbe:
+        # Under autosize the pool's max is the limit in force, not the driver's ceiling.
+        def read() -> PoolState | None:
+            state = probe()
+            limit = self.guards.limit_of(name)
+            if limit is None:
+                return state
+            if state is None:
+                return PoolState(used=None, idle=None, max=limit)
+            return PoolState(used=state.used, idle=state.idle, max=limit)
+
+        return read
 
     def _sources(self) -> Iterator[PoolSource]:
         for name in list(self._observers):
@@ -203,6 +227,7 @@ class PoolWatch:
             "exclude_paths": frozenset(settings.exclude_paths),
             "switch": self._switch,
             "exemplars": settings.exemplars and self._pool_gauges is None,
+            "on_shutdown": self.guards.maintenance.stop,
         }
 
     def exposition(self) -> Exposition:
@@ -251,15 +276,28 @@ class PoolWatch:
         if self._scope_closed not in context._scope_listeners:
             context.add_scope_listener(self._scope_closed)
 
-    def instrument_tortoise(self) -> None:
+    def instrument_tortoise(
+        self, *, autosize: Autosize | bool | Mapping[str, Any] | None = None
+    ) -> None:
         """Instrument every Tortoise-ORM connection, on every backend.
 
         Call it before or after ``Tortoise.init``; connections are picked up on first use
         and labelled with their connection name (``pool="default"``).
+
+        ``autosize=True`` (or an :class:`Autosize`, or a dict of its fields) lets poolwatch
+        set each pooled connection's effective size at run time, between ``min`` and the
+        ``maxsize`` the connection was configured with (create it at the most you would
+        ever allow). SQLite has no pool to size and is left as it is.
         """
+        sizing = Autosize.coerce(autosize)  # bad settings fail here, before any request
         if not self.settings.enabled:
             return
-        from poolwatch.adapters.tortoise import TortoiseInstrumentation, read_pool_state
+        from poolwatch.adapters.tortoise import (
+            TortoiseInstrumentation,
+            open_connections,
+            postgres_limits_reader,
+            read_pool_state,
+        )
 
         clients: dict[str, Any] = {}
 
@@ -272,35 +310,92 @@ class PoolWatch:
                 self.set_pool_probe(name, lambda: read_pool_state(clients[name]))
                 register_pool(name, "tortoise", tortoise_relations)
 
-        instrumentation = TortoiseInstrumentation(self.pool_events, on_client)
+        def gate_for(name: str, client: Any) -> Gate | None:
+            pool_max = getattr(client, "pool_maxsize", None)
+            pooled = isinstance(pool_max, int) and not isinstance(pool_max, bool)
+            return self.guards.gate_for(
+                self._observers[name],
+                autosize=sizing if pooled else None,
+                pool_max=pool_max if pooled else None,
+                # The latest client of that name: Tortoise may be initialised again.
+                open_connections=lambda: open_connections(clients[name]),
+                read_limits=postgres_limits_reader(client, lambda: clients[name]),
+            )
+
+        instrumentation = TortoiseInstrumentation(self.pool_events, on_client, gate_for)
         instrumentation.install()
         self._activate()
         self._undo.append(instrumentation.uninstall)
 
-    def instrument_sqlalchemy(self, engine: Any, *, pool: str = "main") -> None:
-        """Instrument a SQLAlchemy ``Engine`` or ``AsyncEngine``; ``pool`` is its label."""
+    def instrument_sqlalchemy(
+        self,
+        engine: Any,
+        *,
+        pool: str = "main",
+        autosize: Autosize | bool | Mapping[str, Any] | None = None,
+    ) -> None:
+        """Instrument a SQLAlchemy ``Engine`` or ``AsyncEngine``; ``pool`` is its label.
+
+        ``autosize`` (see :meth:`instrument_tortoise`) needs a ``QueuePool`` (the default
+        pool of a server database): its effective size then moves between ``min`` and
+        ``pool_size + max_overflow``. The acquire timeout (``acquire_timeout``) applies to
+        autosize's own wait; SQLAlchemy's ``pool_timeout`` still bounds the pool's.
+        """
+        sizing = Autosize.coerce(autosize)
         if not self.settings.enabled:
             return
         if not isinstance(pool, str) or not pool:
             raise ConfigError("pool", pool, "must be a non-empty string")
         if pool in self._probes:
             raise ConfigError("pool", pool, "is already instrumented; give each engine a name")
-        from poolwatch.adapters.sqlalchemy import SQLAlchemyInstrumentation
+        from poolwatch.adapters.sqlalchemy import (
+            SQLAlchemyInstrumentation,
+            pool_capacity,
+            postgres_limits_reader,
+            read_pool_state,
+        )
         from poolwatch.adapters.sqlalchemy_relations import sqlalchemy_relations
 
+        sync_engine = getattr(engine, "sync_engine", engine)
+        sizable, ceiling = pool_capacity(getattr(sync_engine, "pool", None))
+        if sizing is not None and not sizable:
+            raise ConfigError(
+                "autosize",
+                autosize,
+                f"needs a QueuePool; engine {pool!r} has a "
+                f"{type(getattr(sync_engine, 'pool', None)).__name__}",
+            )
+        if sizing is not None:
+            sizing.bounds(ceiling)  # max unknown with unlimited overflow: fail now
         existed = pool in self._observers
         instrumentation = SQLAlchemyInstrumentation(engine, self.pool_events(pool), self.faults)
+        if sizing is not None:
+
+            def open_connections() -> int:
+                state = read_pool_state(sync_engine.pool)
+                return 0 if state is None else (state.used or 0) + (state.idle or 0)
+
+            instrumentation.gate = self.guards.gate_for(
+                self._observers[pool],
+                autosize=sizing,
+                pool_max=ceiling,
+                open_connections=open_connections,
+                read_limits=postgres_limits_reader(engine),
+                threads=not sync_engine.dialect.is_async,
+            )
         try:
             instrumentation.install()
         except BaseException:
             if not existed:  # leave no empty pool series behind a failed install
                 self._observers.pop(pool, None)
+            self.guards.forget(pool)
             raise
         self.set_pool_probe(pool, instrumentation.probe)
         register_pool(pool, "sqlalchemy", sqlalchemy_relations)
         self._activate()
         self._undo.append(instrumentation.uninstall)
         self._undo.append(lambda: self._forget_probe(pool))
+        self._undo.append(lambda: self.guards.forget(pool))
 
     def uninstrument(self) -> None:
         """Undo every ``instrument_*`` call; the middleware becomes a pass-through."""
@@ -312,6 +407,7 @@ class PoolWatch:
             except Exception as exc:
                 errors.append(exc)
         context.remove_scope_listener(self._scope_closed)
+        self.guards.maintenance.stop_soon()
         if errors:
             raise PoolWatchError(f"uninstrument left {len(errors)} error(s)") from errors[0]
 

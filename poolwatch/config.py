@@ -61,6 +61,12 @@ class Settings:
             own, and not on the app's port.
         metrics_host: the address that server binds (loopback unless told otherwise).
         exemplars: attach the request's trace id to its observations (OpenMetrics).
+        acquire_timeout: seconds a request may wait for a pooled connection before
+            :class:`~poolwatch.PoolTimeoutError` (``None``: the driver's own behaviour;
+            Tortoise waits forever).
+        leak_threshold: seconds a connection may stay checked out before one warning
+            names the line that took it and ``poolwatch_connection_leaks_total`` counts
+            it (``None``: no leak detection).
     """
 
     enabled: bool = True
@@ -85,6 +91,8 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     exemplars: bool = True
+    acquire_timeout: float | None = None
+    leak_threshold: float | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -110,6 +118,12 @@ class Settings:
         _check_number("findings_log_interval", self.findings_log_interval, float, minimum=0)
         _check_number("slow_query_threshold", self.slow_query_threshold, float, minimum=0)
         self._check_exposition()
+        for name in ("acquire_timeout", "leak_threshold"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_number(name, value, float, minimum=0)
+                if value <= 0:
+                    raise ConfigError(name, value, "must be more than 0 seconds, or None")
         if self.slow_query_threshold <= 0:
             raise ConfigError(
                 "slow_query_threshold", self.slow_query_threshold, "must be more than 0 seconds"
@@ -173,9 +187,11 @@ def _parse(name: str, raw: str, kind: object) -> object:
         raise ConfigError(name, raw, f"must be one of {sorted(_TRUE | _FALSE)}")
     if kind == "tuple[str, ...]":
         return tuple(p.strip() for p in text.split(",") if p.strip())
-    if kind in ("int", "float", "int | None"):
+    if kind in ("float | None", "int | None") and text.lower() in ("", "none", "off"):
+        return None
+    if kind in ("int", "float", "int | None", "float | None"):
         try:
-            return float(text) if kind == "float" else int(text)
+            return float(text) if kind in ("float", "float | None") else int(text)
         except ValueError:
             shown = "***" if "TOKEN" in name or "AUTH" in name else raw
             raise ConfigError(name, shown, f"must be a number ({kind})") from None

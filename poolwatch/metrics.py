@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
 from prometheus_client.registry import Collector
 
@@ -125,6 +125,25 @@ class Metrics:
             "poolwatch_slow_queries",
             "Statements that took longer than the slow-query threshold.",
             ["route"],
+            registry=registry,
+        )
+        self.pool_resizes = Counter(
+            "poolwatch_pool_resizes",
+            "Changes of a pool's effective limit by autosize, by direction (up or down).",
+            ["pool", "direction"],
+            registry=registry,
+        )
+        self.pool_limit_target = Gauge(
+            "poolwatch_pool_limit_target",
+            "The effective connection limit autosize chose for the pool.",
+            ["pool"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.connection_leaks = Counter(
+            "poolwatch_connection_leaks",
+            "Connections held past the leak threshold, by the route that took them.",
+            ["pool", "route"],
             registry=registry,
         )
         self.internal_errors = Counter(

@@ -91,6 +91,7 @@ class PoolWatchMiddleware:
         switch: Switch | None = None,
         owner: object = None,
         exemplars: bool = True,
+        on_shutdown: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
         self._faults = faults
@@ -100,6 +101,7 @@ class PoolWatchMiddleware:
         self._switch = switch or Switch()
         self._owner = owner
         self._exemplars = exemplars
+        self._on_shutdown = on_shutdown
         self._http = metrics.http_duration
         self._queries = metrics.request_queries
         self._http_children: dict[tuple[str, str, int], Any] = {}
@@ -107,6 +109,8 @@ class PoolWatchMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._switch.on:
+            if scope["type"] == "lifespan" and self._on_shutdown is not None:
+                receive = self._lifespan_receive(receive, self._on_shutdown)
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
@@ -155,6 +159,22 @@ class PoolWatchMiddleware:
             queries.observe(work.queries)
         except Exception as exc:
             self._faults.report("middleware", exc)
+
+    def _lifespan_receive(
+        self, receive: Receive, on_shutdown: Callable[[], Awaitable[None]]
+    ) -> Receive:
+        """``receive`` that stops poolwatch's background task when the app shuts down."""
+
+        async def wrapped() -> Message:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                try:
+                    await on_shutdown()
+                except Exception as exc:
+                    self._faults.report("lifespan", exc)
+            return message
+
+        return wrapped
 
     async def _serve(self, scope: Scope, send: Send, exposition: Exposition) -> None:
         headers = {

@@ -10,17 +10,36 @@ need), no string formatting, no stack walks. Any fault in here is reported to th
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from poolwatch.context import NO_ROUTE, current_scope
+from poolwatch.context import NO_ROUTE, current_route, current_scope
+from poolwatch.holders import Holders
 from poolwatch.metrics import Metrics
 from poolwatch.operations import operation_of
 from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
 
-__all__ = ["PoolObserver"]
+__all__ = ["PoolObserver", "is_refusal"]
+
+# How a database says it has no connection slot left: asyncpg's
+# TooManyConnectionsError, PostgreSQL's messages through psycopg, MySQL's error 1040.
+_REFUSALS = (
+    "too many clients",
+    "remaining connection slots are reserved",
+    "too many connections",
+    "connection limit exceeded",
+)
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database refusing a new connection for lack of slots."""
+    if type(exc).__name__ == "TooManyConnectionsError":
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _REFUSALS)
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -58,6 +77,14 @@ class PoolObserver:
         self._errors = metrics.operation_errors
         # (operation, route) -> bound histogram child; labels() costs ~1 us, a dict hit 50 ns
         self._by_label: dict[tuple[str, str], Any] = {}
+        # Outcomes, read (as differences) by the autosize controller.
+        self.acquired = 0
+        self.timed_out = 0
+        self.refused = 0
+        # Set when something needs them (autosize; leak detection, acquire timeouts).
+        self.statements: deque[tuple[int, float]] | None = None
+        self.holders: Holders | None = None
+        self.call_site: Callable[[], str] | None = None
 
     # -- read at scrape time ---------------------------------------------------------
 
@@ -83,6 +110,11 @@ class PoolObserver:
             now = perf_counter()
             started = self._waiting.pop(ticket, None)
             self._checked_out[holder] = now
+            self.acquired += 1
+            holders = self.holders
+            if holders is not None:
+                site = self.call_site() if self.call_site is not None else ""
+                holders.taken(holder, current_route(), site, now)
             if started is not None:
                 self._wait.observe(max(0.0, now - started - connect_seconds))
             if connect_seconds > 0.0:
@@ -95,7 +127,10 @@ class PoolObserver:
     def acquire_failed(self, ticket: int, exc: BaseException) -> None:
         try:
             started = self._waiting.pop(ticket, None)
+            if is_refusal(exc):
+                self.refused += 1
             if _is_timeout(exc):
+                self.timed_out += 1
                 self._timeouts.inc()
                 if started is not None:
                     self._wait.observe(perf_counter() - started)
@@ -107,6 +142,8 @@ class PoolObserver:
     def released(self, holder: int) -> None:
         try:
             since = self._checked_out.pop(holder, None)
+            if self.holders is not None:
+                self.holders.returned(holder)
             if since is not None:
                 self._use.observe(perf_counter() - since)
         except Exception as exc:
@@ -144,6 +181,9 @@ class PoolObserver:
             if child is None:
                 child = self._by_label[key] = self._durations.labels(self.name, *key)
             child.observe(seconds, trace_id)
+            statements = self.statements
+            if statements is not None and not failed:
+                statements.append((hash(sql), seconds))  # a deque with maxlen: the latest
             if failed:
                 self._errors.labels(self.name, *key).inc()
         except Exception as exc:

@@ -11,6 +11,7 @@ import poolwatch
 
 def test_public_names_are_pinned() -> None:
     assert sorted(poolwatch.__all__) == [
+        "Autosize",
         "ConfigError",
         "Finding",
         "NPlusOneError",
@@ -18,6 +19,7 @@ def test_public_names_are_pinned() -> None:
         "PoolEvents",
         "PoolProbe",
         "PoolState",
+        "PoolTimeoutError",
         "PoolWatch",
         "PoolWatchError",
         "QueryEvent",

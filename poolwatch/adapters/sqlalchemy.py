@@ -64,6 +64,8 @@ from sqlalchemy.pool import (
 )
 
 from poolwatch.adapters.timing import ConnectTime
+from poolwatch.autosize import Gate
+from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import PoolEvents, PoolState
 from poolwatch.safety import FaultReporter
@@ -71,7 +73,12 @@ from poolwatch.safety import FaultReporter
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["SQLAlchemyInstrumentation", "read_pool_state"]
+__all__ = [
+    "SQLAlchemyInstrumentation",
+    "pool_capacity",
+    "postgres_limits_reader",
+    "read_pool_state",
+]
 
 logger = logging.getLogger("poolwatch")
 
@@ -131,6 +138,59 @@ def sqlalchemy_version() -> tuple[int, int]:
     return major, minor
 
 
+def _enter(gate: Gate) -> bool:
+    """Take a permit: from a thread, or from SQLAlchemy's asyncio greenlet."""
+    from poolwatch.limiter import AsyncLimiter
+
+    if isinstance(gate.limiter, AsyncLimiter):
+        # AsyncEngine runs the pool inside a greenlet that may await on the loop.
+        from sqlalchemy.util import await_only
+
+        taken: bool = await_only(gate.enter())
+        return taken
+    return gate.enter_blocking()
+
+
+def pool_capacity(pool: object) -> tuple[bool, int | None]:
+    """Whether autosize can drive ``pool`` (a QueuePool), and its hard ceiling."""
+    if not isinstance(pool, QueuePool):
+        return False, None
+    state = read_pool_state(pool)
+    return True, None if state is None else state.max
+
+
+def postgres_limits_reader(
+    engine: Engine | AsyncEngine,
+) -> Callable[[], Any] | None:
+    """A reader of the server's connection limits, for engines on PostgreSQL."""
+    sync_engine = engine if isinstance(engine, Engine) else engine.sync_engine
+    if sync_engine.dialect.name != "postgresql":
+        return None
+    from sqlalchemy import text
+
+    if not isinstance(engine, Engine):
+        async_engine = engine
+
+        async def read_async() -> ServerLimits:
+            async with async_engine.connect() as connection:
+                row = (await connection.execute(text(POSTGRES_LIMITS_SQL))).one()
+            return ServerLimits.from_row(tuple(row))
+
+        return read_async
+
+    def read_sync() -> ServerLimits:
+        with sync_engine.connect() as connection:
+            row = connection.execute(text(POSTGRES_LIMITS_SQL)).one()
+        return ServerLimits.from_row(tuple(row))
+
+    async def read_in_thread() -> ServerLimits:
+        import asyncio
+
+        return await asyncio.to_thread(read_sync)
+
+    return read_in_thread
+
+
 def read_pool_state(pool: Pool) -> PoolState | None:
     """What a SQLAlchemy pool says about itself right now.
 
@@ -186,7 +246,11 @@ class SQLAlchemyInstrumentation:
     )
 
     def __init__(
-        self, engine: Engine | AsyncEngine, events: PoolEvents, faults: FaultReporter
+        self,
+        engine: Engine | AsyncEngine,
+        events: PoolEvents,
+        faults: FaultReporter,
+        gate: Gate | None = None,
     ) -> None:
         sync_engine = getattr(engine, "sync_engine", engine)
         if not isinstance(sync_engine, Engine):
@@ -197,6 +261,10 @@ class SQLAlchemyInstrumentation:
         self._engine = sync_engine
         self._events = events
         self._faults = faults
+        # Autosize's limiter and the acquire timeout, set before install; see _gated.
+        self.gate = gate
+        # Checkouts holding a permit of the gate's limiter (their record_info ids).
+        self._permits: set[int] = set()
         self._active = False
         self._shadows: list[_Shadow] = []
         # The pool listeners are registered on this empty pool of ours and copied into
@@ -275,7 +343,7 @@ class SQLAlchemyInstrumentation:
         return (
             ("connect", self._on_connect),
             ("checkin", self._on_release),
-            ("detach", self._on_release),
+            ("detach", self._on_detach),
         )
 
     def _hook_pool(self, pool: Pool, *, adopt_listeners: bool = False) -> None:
@@ -300,6 +368,12 @@ class SQLAlchemyInstrumentation:
         self._owners[pool] = self
         self._shadow(pool, "connect", self._timed_acquire(pool.connect))
         self._shadow(pool, "recreate", self._following_recreate(pool.recreate))
+        # With a limiter, a permit goes back once the connection is back in the queue
+        # (after the pool's own _do_return_conn), so the pool never holds more than the
+        # limit; a connection returning to a pool above its limit is closed instead,
+        # the way QueuePool itself drops one that finds its queue full.
+        if self.gate is not None and self.gate.limiter is not None:
+            self._shadow(pool, "_do_return_conn", self._returning(pool, pool._do_return_conn))
         creator = vars(pool).get("_invoke_creator")
         if callable(creator):
             self._shadow(pool, "_invoke_creator", self._marking_creator(creator))
@@ -361,10 +435,16 @@ class SQLAlchemyInstrumentation:
                 return original()
             record = ConnectTime()
             token = _acquire.set(record)
+            gate = self.gate
+            permit = False
             try:
+                if gate is not None and gate.limiter is not None:
+                    permit = _enter(gate)
                 connection = original()
             except BaseException as exc:
                 _acquire.reset(token)
+                if permit and gate is not None:
+                    gate.leave()
                 try:
                     events.acquire_failed(ticket, exc)
                     if record.connecting > 0.0:  # opened, then the checkout failed
@@ -376,6 +456,8 @@ class SQLAlchemyInstrumentation:
             try:
                 info = connection.record_info
                 holder = id(connection) if info is None else id(info)
+                if permit:
+                    self._permits.add(holder)
                 events.acquire_succeeded(ticket, holder, record.connecting)
             except Exception as err:
                 report(_COMPONENT, err)
@@ -431,3 +513,35 @@ class SQLAlchemyInstrumentation:
             self._events.released(id(entry.record_info))
         except Exception as err:
             self._faults.report(_COMPONENT, err)
+
+    def _on_detach(self, dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
+        # A detached connection leaves the pool for good, and never comes back to
+        # _do_return_conn: its permit goes back now.
+        self._on_release(dbapi_connection, entry)
+        self._give_back(id(entry.record_info))
+
+    def _give_back(self, holder: int) -> None:
+        gate = self.gate
+        if gate is not None and holder in self._permits:
+            self._permits.discard(holder)
+            gate.leave()
+
+    def _returning(
+        self, pool: Pool, original: Callable[[ConnectionPoolEntry], None]
+    ) -> Callable[[ConnectionPoolEntry], None]:
+        def do_return_conn(entry: ConnectionPoolEntry) -> None:
+            holder = id(entry.record_info)
+            try:
+                gate = self.gate
+                drop = getattr(pool, "_dec_overflow", None)
+                if gate is not None and callable(drop) and gate.over_limit():
+                    try:
+                        entry.close()
+                    finally:
+                        drop()
+                    return
+                original(entry)
+            finally:
+                self._give_back(holder)
+
+        return do_return_conn

@@ -27,16 +27,24 @@ from __future__ import annotations
 import contextvars
 import functools
 import importlib
+import inspect
 import logging
 from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import Any, TypeVar
 
 from poolwatch.adapters.timing import ConnectTime
+from poolwatch.autosize import Gate
+from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import PoolEvents, PoolState
 
-__all__ = ["TortoiseInstrumentation", "read_pool_state"]
+__all__ = [
+    "TortoiseInstrumentation",
+    "open_connections",
+    "postgres_limits_reader",
+    "read_pool_state",
+]
 
 logger = logging.getLogger("poolwatch")
 
@@ -118,6 +126,33 @@ def read_pool_state(client: Any) -> PoolState | None:
     return None
 
 
+def open_connections(client: Any) -> int:
+    """Connections the driver's pool behind ``client`` holds open, used or idle."""
+    state = read_pool_state(client)
+    if state is None:
+        return 0
+    return (state.used or 0) + (state.idle or 0)
+
+
+def postgres_limits_reader(
+    client: Any, current: Callable[[], Any]
+) -> Callable[[], Coroutine[Any, Any, ServerLimits]] | None:
+    """A reader of the server's connection limits, if ``client`` is on PostgreSQL.
+
+    ``current()`` returns the client to ask each time (the latest of its name).
+    """
+    if not type(client).__module__.startswith(
+        ("tortoise.backends.asyncpg", "tortoise.backends.psycopg")
+    ):
+        return None
+
+    async def read() -> ServerLimits:
+        rows = await current().execute_query_dict(POSTGRES_LIMITS_SQL)
+        return ServerLimits.from_row(tuple(rows[0].values()))
+
+    return read
+
+
 class TortoiseInstrumentation:
     """Installs and removes the wrappers. One may be installed per process.
 
@@ -132,13 +167,18 @@ class TortoiseInstrumentation:
         self,
         events_for: Callable[[str], PoolEvents],
         on_client: Callable[[str, Any], None],
+        gate_for: Callable[[str, Any], Gate | None] | None = None,
     ) -> None:
         self._events_for = events_for
         self._on_client = on_client
+        self._gate_for = gate_for
         self._events: dict[str, PoolEvents] = {}
+        self._gates: dict[str, Gate | None] = {}
+        # Checkouts (their context managers' ids) holding a permit of a gate's limiter.
+        self._permits: set[int] = set()
         self._clients: dict[str, Any] = {}
-        # id(root client) -> (client, its pool's events): the per-checkout lookup
-        self._by_client: dict[int, tuple[Any, PoolEvents]] = {}
+        # id(root client) -> (client, its pool's events, its gate): the per-checkout lookup
+        self._by_client: dict[int, tuple[Any, PoolEvents, Gate | None]] = {}
         self._patched: list[tuple[type, str, Any]] = []
 
     # -- install / uninstall -------------------------------------------------------------
@@ -170,7 +210,9 @@ class TortoiseInstrumentation:
                 for name in _QUERY_METHODS:
                     if name in cls.__dict__:
                         self._patch(cls, name, self._wrap_query(cls.__dict__[name]))
-            self._patch_acquire(base.PoolConnectionWrapper, _pool_client)
+            # Only a plain checkout's exit is a bare release: a transaction's exit commits
+            # first, so its connection is never closed on the way back.
+            self._patch_acquire(base.PoolConnectionWrapper, _pool_client, trims=True)
             self._patch_acquire(base.TransactionContextPooled, _transaction_client)
             self._patch_acquire(base.ConnectionWrapper, _locked_client(base.TransactionalDBClient))
             self._patch_backends()
@@ -228,13 +270,16 @@ class TortoiseInstrumentation:
 
     def _pool_events(self, client: Any) -> PoolEvents:
         """The events of the pool that ``client`` (a root client) belongs to."""
+        return self._pool(client)[1]
+
+    def _pool(self, client: Any) -> tuple[Any, PoolEvents, Gate | None]:
         # One dict hit per checkout; the identity check guards against a reused id.
         known = self._by_client.get(id(client))
         if known is not None and known[0] is client:
-            return known[1]
+            return known
         return self._register(client)
 
-    def _register(self, client: Any) -> PoolEvents:
+    def _register(self, client: Any) -> tuple[Any, PoolEvents, Gate | None]:
         name = client.connection_name
         previous = self._clients.get(name)
         if previous is not client:
@@ -245,8 +290,10 @@ class TortoiseInstrumentation:
         events = self._events.get(name)
         if events is None:
             events = self._events[name] = self._events_for(name)
-        self._by_client[id(client)] = (client, events)
-        return events
+        if name not in self._gates:
+            self._gates[name] = self._gate_for(name, client) if self._gate_for else None
+        entry = self._by_client[id(client)] = (client, events, self._gates[name])
+        return entry
 
     def _query_events(self, client: Any) -> PoolEvents:
         events = self._events.get(client.connection_name)
@@ -296,13 +343,19 @@ class TortoiseInstrumentation:
             client = locate(self)
             if client is None:  # a lock inside a transaction, not a pool checkout
                 return await original(self)
-            events = instrumentation._pool_events(client)
+            _, events, gate = instrumentation._pool(client)
             ticket = events.acquire_started()
             record = ConnectTime()
             token = _acquire.set(record)
             started = perf_counter()
             try:
-                connection = await original(self)
+                if gate is None:
+                    connection = await original(self)
+                else:  # autosize's limiter, the acquire timeout
+                    permit = gate.limits()
+                    connection = await gate.admit(lambda: original(self))
+                    if permit:
+                        instrumentation._permits.add(id(self))
             except BaseException as exc:
                 _acquire.reset(token)
                 events.acquire_failed(ticket, exc)
@@ -316,7 +369,7 @@ class TortoiseInstrumentation:
 
         return aenter
 
-    def _wrap_release(self, original: AsyncMethod, locate: Locate) -> AsyncMethod:
+    def _wrap_release(self, original: AsyncMethod, locate: Locate, *, trims: bool) -> AsyncMethod:
         instrumentation = self
 
         # The connection counts as released when the application lets go of it, before
@@ -325,15 +378,22 @@ class TortoiseInstrumentation:
         @functools.wraps(original)
         def aexit(self: Any, *exc_info: Any) -> Coroutine[Any, Any, Any]:
             client = locate(self)
-            if client is not None:
-                instrumentation._pool_events(client).released(id(self))
-            return original(self, *exc_info)
+            if client is None:
+                return original(self, *exc_info)
+            _, events, gate = instrumentation._pool(client)
+            events.released(id(self))
+            if gate is None or id(self) not in instrumentation._permits:
+                return original(self, *exc_info)
+            instrumentation._permits.discard(id(self))
+            return _release_through(gate, original(self, *exc_info), self if trims else None)
 
         return aexit
 
-    def _patch_acquire(self, cls: type, locate: Locate) -> None:
+    def _patch_acquire(self, cls: type, locate: Locate, *, trims: bool = False) -> None:
         self._patch(cls, "__aenter__", self._wrap_acquire(cls.__dict__["__aenter__"], locate))
-        self._patch(cls, "__aexit__", self._wrap_release(cls.__dict__["__aexit__"], locate))
+        self._patch(
+            cls, "__aexit__", self._wrap_release(cls.__dict__["__aexit__"], locate, trims=trims)
+        )
 
     def _connect_time(self, client: Any, seconds: float) -> None:
         record = _acquire.get()
@@ -372,6 +432,30 @@ class TortoiseInstrumentation:
             return await original(self, **kwargs)
 
         return create_pool
+
+
+async def _release_through(gate: Gate, release: Coroutine[Any, Any, Any], manager: Any) -> Any:
+    """Release a connection under autosize: closed if the pool holds too many, then the
+    permit goes back once the driver has the connection (never before)."""
+    try:
+        if manager is not None and gate.over_limit():
+            await _close_quietly(getattr(manager, "connection", None))
+        return await release
+    finally:
+        gate.leave()
+
+
+async def _close_quietly(connection: Any) -> None:
+    """Close a driver connection so the pool drops it on release (asyncpg, psycopg and
+    aiomysql all discard a closed connection handed back to them)."""
+    if connection is None:
+        return
+    try:
+        closing = connection.close()
+        if inspect.isawaitable(closing):
+            await closing
+    except Exception:  # the release that follows still returns it, open or not
+        logger.debug("poolwatch: closing a connection above the limit failed", exc_info=True)
 
 
 def _pool_client(manager: Any) -> Any:

@@ -1,0 +1,519 @@
+"""Adaptive pool sizing and connection guarding: the mechanism around :mod:`sizing`.
+
+* :class:`Autosize` is what a user passes (``instrument_tortoise(autosize=...)``).
+* :class:`Gate` stands in front of one pool's acquire: the resizable limiter (with
+  autosize), the acquire timeout that raises :class:`~poolwatch.PoolTimeoutError`, and
+  the permit given back after release.
+* :class:`PoolSizer` turns what the pool did during an interval into a
+  :class:`~poolwatch.sizing.Window`, asks the controller, applies the new limit and
+  reports it (``poolwatch_pool_resizes_total``, ``poolwatch_pool_limit_target``, one log
+  line per change).
+* :class:`Maintenance` is the one asyncio task of a :class:`~poolwatch.PoolWatch` that
+  drives them: samples every 100 ms, decisions every ``interval``, database budget reads
+  every ``budget_interval``, and the leak scan every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import logging
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from time import perf_counter
+from typing import TypeVar
+
+from poolwatch import context
+from poolwatch.budget import ServerLimits, pool_ceiling
+from poolwatch.errors import ConfigError, PoolTimeoutError
+from poolwatch.limiter import AsyncLimiter, Limiter, ThreadLimiter
+from poolwatch.observer import PoolObserver
+from poolwatch.safety import FaultReporter
+from poolwatch.sizing import Decision, SizeController, Tuning, Window
+
+__all__ = ["Autosize", "Gate", "Maintenance", "PoolSizer"]
+
+logger = logging.getLogger("poolwatch.autosize")
+leak_logger = logging.getLogger("poolwatch.leaks")
+
+T = TypeVar("T")
+ReadLimits = Callable[[], Awaitable[ServerLimits]]
+
+SAMPLE_EVERY = 0.1  # seconds between two samples of in-use and waiting
+LEAK_SCAN_EVERY = 1.0
+STATEMENT_SAMPLE = 512  # statements kept per pool between two decisions (the latest)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Autosize:
+    """Settings for adaptive sizing of a pool.
+
+    ``instrument_tortoise(autosize=True)`` takes the defaults;
+    ``autosize=Autosize(min=4, max=60)`` or ``autosize={"min": 4, "max": 60}`` sets them.
+
+    Attributes:
+        min: the limit never goes below this.
+        max: nor above this (``None``: the pool's own maximum size, its hard ceiling).
+            The driver pool must be created at least this large.
+        initial: the limit at start (``None``: ``min``). Starting small lets the
+            controller learn each statement's unloaded speed.
+        interval: seconds between two decisions.
+        budget: connections this pool may hold at most, set by hand (MySQL, PgBouncer,
+            a database shared in ways poolwatch cannot see). ``None`` on PostgreSQL:
+            read from the server.
+        budget_share: on PostgreSQL, the share of the connections still free that this
+            pool may take on top of its own (with N app instances, 1/N or less).
+        budget_interval: seconds between two reads of the server's limits.
+        tuning: the controller's constants (:class:`~poolwatch.sizing.Tuning`).
+    """
+
+    min: int = 2
+    max: int | None = None
+    initial: int | None = None
+    interval: float = 1.0
+    budget: int | None = None
+    budget_share: float = 0.5
+    budget_interval: float = 5.0
+    tuning: Tuning = dataclasses.field(default_factory=Tuning)
+
+    def __post_init__(self) -> None:
+        _positive_int("autosize.min", self.min)
+        if self.max is not None:
+            _positive_int("autosize.max", self.max)
+            if self.max < self.min:
+                raise ConfigError("autosize.max", self.max, f"must be >= autosize.min ({self.min})")
+        if self.initial is not None:
+            _positive_int("autosize.initial", self.initial)
+            if self.initial < self.min or (self.max is not None and self.initial > self.max):
+                raise ConfigError(
+                    "autosize.initial", self.initial, "must be between autosize.min and .max"
+                )
+        if self.budget is not None:
+            _positive_int("autosize.budget", self.budget)
+            if self.budget < self.min:
+                raise ConfigError(
+                    "autosize.budget", self.budget, f"must be >= autosize.min ({self.min})"
+                )
+        _positive_float("autosize.interval", self.interval, minimum=SAMPLE_EVERY)
+        _positive_float("autosize.budget_interval", self.budget_interval, minimum=0.5)
+        share = self.budget_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise ConfigError("autosize.budget_share", share, "must be a number in (0, 1]")
+        if not isinstance(self.tuning, Tuning):
+            raise ConfigError("autosize.tuning", self.tuning, "must be a poolwatch.sizing.Tuning")
+
+    @classmethod
+    def coerce(cls, value: object) -> Autosize | None:
+        """``None``/``False`` -> off; ``True`` -> defaults; a mapping -> its fields."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, Autosize):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ConfigError("autosize", unknown, f"unknown keys; known: {sorted(known)}")
+            return cls(**value)
+        raise ConfigError("autosize", value, "must be True, False, a dict or an Autosize")
+
+    def bounds(self, pool_max: int | None) -> tuple[int, int]:
+        """``(lower, upper)`` for a pool whose driver allows ``pool_max`` connections."""
+        upper = self.max if self.max is not None else pool_max
+        if upper is None:
+            raise ConfigError("autosize.max", None, "must be given: the pool's size is unknown")
+        if pool_max is not None and upper > pool_max:
+            logger.warning(
+                "autosize.max=%d is above the pool's own maximum size (%d); using %d",
+                upper,
+                pool_max,
+                pool_max,
+            )
+            upper = pool_max
+        return min(self.min, upper), upper
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(name, value, "must be an integer >= 1")
+
+
+def _positive_float(name: str, value: object, *, minimum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
+        raise ConfigError(name, value, f"must be a number of seconds >= {minimum}")
+
+
+# Set around poolwatch's own statements (the budget read): they wait for a permit like
+# any request (the pool never exceeds its limit), but without the acquire timeout, so a
+# starved pool neither fails them nor counts them as the application's timeouts.
+_own: contextvars.ContextVar[bool] = contextvars.ContextVar("poolwatch_own", default=False)
+
+
+class Gate:
+    """What stands in front of one pool's acquire (only where something needs it)."""
+
+    def __init__(
+        self,
+        observer: PoolObserver,
+        *,
+        limiter: AsyncLimiter | ThreadLimiter | None = None,
+        timeout: float | None = None,
+        open_connections: Callable[[], int] | None = None,
+    ) -> None:
+        self.observer = observer
+        self.limiter = limiter
+        self.timeout = timeout
+        # Connections the driver holds open (used and idle), for trimming after a shrink.
+        self.open_connections = open_connections
+
+    async def admit(self, acquire: Callable[[], Awaitable[T]]) -> T:
+        """Take a permit (with autosize), then ``acquire()`` from the driver, in time."""
+        if self.timeout is None or _own.get():
+            return await self._admit(acquire)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._admit(acquire)
+        except TimeoutError as exc:
+            raise self.timeout_error() from exc
+
+    async def _admit(self, acquire: Callable[[], Awaitable[T]]) -> T:
+        limiter = self.limiter
+        if not isinstance(limiter, AsyncLimiter):
+            return await acquire()
+        await limiter.acquire()
+        try:
+            return await acquire()
+        except BaseException:
+            limiter.release()
+            raise
+
+    async def enter(self) -> bool:
+        """Only the permit (async), within the acquire timeout; False if none was taken."""
+        limiter = self.limiter
+        if not isinstance(limiter, AsyncLimiter):
+            return False
+        if self.timeout is None or _own.get():
+            await limiter.acquire()
+            return True
+        try:
+            async with asyncio.timeout(self.timeout):
+                await limiter.acquire()
+        except TimeoutError as exc:
+            raise self.timeout_error() from exc
+        return True
+
+    def enter_blocking(self) -> bool:
+        """Only the permit, from a thread (sync pools), within the acquire timeout."""
+        limiter = self.limiter
+        if not isinstance(limiter, ThreadLimiter):
+            return False
+        if not limiter.acquire(None if _own.get() else self.timeout):
+            raise self.timeout_error()
+        return True
+
+    def limits(self) -> bool:
+        """Whether an acquire takes a permit (autosize)."""
+        return self.limiter is not None
+
+    def leave(self) -> None:
+        """The connection went back to the driver: give its permit back."""
+        if self.limiter is not None:
+            self.limiter.release()
+
+    def over_limit(self) -> bool:
+        """Whether a returning connection should be closed: the pool holds too many."""
+        limiter, count = self.limiter, self.open_connections
+        return limiter is not None and count is not None and count() > limiter.limit
+
+    def timeout_error(self) -> PoolTimeoutError:
+        observer = self.observer
+        holders = observer.holders
+        limiter = self.limiter
+        return PoolTimeoutError(
+            observer.name,
+            self.timeout or 0.0,
+            limit=limiter.limit if limiter is not None else None,
+            in_use=limiter.in_use if limiter is not None else observer.checked_out(),
+            waiting=observer.pending(),
+            holders=holders.longest(perf_counter()) if holders is not None else (),
+        )
+
+
+class PoolSizer:
+    """Samples one pool, decides its limit every ``interval`` and applies it."""
+
+    def __init__(
+        self,
+        observer: PoolObserver,
+        limiter: Limiter,
+        settings: Autosize,
+        bounds: tuple[int, int],
+        *,
+        on_resize: Callable[[str, int, int], None],
+        open_connections: Callable[[], int],
+        read_limits: ReadLimits | None = None,
+    ) -> None:
+        self.name = observer.name
+        self.observer = observer
+        self.limiter = limiter
+        self.settings = settings
+        self.lower, self.upper = bounds
+        self.controller = SizeController(self.lower, self.upper, settings.tuning)
+        self.read_limits = read_limits
+        # Connections this pool holds open, used or idle (from the driver's own counts).
+        self.open_connections = open_connections
+        self.ceiling: int | None = settings.budget
+        self._on_resize = on_resize
+        observer.statements = deque(maxlen=STATEMENT_SAMPLE)
+        self._samples = 0
+        self._in_use_sum = 0
+        self._in_use_max = 0
+        self._pending_sum = 0
+        self._pending_max = 0
+        self._acquired = observer.acquired
+        self._timed_out = observer.timed_out
+        self._refused = observer.refused
+        self.last: Decision | None = None
+
+    def sample(self) -> None:
+        """One look at the pool (every 100 ms)."""
+        in_use, pending = self.limiter.in_use, self.observer.pending()
+        self._samples += 1
+        self._in_use_sum += in_use
+        self._in_use_max = max(self._in_use_max, in_use)
+        self._pending_sum += pending
+        self._pending_max = max(self._pending_max, pending)
+
+    def window(self) -> Window:
+        """What happened since the last decision; starts the next window."""
+        observer = self.observer
+        samples = max(1, self._samples)
+        statements = list(observer.statements or ())
+        if observer.statements is not None:
+            observer.statements.clear()
+        window = Window(
+            limit=self.limiter.limit,
+            in_use_mean=self._in_use_sum / samples,
+            in_use_max=self._in_use_max,
+            pending_mean=self._pending_sum / samples,
+            pending_max=self._pending_max,
+            acquires=observer.acquired - self._acquired,
+            timeouts=observer.timed_out - self._timed_out,
+            refused=observer.refused - self._refused,
+            statements=statements,
+            ceiling=self.ceiling,
+        )
+        self._samples = self._in_use_sum = self._in_use_max = 0
+        self._pending_sum = self._pending_max = 0
+        self._acquired, self._timed_out = observer.acquired, observer.timed_out
+        self._refused = observer.refused
+        return window
+
+    def decide(self) -> Decision:
+        """Ask the controller about the last window and apply what it says."""
+        window = self.window()
+        decision = self.controller.decide(window)
+        self.last = decision
+        old = self.limiter.limit
+        if decision.changed(old):
+            self.limiter.set_limit(decision.limit)
+            self._on_resize(self.name, old, decision.limit)
+            inflation = "n/a" if decision.inflation is None else f"{decision.inflation:.2f}"
+            logger.info(
+                "pool %s: limit %d -> %d (%s; in use %.1f, waiting %.1f, inflation %s)",
+                self.name,
+                old,
+                decision.limit,
+                decision.reason,
+                window.in_use_mean,
+                window.pending_mean,
+                inflation,
+                extra={
+                    "poolwatch_resize": {
+                        "pool": self.name,
+                        "old": old,
+                        "new": decision.limit,
+                        "reason": decision.reason,
+                        "in_use": window.in_use_mean,
+                        "waiting": window.pending_mean,
+                        "inflation": decision.inflation,
+                    }
+                },
+            )
+        return decision
+
+    async def refresh_budget(self) -> None:
+        """Read the database's limits and work out this pool's ceiling."""
+        if self.read_limits is None:
+            return
+        limits = await self.read_limits()
+        held = self.open_connections()
+        ceiling = pool_ceiling(limits.free(), held, self.settings.budget_share)
+        if self.settings.budget is not None:
+            ceiling = min(ceiling, self.settings.budget)
+        self.ceiling = max(self.lower, ceiling)
+
+
+class Maintenance:
+    """The periodic work of one PoolWatch, as one asyncio task.
+
+    Started on the application's lifespan startup (through the middleware), or on first
+    use by an adapter if there is no lifespan; stopped on shutdown or ``uninstrument()``.
+    """
+
+    def __init__(
+        self,
+        faults: FaultReporter,
+        *,
+        leak_threshold: float | None,
+        count_leak: Callable[[str, str], None],
+    ) -> None:
+        self.sizers: dict[str, PoolSizer] = {}
+        self.observers: Callable[[], list[PoolObserver]] = list
+        self._faults = faults
+        self._leak_threshold = leak_threshold
+        self._count_leak = count_leak
+        self._task: asyncio.Task[None] | None = None
+        self._starting = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        """Whether the task is alive."""
+        return self._task is not None and not self._task.done()
+
+    def ensure_started(self) -> None:
+        """Start the task if it is not running (idempotent).
+
+        On the running event loop when there is one; otherwise (a sync pool used from
+        worker threads) on a loop of its own in a daemon thread.
+        """
+        if self.running:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._start_thread()
+            return
+        # A context of its own: the task must not inherit the request that started it.
+        self._task = loop.create_task(
+            self._run(), name="poolwatch-maintenance", context=contextvars.Context()
+        )
+
+    def _start_thread(self) -> None:
+        with self._starting:
+            if self.running:
+                return
+            ready = threading.Event()
+
+            async def main() -> None:
+                self._task = asyncio.current_task()
+                ready.set()
+                await self._run()
+
+            def run() -> None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    asyncio.run(main())
+
+            thread = threading.Thread(target=run, name="poolwatch-maintenance", daemon=True)
+            thread.start()
+            ready.wait(5)
+
+    async def stop(self) -> None:
+        """Cancel the task and wait for it."""
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        if task.get_loop() is not asyncio.get_running_loop():
+            self._cancel(task)  # the thread's own loop
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def stop_soon(self) -> None:
+        """Cancel the task without waiting (from sync code such as ``uninstrument``)."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._cancel(task)
+
+    @staticmethod
+    def _cancel(task: asyncio.Task[None]) -> None:
+        loop = task.get_loop()
+        if not task.done() and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(task.cancel)
+
+    async def _run(self) -> None:
+        now = perf_counter()
+        next_decision: dict[str, float] = {}
+        next_budget: dict[str, float] = {}
+        next_leak_scan = now + LEAK_SCAN_EVERY
+        budget_reads: dict[str, asyncio.Task[None]] = {}
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY)
+            now = perf_counter()
+            for name, sizer in list(self.sizers.items()):
+                try:
+                    sizer.sample()
+                    if now >= next_decision.setdefault(name, now + sizer.settings.interval):
+                        next_decision[name] = now + sizer.settings.interval
+                        sizer.decide()
+                    due = next_budget.setdefault(name, now)
+                    reading = budget_reads.get(name)
+                    if (
+                        sizer.read_limits is not None
+                        and now >= due
+                        and (reading is None or reading.done())
+                    ):
+                        next_budget[name] = now + sizer.settings.budget_interval
+                        budget_reads[name] = asyncio.create_task(self._read_budget(sizer))
+                except Exception as exc:
+                    self._faults.report("autosize", exc)
+            if self._leak_threshold is not None and now >= next_leak_scan:
+                next_leak_scan = now + LEAK_SCAN_EVERY
+                self._scan_leaks(now, self._leak_threshold)
+
+    async def _read_budget(self, sizer: PoolSizer) -> None:
+        try:
+            # Its own scope: the statement is poolwatch's, not any route's.
+            token = _own.set(True)
+            try:
+                with context.scope("poolwatch:budget"):
+                    await sizer.refresh_budget()
+            finally:
+                _own.reset(token)
+        except Exception as exc:
+            self._faults.report("budget", exc)
+
+    def _scan_leaks(self, now: float, threshold: float) -> None:
+        for observer in self.observers():
+            holders = observer.holders
+            if holders is None:
+                continue
+            try:
+                for checkout in holders.new_leaks(now, threshold):
+                    self._count_leak(observer.name, checkout.route)
+                    leak_logger.warning(
+                        "pool %s: a connection taken at %s (route %s) has been held for "
+                        "%.1f s, past the leak threshold of %.1f s",
+                        observer.name,
+                        checkout.call_site or "an unknown line",
+                        checkout.route,
+                        now - checkout.since,
+                        threshold,
+                        extra={
+                            "poolwatch_leak": {
+                                "pool": observer.name,
+                                "route": checkout.route,
+                                "call_site": checkout.call_site,
+                                "held_seconds": now - checkout.since,
+                            }
+                        },
+                    )
+            except Exception as exc:
+                self._faults.report("leaks", exc)
