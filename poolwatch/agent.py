@@ -320,6 +320,7 @@ class PoolWatch:
                 # The latest client of that name: Tortoise may be initialised again.
                 open_connections=lambda: open_connections(clients[name]),
                 read_limits=postgres_limits_reader(client, lambda: clients[name]),
+                keep=int(getattr(client, "pool_minsize", 0) or 0),
             )
 
         instrumentation = TortoiseInstrumentation(self.pool_events, on_client, gate_for)

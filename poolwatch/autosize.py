@@ -21,6 +21,7 @@ import contextvars
 import dataclasses
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
@@ -45,6 +46,8 @@ ReadLimits = Callable[[], Awaitable[ServerLimits]]
 SAMPLE_EVERY = 0.1  # seconds between two samples of in-use and waiting
 LEAK_SCAN_EVERY = 1.0
 STATEMENT_SAMPLE = 512  # statements kept per pool between two decisions (the latest)
+BUDGET_TRIES = 3  # failed budget reads before growing without one
+TRIM_AFTER = 3.0  # seconds after a shrink before connections above the limit are closed
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,7 +76,7 @@ class Autosize:
     min: int = 2
     max: int | None = None
     initial: int | None = None
-    interval: float = 1.0
+    interval: float = 0.5
     budget: int | None = None
     budget_share: float = 0.5
     budget_interval: float = 5.0
@@ -164,12 +167,15 @@ class Gate:
         limiter: AsyncLimiter | ThreadLimiter | None = None,
         timeout: float | None = None,
         open_connections: Callable[[], int] | None = None,
+        keep: int = 0,
     ) -> None:
         self.observer = observer
         self.limiter = limiter
         self.timeout = timeout
         # Connections the driver holds open (used and idle), for trimming after a shrink.
         self.open_connections = open_connections
+        # The driver's own minimum: it would reopen any connection closed below it.
+        self.keep = keep
 
     async def admit(self, acquire: Callable[[], Awaitable[T]]) -> T:
         """Take a permit (with autosize), then ``acquire()`` from the driver, in time."""
@@ -185,7 +191,7 @@ class Gate:
         limiter = self.limiter
         if not isinstance(limiter, AsyncLimiter):
             return await acquire()
-        await limiter.acquire()
+        await limiter.acquire(first=_own.get())
         try:
             return await acquire()
         except BaseException:
@@ -198,7 +204,7 @@ class Gate:
         if not isinstance(limiter, AsyncLimiter):
             return False
         if self.timeout is None or _own.get():
-            await limiter.acquire()
+            await limiter.acquire(first=_own.get())
             return True
         try:
             async with asyncio.timeout(self.timeout):
@@ -228,7 +234,13 @@ class Gate:
     def over_limit(self) -> bool:
         """Whether a returning connection should be closed: the pool holds too many."""
         limiter, count = self.limiter, self.open_connections
-        return limiter is not None and count is not None and count() > limiter.limit
+        if limiter is None or count is None:
+            return False
+        # Not at once after a shrink: a limit that comes back up a moment later would
+        # pay to reopen them (on a computing database, its scarcest resource).
+        if time.monotonic() - limiter.lowered_at < TRIM_AFTER:
+            return False
+        return count() > max(limiter.limit, self.keep)
 
     def timeout_error(self) -> PoolTimeoutError:
         observer = self.observer
@@ -267,7 +279,10 @@ class PoolSizer:
         self.read_limits = read_limits
         # Connections this pool holds open, used or idle (from the driver's own counts).
         self.open_connections = open_connections
+        # Until the database's budget is first read, the limit stays where it starts.
         self.ceiling: int | None = settings.budget
+        if self.ceiling is None and read_limits is not None:
+            self.ceiling = limiter.limit
         self._on_resize = on_resize
         observer.statements = deque(maxlen=STATEMENT_SAMPLE)
         self._samples = 0
@@ -279,6 +294,7 @@ class PoolSizer:
         self._timed_out = observer.timed_out
         self._refused = observer.refused
         self.last: Decision | None = None
+        self.budget_failures = 0
 
     def sample(self) -> None:
         """One look at the pool (every 100 ms)."""
@@ -487,8 +503,23 @@ class Maintenance:
                     await sizer.refresh_budget()
             finally:
                 _own.reset(token)
+            sizer.budget_failures = 0
         except Exception as exc:
             self._faults.report("budget", exc)
+            sizer.budget_failures += 1
+            if sizer.budget_failures == BUDGET_TRIES and sizer.settings.budget is None:
+                # Never stuck at the starting limit: without a budget, up to max (and
+                # "too many clients" from the server still makes it back off).
+                sizer.ceiling = None
+                logger.warning(
+                    "pool %s: the database's connection budget could not be read %d times "
+                    "(%s); autosize now grows up to autosize.max=%d. Set autosize.budget "
+                    "to bound it by hand.",
+                    sizer.name,
+                    BUDGET_TRIES,
+                    exc,
+                    sizer.upper,
+                )
 
     def _scan_leaks(self, now: float, threshold: float) -> None:
         for observer in self.observers():

@@ -7,6 +7,7 @@ acquire: autosize (a limiter), an acquire timeout, leak detection (checkout trac
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from poolwatch.autosize import Autosize, Gate, Maintenance, PoolSizer, ReadLimits
@@ -20,6 +21,8 @@ from poolwatch.recorder import UNKNOWN_SITE
 from poolwatch.safety import FaultReporter
 
 __all__ = ["Guards"]
+
+logger = logging.getLogger("poolwatch.autosize")
 
 # Frames between CallSiteFinder.find and the adapter: the lambda below, the observer's
 # acquire_succeeded, the adapter's acquire wrapper.
@@ -59,10 +62,13 @@ class Guards:
         open_connections: Callable[[], int],
         read_limits: ReadLimits | None = None,
         threads: bool = False,
+        keep: int = 0,
     ) -> Gate | None:
         """The gate of ``observer``'s pool (made once), or ``None`` if it needs none.
 
         ``threads``: the pool is used from threads (sync SQLAlchemy), not an event loop.
+        ``keep``: the driver's minimum size (connections above the limit are closed only
+        down to it; the driver would open them again).
         """
         name = observer.name
         known = self.gates.get(name)
@@ -89,9 +95,22 @@ class Guards:
                 read_limits=read_limits if autosize.budget is None else None,
             )
             self._metrics.pool_limit_target.labels(name).set(limiter.limit)
+            if keep > lower:
+                logger.warning(
+                    "pool %s: the driver keeps at least %d connections open, above "
+                    "autosize.min=%d; create the pool with a smaller minimum size so that "
+                    "a smaller limit also releases connections",
+                    name,
+                    keep,
+                    lower,
+                )
             self.maintenance.ensure_started()
         gate = self.gates[name] = Gate(
-            observer, limiter=limiter, timeout=timeout, open_connections=open_connections
+            observer,
+            limiter=limiter,
+            timeout=timeout,
+            open_connections=open_connections,
+            keep=keep,
         )
         return gate
 

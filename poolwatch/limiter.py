@@ -35,6 +35,8 @@ class Limiter(Protocol):
     @property
     def waiting(self) -> int: ...
 
+    lowered_at: float
+
     def set_limit(self, limit: int) -> None: ...
 
     def release(self) -> None: ...
@@ -55,6 +57,8 @@ class AsyncLimiter:
         self._waiters: deque[asyncio.Future[None]] = deque()
         # The loop its waiters live on, known from the first wait.
         self._loop: asyncio.AbstractEventLoop | None = None
+        # time.monotonic() of the last decrease (trimming waits a little after it).
+        self.lowered_at = 0.0
 
     @property
     def limit(self) -> int:
@@ -73,7 +77,10 @@ class AsyncLimiter:
 
     def set_limit(self, limit: int) -> None:
         """Change the size; waiters are woken if it grew. Callable from any thread."""
-        self._limit = _check(limit)
+        limit = _check(limit)
+        if limit < self._limit:
+            self.lowered_at = time.monotonic()
+        self._limit = limit
         loop = self._loop
         if loop is not None and not _running_in(loop):
             # Futures belong to their loop: wake its waiters from there.
@@ -82,14 +89,20 @@ class AsyncLimiter:
             return
         self._wake()
 
-    async def acquire(self) -> None:
-        """Wait for a permit. Cancel it (or time it out) freely: nothing leaks."""
+    async def acquire(self, *, first: bool = False) -> None:
+        """Wait for a permit. Cancel it (or time it out) freely: nothing leaks.
+
+        ``first`` puts this acquire at the head of the queue (poolwatch's own reads).
+        """
         if self._in_use < self._limit and not self._waiters:
             self._in_use += 1
             return
         loop = self._loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(waiter)
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
         try:
             await waiter
         except BaseException:
@@ -132,6 +145,8 @@ class ThreadLimiter:
         self._in_use = 0
         self._waiting = 0
         self._changed = threading.Condition(threading.Lock())
+        # time.monotonic() of the last decrease (trimming waits a little after it).
+        self.lowered_at = 0.0
 
     @property
     def limit(self) -> int:
@@ -151,7 +166,10 @@ class ThreadLimiter:
     def set_limit(self, limit: int) -> None:
         """Change the size; waiting threads are woken if it grew."""
         with self._changed:
-            self._limit = _check(limit)
+            limit = _check(limit)
+            if limit < self._limit:
+                self.lowered_at = time.monotonic()
+            self._limit = limit
             self._changed.notify_all()
 
     def acquire(self, timeout: float | None = None) -> bool:

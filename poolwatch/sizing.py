@@ -24,17 +24,20 @@ connections. The known limiters, read for this:
   when it is large. The question is exactly ours; its weak spot is the no-load RTT,
   which a change in the query mix (slow reports replacing fast lookups) moves.
 
-So: Vegas's idea, with the no-load time kept **per statement** (the execution time of
-each SQL text in the quietest windows seen, forgotten slowly). A window's *inflation*
-is how much slower each statement ran than its own no-load time (the median over
-statements, weighted by count). A new query mix then changes nothing, while a database
-running more statements than it has cores shows inflation that grows with the limit.
+So: Vegas's idea, with the no-load time kept **per statement**: a low quantile of the
+per-window median execution times of each SQL text over its last ``history`` windows.
+A window's *inflation* is how much slower each statement ran than its own no-load time
+(the median over statements, weighted by count). A new query mix then changes nothing,
+while a database running more statements than it has cores shows inflation that grows
+with the limit.
 
 * **grow** when there is demand (requests waiting or timing out while the permits are
   in use) and inflation is low: while statements run at their no-load speed,
-  multiplicatively (by up to half the limit or by the number waiting, whichever is
-  smaller), so an I/O-bound database reaches a high limit in a few intervals; once they
-  start to slow down, one connection at a time;
+  multiplicatively (up to fourfold, and by no more than the number waiting), so an
+  I/O-bound database reaches a high limit in a few intervals, but never fast back into
+  the limit that last saturated the database (until ``knee_doubt`` windows in a row just
+  below it ran at no-load speed: the load has changed); once
+  statements start to slow down, one connection at a time;
 * **hold** in the dead band between the two inflation thresholds: the database's knee;
 * **shrink** when inflation is high, towards the limit that would bring it back to the
   target (``in use * target / inflation``), by at most half per step, then stay put
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 from collections.abc import Sequence
 
 __all__ = ["Decision", "SizeController", "Tuning", "Window"]
@@ -104,28 +108,34 @@ class Tuning:
 
     Attributes:
         grow_below: inflation under which the limit may grow (one at a time).
-        grow_fast_below: inflation under which it grows by up to half at once.
+        grow_fast_below: inflation under which it may grow by ``fast_factor`` at once.
+        fast_factor: how much the limit may multiply in one fast step.
         shrink_above: inflation over which the limit shrinks.
         target: the inflation a shrink aims for (inside the dead band).
-        forget: how fast a statement's no-load time is forgotten, per window (it rises
-            by this fraction, then takes the window's time if lower).
+        history: windows of each statement's median time remembered.
+        baseline_quantile: which quantile of them is its no-load time.
         min_statements: statements a window needs before its inflation is trusted.
         cooldown: windows after a shrink during which the limit does not grow.
         idle_windows: consecutive idle windows before an idle shrink.
         refused_backoff: the factor applied when the database refuses connections.
-        max_keys: distinct statements remembered (the least used are dropped).
+        max_keys: distinct statements remembered (the oldest are dropped).
+        knee_doubt: windows in a row at no-load speed just below the limit that last
+            saturated the database before fast growth may pass it again.
     """
 
     grow_below: float = 1.25
     grow_fast_below: float = 1.1
+    fast_factor: int = 4
     shrink_above: float = 1.6
     target: float = 1.3
-    forget: float = 0.002
+    history: int = 120
+    baseline_quantile: float = 0.2
     min_statements: int = 8
     cooldown: int = 3
     idle_windows: int = 3
     refused_backoff: float = 0.7
     max_keys: int = 2048
+    knee_doubt: int = 4
 
 
 class SizeController:
@@ -137,10 +147,14 @@ class SizeController:
         self.lower = lower
         self.upper = upper
         self.tuning = tuning or Tuning()
-        # statement key -> its no-load execution time (the per-window median, lowest seen)
-        self._baseline: dict[int, float] = {}
+        # statement key -> its recent per-window median execution times
+        self._history: dict[int, deque[float]] = {}
         self._cooldown = 0
         self._idle = 0
+        # The last limit at which the database saturated, and how many windows in a row
+        # just below it ran at no-load speed (evidence the load has changed).
+        self._knee: int | None = None
+        self._doubt = 0
 
     def decide(self, window: Window) -> Decision:
         """The limit for the next interval."""
@@ -165,20 +179,12 @@ class SizeController:
         if inflation is not None and inflation > tuning.shrink_above and busy:
             self._idle = 0
             self._start_cooldown()
+            self._knee, self._doubt = limit, 0
             wanted = max(window.in_use_mean, 1.0) * tuning.target / inflation
             return self._to(max(wanted, limit / 2), "database saturated", inflation)
         if demand:
             self._idle = 0
-            if self._cooldown > 0:
-                return Decision(limit, "cooling down", inflation)
-            if inflation is None:
-                return self._to(limit + 1, "requests waiting", inflation, ceiling)
-            if inflation < tuning.grow_below:
-                step = 1  # near the knee: one connection at a time
-                if inflation < tuning.grow_fast_below:
-                    step = max(1, min(math.ceil(limit / 2), math.ceil(window.pending_mean)))
-                return self._to(limit + step, "requests waiting", inflation, ceiling)
-            return Decision(limit, "at the database's knee", inflation)
+            return self._grow(window, inflation, ceiling)
         if window.pending_max == 0 and window.in_use_max < limit:
             self._idle += 1
             if self._idle >= tuning.idle_windows:
@@ -190,6 +196,28 @@ class SizeController:
         return Decision(limit, "steady", inflation)
 
     # -- internals -------------------------------------------------------------------
+
+    def _grow(self, window: Window, inflation: float | None, ceiling: int) -> Decision:
+        """Requests are waiting: grow, as fast as the database allows."""
+        tuning, limit = self.tuning, window.limit
+        if self._cooldown > 0:
+            return Decision(limit, "cooling down", inflation)
+        if inflation is None:
+            return self._to(limit + 1, "requests waiting", inflation, ceiling)
+        if inflation >= tuning.grow_below:
+            return Decision(limit, "at the database's knee", inflation)
+        wanted = limit + 1  # near the knee: one connection at a time
+        if inflation < tuning.grow_fast_below:
+            if self._knee is not None and limit >= self._knee - 1:
+                # Unslowed right below the knee, again and again: another load now.
+                self._doubt += 1
+                if self._doubt >= tuning.knee_doubt:
+                    self._knee, self._doubt = None, 0
+            step = min(limit * (tuning.fast_factor - 1), math.ceil(window.pending_mean))
+            wanted = limit + max(1, step)
+            if self._knee is not None:  # fast, but not back into the last knee
+                wanted = max(limit + 1, min(wanted, self._knee - 1))
+        return self._to(wanted, "requests waiting", inflation, ceiling)
 
     def _start_cooldown(self) -> None:
         self._cooldown = self.tuning.cooldown
@@ -206,22 +234,13 @@ class SizeController:
         by_key: dict[int, list[float]] = {}
         for key, seconds in statements:
             by_key.setdefault(key, []).append(seconds)
-        baseline = self._baseline
-        forget = 1.0 + self.tuning.forget
-        for key in baseline:
-            baseline[key] *= forget
         ratios: list[tuple[float, int]] = []
         total = 0
         for key, times in by_key.items():
             median = _median(times)
-            known = baseline.get(key)
-            if known is None or median < known:
-                if known is None and len(baseline) >= self.tuning.max_keys:
-                    self._forget_one()
-                baseline[key] = median
-                known = median
-            if known > 0.0:
-                ratios.append((median / known, len(times)))
+            baseline = self._baseline_of(key, median, len(times))
+            if baseline > 0.0:
+                ratios.append((median / baseline, len(times)))
                 total += len(times)
         if total < self.tuning.min_statements:
             return None
@@ -233,9 +252,23 @@ class SizeController:
                 return ratio
         return ratios[-1][0]
 
-    def _forget_one(self) -> None:
-        # Dicts keep insertion order: drop the statement first seen longest ago.
-        del self._baseline[next(iter(self._baseline))]
+    def _baseline_of(self, key: int, median: float, count: int) -> float:
+        """A statement's no-load time: a low quantile of its recent window medians.
+
+        A quantile rather than the minimum: the minimum of noisy medians is one lucky
+        window, and every window after it would look inflated.
+        """
+        tuning = self.tuning
+        history = self._history.get(key)
+        if history is None:
+            if len(self._history) >= tuning.max_keys:
+                # Dicts keep insertion order: drop the statement first seen longest ago.
+                del self._history[next(iter(self._history))]
+            history = self._history[key] = deque(maxlen=tuning.history)
+        if count >= 3 or not history:  # one or two statements make a noisy median
+            history.append(median)
+        ordered = sorted(history)
+        return ordered[int(tuning.baseline_quantile * (len(ordered) - 1))]
 
 
 def _median(values: list[float]) -> float:

@@ -110,6 +110,10 @@ async def test_a_shrink_closes_connections_above_the_limit_on_their_way_back(
         await _sleepers(8, 0.05, [], client)
         assert client._pool.get_size() == 8
         limiter.set_limit(2)
+        for _ in range(8):  # right after a shrink, nothing is closed yet (it may come back)
+            await client.execute_query("SELECT 1")
+        assert client._pool.get_size() == 8
+        limiter.lowered_at -= 60  # a minute later
         for _ in range(8):  # ordinary traffic hands the extra connections back, closed
             await client.execute_query("SELECT 1")
         assert client._pool.get_size() <= 2
@@ -324,6 +328,7 @@ def test_sqlalchemy_sync_limit_holds_across_threads_and_shrinks(
         assert max(peak) == 6
         assert value(watch.registry, "db_client_connection_max", pool="main") == 6
         limiter.set_limit(2)
+        limiter.lowered_at -= 60  # past the moment after a shrink when nothing is closed
         for _ in range(6):
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))

@@ -29,6 +29,7 @@ class Database:
     # Beyond its cores, a database may also slow down more than linearly (lock contention,
     # cache thrashing): this much extra per statement over the core count.
     contention: float = 0.0
+    name: str = "select"  # the statement's text: another load runs other statements
 
     def time(self, running: int) -> float:
         if self.cores is None:
@@ -46,7 +47,7 @@ def window(
     seconds = db.time(running)
     done = int(running * INTERVAL / seconds) if running else 0
     sample = [
-        (hash("select") if i % 3 else hash("update"), seconds * math.exp(rng.gauss(0, db.noise)))
+        (hash((db.name, i % 3 == 0)), seconds * math.exp(rng.gauss(0, db.noise)))
         for i in range(min(done, 400))
     ]
     return (
@@ -203,3 +204,13 @@ def test_bad_bounds_are_refused() -> None:
         SizeController(5, 4)
     with pytest.raises(ValueError, match="lower"):
         SizeController(0, 4)
+
+
+def test_after_a_computing_phase_a_waiting_load_still_grows_fast() -> None:
+    controller = SizeController(1, 90)
+    computing = run(controller, Database(cores=2), [200] * 30, start=1)
+    assert max(computing[10:]) <= 5
+    waiting = run(
+        controller, Database(cores=None, base=0.02, name="report"), [60] * 20, start=computing[-1]
+    )
+    assert waiting[12] >= 55, waiting
