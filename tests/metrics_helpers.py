@@ -39,3 +39,38 @@ def parse_exposition(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], 
         for sample in family.samples:
             samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return samples
+
+
+_SUFFIXES = {
+    "histogram": ("_bucket", "_count", "_sum"),
+    "counter": ("_total",),
+    "gauge": ("",),
+    "unknown": ("",),
+}
+
+
+def _families() -> list[tuple[str, str]]:
+    from prometheus_client import CollectorRegistry
+
+    from poolwatch import PoolWatch
+
+    watch = PoolWatch(registry=CollectorRegistry())
+    try:
+        return [(family.name, family.type) for family in watch.registry.collect()]
+    finally:
+        watch.uninstrument()
+
+
+def exported_names() -> set[str]:
+    """Every series name a PoolWatch can export (histogram and counter suffixes included)."""
+    return {name + suffix for name, kind in _families() for suffix in _SUFFIXES[kind]}
+
+
+def counter_names() -> set[str]:
+    """The series that only ever grow: counters and histograms' buckets, counts and sums."""
+    return {
+        name + suffix
+        for name, kind in _families()
+        if kind in ("counter", "histogram")
+        for suffix in _SUFFIXES[kind]
+    }
