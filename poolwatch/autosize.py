@@ -267,6 +267,7 @@ class PoolSizer:
         bounds: tuple[int, int],
         *,
         on_resize: Callable[[str, int, int], None],
+        on_ceiling: Callable[[str, int], None] = lambda pool, ceiling: None,
         open_connections: Callable[[], int],
         read_limits: ReadLimits | None = None,
     ) -> None:
@@ -284,6 +285,7 @@ class PoolSizer:
         if self.ceiling is None and read_limits is not None:
             self.ceiling = limiter.limit
         self._on_resize = on_resize
+        self._on_ceiling = on_ceiling
         observer.statements = deque(maxlen=STATEMENT_SAMPLE)
         self._samples = 0
         self._in_use_sum = 0
@@ -335,6 +337,7 @@ class PoolSizer:
         window = self.window()
         decision = self.controller.decide(window)
         self.last = decision
+        self._on_ceiling(self.name, self.effective_max())
         old = self.limiter.limit
         if decision.changed(old):
             self.limiter.set_limit(decision.limit)
@@ -362,6 +365,12 @@ class PoolSizer:
                 },
             )
         return decision
+
+    def effective_max(self) -> int:
+        """The most the limit may be now: ``upper``, or the budget's ceiling if lower."""
+        if self.ceiling is None:
+            return self.upper
+        return max(self.lower, min(self.upper, self.ceiling))
 
     async def refresh_budget(self) -> None:
         """Read the database's limits and work out this pool's ceiling."""

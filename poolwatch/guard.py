@@ -91,10 +91,12 @@ class Guards:
                 autosize,
                 (lower, upper),
                 on_resize=self._resized,
+                on_ceiling=self._ceiling,
                 open_connections=open_connections,
                 read_limits=read_limits if autosize.budget is None else None,
             )
             self._metrics.pool_limit_target.labels(name).set(limiter.limit)
+            self._metrics.pool_limit_max.labels(name).set(self.sizers[name].effective_max())
             if keep > lower:
                 logger.warning(
                     "pool %s: the driver keeps at least %d connections open, above "
@@ -137,3 +139,6 @@ class Guards:
         direction = "up" if new > old else "down"
         self._metrics.pool_resizes.labels(pool, direction).inc()
         self._metrics.pool_limit_target.labels(pool).set(new)
+
+    def _ceiling(self, pool: str, ceiling: int) -> None:
+        self._metrics.pool_limit_max.labels(pool).set(ceiling)

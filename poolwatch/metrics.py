@@ -140,6 +140,14 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.pool_limit_max = Gauge(
+            "poolwatch_pool_limit_max",
+            "The most connections autosize may allow the pool now (its max, or the "
+            "database budget when lower).",
+            ["pool"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.connection_leaks = Counter(
             "poolwatch_connection_leaks",
             "Connections held past the leak threshold, by the route that took them.",

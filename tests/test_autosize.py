@@ -435,3 +435,41 @@ def test_two_instances_with_autosize_never_exceed_a_small_budget(limited_role: s
     assert [r["refused"] for r in sized] == [0, 0], sized
     assert all(r["done"] > 0 for r in sized)
     assert all(2 <= r["highest_limit"] <= 12 for r in sized), sized
+
+
+async def test_a_manual_budget_caps_growth(pg_database: str, make_watch: Any) -> None:
+    watch = make_watch()
+    watch.instrument_tortoise(autosize=Autosize(min=1, max=16, interval=0.2, budget=3))
+    async with tortoise_on(_url(pg_database, maxsize=16)) as client:
+        peak: list[int] = []
+        for _ in range(3):
+            await _sleepers(20, 0.3, peak, client)
+        assert max(peak) == 3
+        assert watch.guards.sizers["default"].limiter.limit == 3
+        assert value(watch.registry, "poolwatch_pool_limit_max", pool="default") == 3
+
+
+async def test_the_background_task_stops_with_the_app_lifespan(
+    pg_database: str, make_watch: Any
+) -> None:
+    from starlette.applications import Starlette
+
+    watch = make_watch()
+    app = watch.wrap(Starlette())
+    watch.instrument_tortoise(autosize=Autosize(min=1, max=4, interval=0.2))
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> dict[str, str]:
+        message = next(messages)
+        if message["type"] == "lifespan.shutdown":
+            async with tortoise_on(_url(pg_database, maxsize=4)):
+                assert watch.guards.maintenance.running  # started by the first checkout
+        return message
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert not watch.guards.maintenance.running
