@@ -48,6 +48,13 @@ HTTP_BUCKETS = (
 QUERIES_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
+# The parts of poolwatch that count their own faults (the ``component`` label).
+COMPONENTS = (
+    "autosize", "budget", "collector", "detection", "exposition", "hints", "leaks",
+    "lifespan", "middleware", "pool", "query", "scope", "sqlalchemy", "tracing",
+)  # fmt: skip
+
+
 class Metrics:
     """The metric objects of one PoolWatch, registered in one registry."""
 
@@ -160,6 +167,10 @@ class Metrics:
             ["component"],
             registry=registry,
         )
+
+        # Present at zero from the start, so rate() and alerts work before the first fault.
+        for component in COMPONENTS:
+            self.internal_errors.labels(component)
 
     def count_internal_error(self, component: str) -> None:
         """Add one to ``poolwatch_internal_errors_total{component}``."""

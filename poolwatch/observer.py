@@ -180,6 +180,9 @@ class PoolObserver:
             child = self._by_label.get(key)
             if child is None:
                 child = self._by_label[key] = self._durations.labels(self.name, *key)
+                # The error counter exists at zero beside it: error ratios and alerts
+                # need a denominator before the first error.
+                self._errors.labels(self.name, *key)
             child.observe(seconds, trace_id)
             statements = self.statements
             if statements is not None and not failed:

@@ -359,6 +359,11 @@ class TortoiseInstrumentation:
             except BaseException as exc:
                 _acquire.reset(token)
                 events.acquire_failed(ticket, exc)
+                # The statement fails (and counts as an error), but the time spent
+                # waiting is not the statement's duration.
+                clock = _query_clock.get()
+                if clock is not None:
+                    clock.acquiring += perf_counter() - started
                 raise
             _acquire.reset(token)
             events.acquire_succeeded(ticket, id(self), record.connecting)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -11,21 +11,29 @@ from fastapi import FastAPI, HTTPException
 from tortoise.contrib.fastapi import RegisterTortoise
 from tortoise.transactions import in_transaction
 
-from poolwatch import PoolWatch
+from poolwatch import Autosize, PoolWatch
 from poolwatch.demo.models import Author, Comment, Post
 from poolwatch.demo.seed import seed
 
 DEFAULT_DATABASE_URL = "sqlite://demo.sqlite3"
 
 
-def create_app(database_url: str | None = None, watch: PoolWatch | None = None) -> FastAPI:
-    """Build the demo app on ``database_url`` (default: ``DATABASE_URL`` or SQLite)."""
+def create_app(
+    database_url: str | None = None,
+    watch: PoolWatch | None = None,
+    *,
+    autosize: Autosize | bool | Mapping[str, Any] | None = None,
+) -> FastAPI:
+    """Build the demo app on ``database_url`` (default: ``DATABASE_URL`` or SQLite).
+
+    ``autosize`` is handed to ``instrument_tortoise`` (PostgreSQL and MySQL pools).
+    """
     url = database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     watch = watch or PoolWatch()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        watch.instrument_tortoise()
+        watch.instrument_tortoise(autosize=autosize)
         try:
             async with RegisterTortoise(
                 app,
