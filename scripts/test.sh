@@ -304,8 +304,8 @@ main() {
         die "CI=$CI: PostgreSQL and promtool are required"
     fi
 
-    step "ruff check" ruff check poolwatch tests benchmarks alerts dashboards
-    step "ruff format --check" ruff format --check poolwatch tests benchmarks alerts dashboards
+    step "ruff check" ruff check poolwatch tests benchmarks alerts dashboards loadtests
+    step "ruff format --check" ruff format --check poolwatch tests benchmarks alerts dashboards loadtests
     step "mypy" mypy
 
     if PG_BIN=$(find_pg_bin); then

@@ -1,0 +1,210 @@
+"""The load-test scenarios: traffic, app settings, and the alerts that must (not) fire.
+
+Each scenario runs the load-test app (``loadtests.app``) with its own pool settings,
+drives it with one Locust user class, and declares which of poolwatch's alerts must fire
+during the run and which must stay quiet. The healthy scenario must fire nothing. The
+durations are short in CI mode (the alert rules' "fast" profile has 30 s windows and
+10 s ``for:``) and longer for humans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+__all__ = ["ALL_ALERTS", "SCENARIOS", "Scenario"]
+
+ALL_ALERTS = (
+    "PoolwatchPoolSaturated",
+    "PoolwatchRequestsWaiting",
+    "PoolwatchAcquireWaitHigh",
+    "PoolwatchAcquireTimeouts",
+    "PoolwatchConnectionChurn",
+    "PoolwatchQueryLatencyHigh",
+    "PoolwatchQueryErrors",
+    "PoolwatchNPlusOne",
+    "PoolwatchQueriesPerRequestJump",
+    "PoolwatchAutosizeAtCeiling",
+    "PoolwatchConnectionLeaks",
+    "PoolwatchInternalErrors",
+    "PoolwatchTargetDown",
+)
+
+# Panels whose queries have no series unless the thing they show happened.
+_LEAKS = "Connection leaks"
+_RESIZES = "Autosize: resizes"
+_LIMITS = "Autosize: limit and ceiling"
+_TIMEOUTS_ONLY = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One load test.
+
+    Attributes:
+        name: what ``python -m loadtests NAME`` runs.
+        user: the Locust user class (``loadtests/locustfile.py``).
+        users, spawn_rate: Locust's ``-u`` and ``-r``.
+        seconds: run length in CI mode and in full mode.
+        env: the app's environment (pool size, poolwatch settings).
+        must_fire, must_not_fire: alert names.
+        may_be_empty: dashboard panels that may have no data after this scenario.
+        outage: seconds after the start to stop the database, and to start it again.
+        shape: load the step shape (users stepping up and down) instead of -u/-r.
+        needs_postgres: the scenario only makes sense on PostgreSQL.
+    """
+
+    name: str
+    user: str
+    users: int
+    spawn_rate: float
+    seconds: tuple[int, int]
+    env: Mapping[str, str]
+    must_fire: tuple[str, ...]
+    must_not_fire: tuple[str, ...]
+    may_be_empty: tuple[str, ...] = (_LEAKS, _RESIZES, _LIMITS)
+    outage: tuple[float, float] | None = None
+    shape: bool = False
+    needs_postgres: bool = True
+    description: str = ""
+
+    def duration(self, ci: bool) -> int:
+        return self.seconds[0] if ci else self.seconds[1]
+
+
+def _quiet_except(*firing: str) -> tuple[str, ...]:
+    return tuple(a for a in ALL_ALERTS if a not in firing)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            name="healthy",
+            user="HealthyUser",
+            users=10,
+            spawn_rate=5,
+            seconds=(40, 300),
+            env={"DATABASE_URL_PARAMS": "minsize=2&maxsize=10", "POOLWATCH_LEAK_THRESHOLD": "5"},
+            must_fire=(),
+            must_not_fire=ALL_ALERTS,
+            description="moderate load, good queries: nothing may fire",
+        ),
+        Scenario(
+            name="pool_exhaustion",
+            user="ExhaustionUser",
+            users=24,
+            spawn_rate=24,
+            seconds=(45, 180),
+            env={
+                "DATABASE_URL_PARAMS": "minsize=1&maxsize=4",
+                "POOLWATCH_ACQUIRE_TIMEOUT": "2",
+                "POOLWATCH_LEAK_THRESHOLD": "2",
+            },
+            must_fire=(
+                "PoolwatchPoolSaturated",
+                "PoolwatchRequestsWaiting",
+                "PoolwatchAcquireWaitHigh",
+                "PoolwatchAcquireTimeouts",
+                "PoolwatchConnectionLeaks",
+            ),
+            must_not_fire=(
+                "PoolwatchNPlusOne",
+                "PoolwatchTargetDown",
+                "PoolwatchInternalErrors",
+                "PoolwatchAutosizeAtCeiling",
+            ),
+            may_be_empty=(_RESIZES, _LIMITS),
+            description="24 users holding connections 2.5 s on a pool of 4",
+        ),
+        Scenario(
+            name="slow_queries",
+            user="SlowUser",
+            users=6,
+            spawn_rate=6,
+            seconds=(45, 180),
+            env={"DATABASE_URL_PARAMS": "minsize=2&maxsize=20"},
+            must_fire=("PoolwatchQueryLatencyHigh",),
+            must_not_fire=(
+                "PoolwatchPoolSaturated",
+                "PoolwatchAcquireTimeouts",
+                "PoolwatchQueryErrors",
+                "PoolwatchNPlusOne",
+                "PoolwatchTargetDown",
+                "PoolwatchInternalErrors",
+            ),
+            description="1.2 s statements on a pool with room to spare",
+        ),
+        Scenario(
+            name="nplusone_storm",
+            user="NPlusOneUser",
+            users=8,
+            spawn_rate=8,
+            seconds=(40, 180),
+            env={"DATABASE_URL_PARAMS": "minsize=2&maxsize=10"},
+            must_fire=("PoolwatchNPlusOne",),
+            must_not_fire=(
+                "PoolwatchPoolSaturated",
+                "PoolwatchAcquireTimeouts",
+                "PoolwatchQueryErrors",
+                "PoolwatchQueryLatencyHigh",
+                "PoolwatchTargetDown",
+                "PoolwatchInternalErrors",
+            ),
+            description="the N+1 endpoint under load",
+        ),
+        Scenario(
+            name="error_burst",
+            user="ErrorUser",
+            users=8,
+            spawn_rate=8,
+            seconds=(40, 180),
+            env={"DATABASE_URL_PARAMS": "minsize=2&maxsize=10"},
+            must_fire=("PoolwatchQueryErrors",),
+            must_not_fire=(
+                "PoolwatchPoolSaturated",
+                "PoolwatchAcquireTimeouts",
+                "PoolwatchNPlusOne",
+                "PoolwatchTargetDown",
+                "PoolwatchInternalErrors",
+            ),
+            needs_postgres=False,
+            description="statements the database rejects",
+        ),
+        Scenario(
+            name="database_outage",
+            user="OutageUser",
+            users=8,
+            spawn_rate=8,
+            seconds=(50, 180),
+            env={"DATABASE_URL_PARAMS": "minsize=2&maxsize=10", "POOLWATCH_ACQUIRE_TIMEOUT": "2"},
+            must_fire=("PoolwatchQueryErrors",),
+            must_not_fire=("PoolwatchTargetDown", "PoolwatchNPlusOne", "PoolwatchInternalErrors"),
+            outage=(12.0, 30.0),
+            description="PostgreSQL stopped at 12 s and started again at 30 s",
+        ),
+        Scenario(
+            name="autosize_step",
+            user="IOUser",
+            users=5,
+            spawn_rate=20,
+            seconds=(60, 180),
+            env={
+                "DATABASE_URL_PARAMS": "minsize=1&maxsize=8",
+                "POOLWATCH_ACQUIRE_TIMEOUT": "10",
+                "POOLWATCH_LOADTEST_AUTOSIZE": '{"min": 2, "max": 8, "interval": 0.5}',
+            },
+            must_fire=("PoolwatchAutosizeAtCeiling",),
+            must_not_fire=(
+                "PoolwatchAcquireTimeouts",
+                "PoolwatchQueryErrors",
+                "PoolwatchNPlusOne",
+                "PoolwatchTargetDown",
+                "PoolwatchInternalErrors",
+            ),
+            may_be_empty=(_LEAKS,),
+            shape=True,
+            description="I/O-bound load stepping 5 -> 60 -> 5 users, autosize up to 8",
+        ),
+    )
+}
