@@ -76,7 +76,7 @@ class Autosize:
     min: int = 2
     max: int | None = None
     initial: int | None = None
-    interval: float = 0.5
+    interval: float = 0.25
     budget: int | None = None
     budget_share: float = 0.5
     budget_interval: float = 5.0

@@ -34,13 +34,15 @@ with the limit.
 * **grow** when there is demand (requests waiting or timing out while the permits are
   in use) and inflation is low: while statements run at their no-load speed,
   multiplicatively (up to fourfold, and by no more than the number waiting), so an
-  I/O-bound database reaches a high limit in a few intervals, but never fast back into
-  the limit that last saturated the database (until ``knee_doubt`` windows in a row just
-  below it ran at no-load speed: the load has changed); once
+  I/O-bound database reaches a high limit in a few intervals, but never fast past the
+  knee seen at the last saturation (the limit where the slowdown crossed the threshold,
+  until ``knee_doubt`` windows in a row just below it ran at no-load speed: the load has
+  changed); once
   statements start to slow down, one connection at a time;
 * **hold** in the dead band between the two inflation thresholds: the database's knee;
 * **shrink** when inflation is high, towards the limit that would bring it back to the
-  target (``in use * target / inflation``), by at most half per step, then stay put
+  target (``in use * target / inflation``), by at most half per step unless the slowdown
+  is severe (twice the threshold), then stay put
   for a few intervals (cooldown) so the windows that follow measure the new limit;
 * **shrink slowly** when connections sit idle for several intervals;
 * **back off** by 30% when the database refuses connections ("too many clients"), and
@@ -179,9 +181,16 @@ class SizeController:
         if inflation is not None and inflation > tuning.shrink_above and busy:
             self._idle = 0
             self._start_cooldown()
-            self._knee, self._doubt = limit, 0
+            # Where the slowdown would cross the threshold, if it grows with the limit.
+            self._knee = max(2, math.ceil(limit * tuning.shrink_above / inflation))
+            self._doubt = 0
             wanted = max(window.in_use_mean, 1.0) * tuning.target / inflation
-            return self._to(max(wanted, limit / 2), "database saturated", inflation)
+            # By half at most per step, unless the slowdown is severe: then the estimate
+            # is clear enough to jump to (a pool grown for a waiting load meets a
+            # computing one).
+            if inflation < 2 * tuning.shrink_above:
+                wanted = max(wanted, limit / 2)
+            return self._to(wanted, "database saturated", inflation)
         if demand:
             self._idle = 0
             return self._grow(window, inflation, ceiling)
