@@ -12,29 +12,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from alerts.build import ALERTS as _RULES
+
 __all__ = ["ALL_ALERTS", "SCENARIOS", "Scenario"]
 
-ALL_ALERTS = (
-    "PoolwatchPoolSaturated",
-    "PoolwatchRequestsWaiting",
-    "PoolwatchAcquireWaitHigh",
-    "PoolwatchAcquireTimeouts",
-    "PoolwatchConnectionChurn",
-    "PoolwatchQueryLatencyHigh",
-    "PoolwatchQueryErrors",
-    "PoolwatchNPlusOne",
-    "PoolwatchQueriesPerRequestJump",
-    "PoolwatchAutosizeAtCeiling",
-    "PoolwatchConnectionLeaks",
-    "PoolwatchInternalErrors",
-    "PoolwatchTargetDown",
-)
+# Every alert of the rules, in their order: the one list, in alerts/build.py.
+ALL_ALERTS = tuple(alert.name for alert in _RULES)
 
 # Panels whose queries have no series unless the thing they show happened.
 _LEAKS = "Connection leaks"
 _RESIZES = "Autosize: resizes"
 _LIMITS = "Autosize: limit and ceiling"
-_TIMEOUTS_ONLY = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +58,6 @@ class Scenario:
 
     def duration(self, ci: bool) -> int:
         return self.seconds[0] if ci else self.seconds[1]
-
-
-def _quiet_except(*firing: str) -> tuple[str, ...]:
-    return tuple(a for a in ALL_ALERTS if a not in firing)
 
 
 SCENARIOS: dict[str, Scenario] = {
