@@ -23,25 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.utils import floatToGoString
+
+# The bucket bounds poolwatch exports, for tests whose quantile must land on a bound.
+from poolwatch.metrics import QUERIES_BUCKETS, QUERY_BUCKETS, WAIT_BUCKETS
 
 __all__ = ["ALERTS", "Config", "build_rules", "build_tests", "load"]
 
 HERE = Path(__file__).resolve().parent
 RULES = "poolwatch.rules.yml"
 TESTS = "poolwatch.rules.test.yml"
-PREFIX = "Poolwatch"
 
-# Bucket bounds poolwatch exports (poolwatch/metrics.py), for tests whose quantile must
-# land exactly on a bound.
-WAIT_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
-QUERY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-QUERIES_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 POOL = {"job": "poolwatch", "instance": "app-1:8000", "pool": "default"}
 ROUTE = {"job": "poolwatch", "instance": "app-1:8000", "route": "/authors/{author_id}"}
@@ -162,9 +154,9 @@ def histogram(
 
 
 def _le(bound: float) -> str:
-    # prometheus_client's spelling of bucket bounds (floatToGoString).
-    text = repr(float(bound))
-    return text if "e" not in text else f"{bound:g}"
+    # The "le" label exactly as prometheus_client spells it.
+    text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
+    return text
 
 
 def bound_above(bounds: tuple[float, ...], threshold: float) -> float:
