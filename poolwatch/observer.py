@@ -81,6 +81,7 @@ class PoolObserver:
         self.acquired = 0
         self.timed_out = 0
         self.refused = 0
+        self.opened = 0
         # Set when something needs them (autosize; leak detection, acquire timeouts).
         self.statements: deque[tuple[int, float]] | None = None
         self.holders: Holders | None = None
@@ -118,6 +119,7 @@ class PoolObserver:
             if started is not None:
                 self._wait.observe(max(0.0, now - started - connect_seconds))
             if connect_seconds > 0.0:
+                self.opened += 1
                 self._create.observe(connect_seconds)
         except Exception as exc:
             self._faults.report("pool", exc)
@@ -160,6 +162,7 @@ class PoolObserver:
 
     def connection_created(self, seconds: float) -> None:
         try:
+            self.opened += 1
             self._create.observe(seconds)
         except Exception as exc:
             self._faults.report("pool", exc)

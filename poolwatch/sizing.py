@@ -34,16 +34,25 @@ with the limit.
 * **grow** when there is demand (requests waiting or timing out while the permits are
   in use) and inflation is low: while statements run at their no-load speed,
   multiplicatively (up to fourfold, and by no more than the number waiting), so an
-  I/O-bound database reaches a high limit in a few intervals, but never fast past the
-  knee seen at the last saturation (the limit where the slowdown crossed the threshold,
-  until ``knee_doubt`` windows in a row just below it ran at no-load speed: the load has
-  changed); once
-  statements start to slow down, one connection at a time;
+  I/O-bound database reaches a high limit in a few intervals; once statements start to
+  slow down, one connection at a time;
+* **remember the knee**: when the database saturates, the limit at which the slowdown
+  would cross the threshold, and which statements it was running. Growth stops just
+  below it. The knee is tested again (one step onto it) after ``knee_doubt`` windows in
+  a row of unslowed demand right below it, and each time the test finds it where it
+  was, the next test waits ``knee_backoff`` times longer (up to ``knee_patience``
+  windows): a computing database is not probed over and over; a step onto the knee
+  that runs at no-load speed means the load has changed, and growth is free again. A window
+  whose statements are mostly ones the database was not running when it saturated is
+  another load, and the knee is forgotten at once;
 * **hold** in the dead band between the two inflation thresholds: the database's knee;
 * **shrink** when inflation is high, towards the limit that would bring it back to the
   target (``in use * target / inflation``), by at most half per step unless the slowdown
   is severe (twice the threshold), then stay put
   for a few intervals (cooldown) so the windows that follow measure the new limit;
+* **not trust a slowdown while connections open**: a burst of new connections stalls the
+  client for a moment (the driver's handshakes run on the same event loop) and every
+  statement in flight looks slower; the window with the burst and the next one hold;
 * **shrink slowly** when connections sit idle for several intervals;
 * **back off** by 30% when the database refuses connections ("too many clients"), and
   never exceed the ceiling the database budget allows.
@@ -77,6 +86,7 @@ class Window:
             hash of the SQL text.
         ceiling: the most connections the database budget allows this pool now
             (``None``: no budget known).
+        opened: connections the pool opened during the window.
     """
 
     limit: int
@@ -89,6 +99,7 @@ class Window:
     refused: int = 0
     statements: Sequence[tuple[int, float]] = ()
     ceiling: int | None = None
+    opened: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,15 +132,24 @@ class Tuning:
         idle_windows: consecutive idle windows before an idle shrink.
         refused_backoff: the factor applied when the database refuses connections.
         max_keys: distinct statements remembered (the oldest are dropped).
-        knee_doubt: windows in a row at no-load speed just below the limit that last
-            saturated the database before fast growth may pass it again.
+        knee_doubt: windows in a row of unslowed demand (inflation under ``grow_below``)
+            right below the knee before it is first tested again.
+        knee_backoff: how much longer the next test waits when a test finds the knee
+            where it was.
+        knee_patience: the longest wait between two tests of the knee, in windows.
+        same_load: the share of a window's statements the database was already running
+            when it saturated, under which the window is another load.
+        fresh_windows: windows during which a slowdown is not trusted after a burst of
+            new connections (the one with the burst included).
+        slowed_learning: one slowed window (inflation over ``grow_fast_below``, above
+            the floor) in this many adds to the no-load times; every other window does.
     """
 
     grow_below: float = 1.25
     grow_fast_below: float = 1.1
     fast_factor: int = 4
-    shrink_above: float = 1.6
-    target: float = 1.3
+    shrink_above: float = 1.8
+    target: float = 1.4
     history: int = 120
     baseline_quantile: float = 0.2
     min_statements: int = 8
@@ -138,6 +158,11 @@ class Tuning:
     refused_backoff: float = 0.7
     max_keys: int = 2048
     knee_doubt: int = 4
+    knee_backoff: int = 4
+    knee_patience: int = 1200
+    same_load: float = 0.5
+    fresh_windows: int = 2
+    slowed_learning: int = 32
 
 
 class SizeController:
@@ -153,20 +178,36 @@ class SizeController:
         self._history: dict[int, deque[float]] = {}
         self._cooldown = 0
         self._idle = 0
-        # The last limit at which the database saturated, and how many windows in a row
-        # just below it ran at no-load speed (evidence the load has changed).
+        # Slowed windows seen (one in ``slowed_learning`` of them updates the no-load times).
+        self._slowed = 0
+        # Where the database saturated last, with the statements it was running then;
+        # windows of demand at no-load speed right below it since, and how many of them
+        # the next test waits for.
         self._knee: int | None = None
+        self._knee_load: frozenset[int] = frozenset()
         self._doubt = 0
+        self._patience = self.tuning.knee_doubt
+        # The knee a step was just taken onto, until the next window answers.
+        self._tested: int | None = None
+        # Windows left during which a slowdown is blamed on new connections.
+        self._fresh = 0
 
     def decide(self, window: Window) -> Decision:
         """The limit for the next interval."""
         tuning = self.tuning
         limit = window.limit
-        inflation = self._inflation(window.statements)
+        # At the floor a slowdown cannot be the pool's doing: the no-load times follow it.
+        inflation = self._inflation(window.statements, window.in_use_mean <= self.lower)
         ceiling = self.upper if window.ceiling is None else max(self.lower, window.ceiling)
         ceiling = min(ceiling, self.upper)
         if self._cooldown > 0:
             self._cooldown -= 1
+        if window.opened >= max(2, limit // 4):
+            self._fresh = tuning.fresh_windows
+        fresh = self._fresh > 0
+        if fresh:
+            self._fresh -= 1
+        self._forget_knee_of_another_load(window.statements)
 
         if window.refused > 0:
             self._start_cooldown()
@@ -180,10 +221,10 @@ class SizeController:
         demand = busy and (window.pending_mean >= 0.5 or window.timeouts > 0)
         if inflation is not None and inflation > tuning.shrink_above and busy:
             self._idle = 0
+            if fresh:
+                return Decision(limit, "connections opening", inflation)
             self._start_cooldown()
-            # Where the slowdown would cross the threshold, if it grows with the limit.
-            self._knee = max(2, math.ceil(limit * tuning.shrink_above / inflation))
-            self._doubt = 0
+            self._saturated(limit, inflation, window.statements)
             wanted = max(window.in_use_mean, 1.0) * tuning.target / inflation
             # By half at most per step, unless the slowdown is severe: then the estimate
             # is clear enough to jump to (a pool grown for a waiting load meets a
@@ -213,20 +254,67 @@ class SizeController:
             return Decision(limit, "cooling down", inflation)
         if inflation is None:
             return self._to(limit + 1, "requests waiting", inflation, ceiling)
+        fast = inflation < tuning.grow_fast_below
+        if self._tested is not None:  # the window after a step onto the knee
+            self._tested = None
+            if not fast:  # the knee is about where it was: test it less often
+                self._knee = limit + 1
+                self._patience = min(self._patience * tuning.knee_backoff, tuning.knee_patience)
+                self._doubt = 0
+                return Decision(limit, "at the database's knee", inflation)
+            self._forget_knee()  # no slower past it: the load has changed
+        knee = self._knee
         if inflation >= tuning.grow_below:
+            self._doubt = 0
             return Decision(limit, "at the database's knee", inflation)
+        if knee is not None and limit >= knee - 1:
+            # Right below the knee: held, until enough windows in a row ran unslowed.
+            self._doubt += 1
+            if self._doubt < self._patience:
+                return Decision(limit, "below the knee", inflation)
+            # Unslowed right below the knee for a while: one step onto it, to see.
+            self._tested, self._doubt = knee, 0
+            return self._to(limit + 1, "testing the knee", inflation, ceiling)
         wanted = limit + 1  # near the knee: one connection at a time
-        if inflation < tuning.grow_fast_below:
-            if self._knee is not None and limit >= self._knee - 1:
-                # Unslowed right below the knee, again and again: another load now.
-                self._doubt += 1
-                if self._doubt >= tuning.knee_doubt:
-                    self._knee, self._doubt = None, 0
+        if fast:
             step = min(limit * (tuning.fast_factor - 1), math.ceil(window.pending_mean))
             wanted = limit + max(1, step)
-            if self._knee is not None:  # fast, but not back into the last knee
-                wanted = max(limit + 1, min(wanted, self._knee - 1))
+            if knee is not None:  # fast, but not back into the last knee
+                wanted = max(limit + 1, min(wanted, knee - 1))
         return self._to(wanted, "requests waiting", inflation, ceiling)
+
+    def _saturated(
+        self, limit: int, inflation: float, statements: Sequence[tuple[int, float]]
+    ) -> None:
+        """Remember where the database saturated (and what it ran), and adjust how long
+        the next test of that knee waits."""
+        tuning = self.tuning
+        # Where the slowdown would cross the threshold, if it grows with the limit.
+        knee = max(2, math.ceil(limit * tuning.shrink_above / inflation))
+        tested = self._tested
+        if tested is not None and knee <= tested * 1.5 + 1:
+            # The test found the knee where it was: test it less often.
+            self._patience = min(self._patience * tuning.knee_backoff, tuning.knee_patience)
+        elif self._knee is None:
+            self._patience = tuning.knee_doubt
+        self._tested = None
+        self._knee, self._doubt = knee, 0
+        self._knee_load = frozenset(key for key, _ in statements)
+
+    def _forget_knee_of_another_load(self, statements: Sequence[tuple[int, float]]) -> None:
+        """Mostly statements the database was not running when it saturated: the knee
+        belongs to another load."""
+        if self._knee is None or not statements:
+            return
+        known = self._knee_load
+        same = sum(1 for key, _ in statements if key in known)
+        if same < self.tuning.same_load * len(statements):
+            self._forget_knee()
+
+    def _forget_knee(self) -> None:
+        self._knee = self._tested = None
+        self._doubt = 0
+        self._patience = self.tuning.knee_doubt
 
     def _start_cooldown(self) -> None:
         self._cooldown = self.tuning.cooldown
@@ -238,31 +326,38 @@ class SizeController:
         limit = max(self.lower, min(top, math.floor(wanted)))
         return Decision(limit, reason, inflation)
 
-    def _inflation(self, statements: Sequence[tuple[int, float]]) -> float | None:
+    def _inflation(
+        self, statements: Sequence[tuple[int, float]], at_floor: bool = False
+    ) -> float | None:
         """Median slowdown of this window's statements against their no-load times."""
+        tuning = self.tuning
         by_key: dict[int, list[float]] = {}
         for key, seconds in statements:
             by_key.setdefault(key, []).append(seconds)
+        medians = [(key, _median(times), len(times)) for key, times in by_key.items()]
         ratios: list[tuple[float, int]] = []
         total = 0
-        for key, times in by_key.items():
-            median = _median(times)
-            baseline = self._baseline_of(key, median, len(times))
+        for key, median, count in medians:
+            baseline = self._baseline_of(key, median)
             if baseline > 0.0:
-                ratios.append((median / baseline, len(times)))
-                total += len(times)
-        if total < self.tuning.min_statements:
-            return None
-        ratios.sort()
-        half, seen = total / 2, 0
-        for ratio, weight in ratios:
-            seen += weight
-            if seen >= half:
-                return ratio
-        return ratios[-1][0]
+                ratios.append((median / baseline, count))
+                total += count
+        inflation = _weighted_median(ratios, total) if total >= tuning.min_statements else None
+        # A slowed window teaches the no-load times little: a pool held at the knee for
+        # long would otherwise take the knee's speed for the no-load one and creep up.
+        slowed = not at_floor and inflation is not None and inflation >= tuning.grow_fast_below
+        if slowed:
+            self._slowed += 1
+        if not slowed or self._slowed % tuning.slowed_learning == 0:
+            for key, median, count in medians:
+                history = self._history[key]
+                if count >= 3 or not history:  # one or two statements: a noisy median
+                    history.append(median)
+        return inflation
 
-    def _baseline_of(self, key: int, median: float, count: int) -> float:
-        """A statement's no-load time: a low quantile of its recent window medians.
+    def _baseline_of(self, key: int, median: float) -> float:
+        """A statement's no-load time: a low quantile of its recent window medians
+        (this window's included).
 
         A quantile rather than the minimum: the minimum of noisy medians is one lucky
         window, and every window after it would look inflated.
@@ -274,10 +369,18 @@ class SizeController:
                 # Dicts keep insertion order: drop the statement first seen longest ago.
                 del self._history[next(iter(self._history))]
             history = self._history[key] = deque(maxlen=tuning.history)
-        if count >= 3 or not history:  # one or two statements make a noisy median
-            history.append(median)
-        ordered = sorted(history)
+        ordered = sorted([*history, median])
         return ordered[int(tuning.baseline_quantile * (len(ordered) - 1))]
+
+
+def _weighted_median(ratios: list[tuple[float, int]], total: int) -> float:
+    ratios.sort()
+    half, seen = total / 2, 0
+    for ratio, weight in ratios:
+        seen += weight
+        if seen >= half:
+            return ratio
+    return ratios[-1][0]
 
 
 def _median(values: list[float]) -> float:

@@ -214,3 +214,64 @@ def test_after_a_computing_phase_a_waiting_load_still_grows_fast() -> None:
         controller, Database(cores=None, base=0.02, name="report"), [60] * 20, start=computing[-1]
     )
     assert waiting[12] >= 55, waiting
+
+
+def test_a_long_saturation_does_not_become_the_no_load_speed() -> None:
+    # Held at the knee for many windows, the knee's own speed must not turn into the
+    # "no-load" time, or the limit creeps up window after window.
+    limits = run(SizeController(1, 100), Database(cores=2), [200] * 400, start=2)
+    assert max(limits[20:]) <= 4, limits
+
+
+@pytest.mark.parametrize("cores", [2, 3, 4, 6])
+def test_a_steady_load_is_probed_rarely(cores: int) -> None:
+    limits = run(SizeController(1, 100), Database(cores=cores, noise=0.05), [200] * 400, start=2)
+    rises = [i for i, (a, b) in enumerate(itertools.pairwise(limits)) if b > a]
+    assert len(rises) <= 3, limits
+    # At most one look well past the knee (once the no-load times have drifted a little)
+    assert sorted(limits[20:])[-5] <= 2 * cores, limits
+
+
+def test_a_knee_that_holds_is_tested_less_and_less_often() -> None:
+    # Up to 3 statements at once run at full speed, a 4th doubles every time: the knee
+    # the controller remembers is exactly right, and each test of it finds it again.
+    controller = SizeController(1, 100)
+    limit, tests = 3, []
+    for index in range(1500):
+        seconds = 0.004 if limit <= 3 else 0.008
+        observed = Window(
+            limit, float(limit), limit, 100.0, 150, 100, statements=[(1, seconds)] * 40
+        )
+        decision = controller.decide(observed)
+        if decision.reason == "testing the knee":
+            tests.append(index)
+        limit = decision.limit
+        assert index < 10 or limit <= 4  # after the first look at how far it can go
+    gaps = [b - a for a, b in itertools.pairwise(tests)]
+    assert len(tests) >= 4, tests
+    assert all(b > a for a, b in itertools.pairwise(gaps)), tests
+
+
+def test_a_database_that_frees_up_is_found_by_a_test_of_the_knee() -> None:
+    controller = SizeController(1, 100)
+    busy = run(controller, Database(cores=2, noise=0.05), [200] * 30, start=2)
+    assert busy[-1] <= 4
+    # The same statements, but the database now has 16 cores for them.
+    freed = run(controller, Database(cores=16, noise=0.05), [200] * 120, start=busy[-1])
+    assert freed[-1] >= 12, freed
+
+
+def _storm(limit: int, opened: int, inflation: float) -> Window:
+    statements = [(1, 0.004 * inflation)] * 50
+    return Window(limit, float(limit), limit, 50.0, 60, 100, statements=statements, opened=opened)
+
+
+def test_a_burst_of_new_connections_is_not_taken_for_saturation() -> None:
+    controller = SizeController(2, 90)
+    for _ in range(4):  # learn the no-load time at a few connections
+        controller.decide(_storm(8, 0, 1.0))
+    # 24 connections opened at once stall the client: everything in flight looks 3x slower
+    assert controller.decide(_storm(32, 24, 3.0)).limit == 32
+    assert controller.decide(_storm(32, 0, 3.0)).reason == "connections opening"
+    # Two windows later the slowdown is trusted again.
+    assert controller.decide(_storm(32, 0, 3.0)).limit < 32
