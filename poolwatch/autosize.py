@@ -176,6 +176,10 @@ class Gate:
         self.open_connections = open_connections
         # The driver's own minimum: it would reopen any connection closed below it.
         self.keep = keep
+        # The limiter's lowered_at once the pool was back within that lowered limit:
+        # until the limit is lowered again, nothing is over it (and counting the open
+        # connections, a walk over the driver's pool, is skipped on every release).
+        self._trimmed_at = 0.0
 
     async def admit(self, acquire: Callable[[], Awaitable[T]]) -> T:
         """Take a permit (with autosize), then ``acquire()`` from the driver, in time."""
@@ -234,13 +238,17 @@ class Gate:
     def over_limit(self) -> bool:
         """Whether a returning connection should be closed: the pool holds too many."""
         limiter, count = self.limiter, self.open_connections
-        if limiter is None or count is None:
+        if limiter is None or count is None or limiter.lowered_at == self._trimmed_at:
             return False
         # Not at once after a shrink: a limit that comes back up a moment later would
         # pay to reopen them (on a computing database, its scarcest resource).
-        if time.monotonic() - limiter.lowered_at < TRIM_AFTER:
+        lowered_at = limiter.lowered_at
+        if time.monotonic() - lowered_at < TRIM_AFTER:
             return False
-        return count() > max(limiter.limit, self.keep)
+        if count() > max(limiter.limit, self.keep):
+            return True
+        self._trimmed_at = lowered_at
+        return False
 
     def timeout_error(self) -> PoolTimeoutError:
         observer = self.observer
@@ -295,6 +303,7 @@ class PoolSizer:
         self._acquired = observer.acquired
         self._timed_out = observer.timed_out
         self._refused = observer.refused
+        self._opened = observer.opened
         self.last: Decision | None = None
         self.budget_failures = 0
 
@@ -325,11 +334,12 @@ class PoolSizer:
             refused=observer.refused - self._refused,
             statements=statements,
             ceiling=self.ceiling,
+            opened=observer.opened - self._opened,
         )
         self._samples = self._in_use_sum = self._in_use_max = 0
         self._pending_sum = self._pending_max = 0
         self._acquired, self._timed_out = observer.acquired, observer.timed_out
-        self._refused = observer.refused
+        self._refused, self._opened = observer.refused, observer.opened
         return window
 
     def decide(self) -> Decision:

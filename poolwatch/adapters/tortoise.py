@@ -33,6 +33,7 @@ from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import Any, TypeVar
 
+from poolwatch.adapters.asyncpg_return import Pending, ReturnHook
 from poolwatch.adapters.timing import ConnectTime
 from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
@@ -174,8 +175,10 @@ class TortoiseInstrumentation:
         self._gate_for = gate_for
         self._events: dict[str, PoolEvents] = {}
         self._gates: dict[str, Gate | None] = {}
-        # Checkouts (their context managers' ids) holding a permit of a gate's limiter.
-        self._permits: set[int] = set()
+        # Checkouts (their context managers' ids) holding a permit of a gate's limiter ->
+        # the key of the permit's return in asyncpg's own release (None: after it).
+        self._permits: dict[int, Pending | None] = {}
+        self._returns = ReturnHook()
         self._clients: dict[str, Any] = {}
         # id(root client) -> (client, its pool's events, its gate): the per-checkout lookup
         self._by_client: dict[int, tuple[Any, PoolEvents, Gate | None]] = {}
@@ -223,6 +226,7 @@ class TortoiseInstrumentation:
 
     def uninstall(self) -> None:
         """Restore every wrapped attribute to what it was."""
+        self._returns.uninstall()
         for owner, name, original in reversed(self._patched):
             setattr(owner, name, original)
         self._patched.clear()
@@ -291,7 +295,9 @@ class TortoiseInstrumentation:
         if events is None:
             events = self._events[name] = self._events_for(name)
         if name not in self._gates:
-            self._gates[name] = self._gate_for(name, client) if self._gate_for else None
+            gate = self._gates[name] = self._gate_for(name, client) if self._gate_for else None
+            if gate is not None and gate.limits() and not self._returns.installed:
+                self._returns.install()
         entry = self._by_client[id(client)] = (client, events, self._gates[name])
         return entry
 
@@ -355,7 +361,9 @@ class TortoiseInstrumentation:
                     permit = gate.limits()
                     connection = await gate.admit(lambda: original(self))
                     if permit:
-                        instrumentation._permits.add(id(self))
+                        instrumentation._permits[id(self)] = instrumentation._returns.when_back(
+                            connection, gate.leave
+                        )
             except BaseException as exc:
                 _acquire.reset(token)
                 events.acquire_failed(ticket, exc)
@@ -387,10 +395,16 @@ class TortoiseInstrumentation:
                 return original(self, *exc_info)
             _, events, gate = instrumentation._pool(client)
             events.released(id(self))
-            if gate is None or id(self) not in instrumentation._permits:
+            permits = instrumentation._permits
+            if gate is None or id(self) not in permits:
                 return original(self, *exc_info)
-            instrumentation._permits.discard(id(self))
-            return _release_through(gate, original(self, *exc_info), self if trims else None)
+            back = permits.pop(id(self))
+            return _release_through(
+                gate,
+                original(self, *exc_info),
+                self if trims else None,
+                None if back is None else functools.partial(instrumentation._returns.cancel, back),
+            )
 
         return aexit
 
@@ -439,15 +453,23 @@ class TortoiseInstrumentation:
         return create_pool
 
 
-async def _release_through(gate: Gate, release: Coroutine[Any, Any, Any], manager: Any) -> Any:
+async def _release_through(
+    gate: Gate,
+    release: Coroutine[Any, Any, Any],
+    manager: Any,
+    hooked: Callable[[], bool] | None,
+) -> Any:
     """Release a connection under autosize: closed if the pool holds too many, then the
-    permit goes back once the driver has the connection (never before)."""
+    permit goes back once the driver has the connection (never before): from inside
+    asyncpg's own return when ``hooked`` (which says whether that has not happened yet),
+    else here once the release is over."""
     try:
         if manager is not None and gate.over_limit():
             await _close_quietly(getattr(manager, "connection", None))
         return await release
     finally:
-        gate.leave()
+        if hooked is None or hooked():
+            gate.leave()
 
 
 async def _close_quietly(connection: Any) -> None:
