@@ -1,7 +1,7 @@
 """Autosize against static pool sizes, on PostgreSQL, under three loads.
 
     python benchmarks/autosize.py --pg postgresql://user@127.0.0.1:5432/db [--quick]
-                                  [--out benchmarks/out/autosize]
+                                  [--only compute,wait,mixed] [--out benchmarks/out/autosize]
 
 The application is a purpose-built endpoint set run in process by closed-loop users
 (each runs one "request" after another, no think time), through Tortoise-ORM on asyncpg
@@ -14,11 +14,17 @@ with poolwatch instrumenting it, on a database of the run's own:
 
 Each load runs with several static sizes (``maxsize`` = 2, 10, 90; the pool is filled
 before measuring) and with autosize (``min=2``, ``max=90``; the pool created with
-``maxsize=90``, ``minsize=1``), in turn. Requests that wait more than 10 s for a
-connection fail with ``PoolTimeoutError`` (``acquire_timeout``) and are counted.
-Reported per load and setup: requests/s, p50 and p99 latency, acquire timeouts, mean and
-max connections in use, and for autosize the time each phase took to settle (the limit
-stays within 20% of where the phase ends).
+``maxsize=90``, ``minsize=1``), in turn, in rounds: the machine's own speed drifts by
+10% and more over minutes, so the full mode runs the compute and wait loads' setups
+twice, in a rotated order, 30 s each, and pools the rounds (each round is a fresh start,
+autosize's ramp from 2 connections included); the mixed load's four 30 s phases run
+once. The quick mode runs one round of 20 s (12 s phases).
+
+Requests that wait more than 10 s for a connection fail with ``PoolTimeoutError``
+(``acquire_timeout``) and are counted. Reported per load and setup: requests/s (pooled,
+and each round's), p50 and p99 latency, acquire timeouts, mean and max connections in
+use, and for autosize the time each phase took to settle (the limit stays within 20% of
+where the phase ends; the longest of the rounds).
 The limit, in-use and waiting counts over time are drawn to PNG beside the load.
 Everything runs on 127.0.0.1, bounded in time.
 """
@@ -75,19 +81,27 @@ class Run:
     # (time since start, limit, in use, waiting), every 100 ms
     trace: list[tuple[float, int, int, int]] = dataclasses.field(default_factory=list)
     settle: list[float | None] = dataclasses.field(default_factory=list)
+    # Pooled over rounds: connections in use at every sample, each round's requests/s.
+    in_use: list[int] = dataclasses.field(default_factory=list)
+    per_round: list[float] = dataclasses.field(default_factory=list)
 
 
-def loads(quick: bool) -> dict[str, list[Phase]]:
-    long, step = (20.0, 12.0) if quick else (60.0, 30.0)
+def loads(quick: bool) -> dict[str, tuple[int, list[Phase]]]:
+    """Each load's rounds and the phases of one round."""
+    long, step = (20.0, 12.0) if quick else (30.0, 30.0)
+    rounds, mixed_rounds = (1, 1) if quick else (2, 1)
     return {
-        "compute": [Phase("compute", 200, long)],
-        "wait": [Phase("wait", 200, long)],
-        "mixed": [
-            Phase("compute", 5, step),
-            Phase("wait", 50, step),
-            Phase("compute", 200, step),
-            Phase("wait", 20, step),
-        ],
+        "compute": (rounds, [Phase("compute", 200, long)]),
+        "wait": (rounds, [Phase("wait", 200, long)]),
+        "mixed": (
+            mixed_rounds,
+            [
+                Phase("compute", 5, step),
+                Phase("wait", 50, step),
+                Phase("compute", 200, step),
+                Phase("wait", 20, step),
+            ],
+        ),
     }
 
 
@@ -191,15 +205,16 @@ def percentile(values: list[float], share: float) -> float:
 
 def report(runs: list[Run], out: Path) -> str:
     lines = [
-        "| load | setup | requests/s | p50 ms | p99 ms | acquire timeouts "
+        "| load | setup | requests/s | each round | p50 ms | p99 ms | acquire timeouts "
         "| mean in use | max in use | settle s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for load in dict.fromkeys(r.load for r in runs):
         rows = [r for r in runs if r.load == load]
         for r in rows:
-            in_use = [u for _, _, u, _ in r.trace]
+            in_use = r.in_use or [u for _, _, u, _ in r.trace]
+            each = ", ".join(f"{x:,.0f}" for x in r.per_round)
             settle = (
                 ""
                 if not r.settle
@@ -207,7 +222,7 @@ def report(runs: list[Run], out: Path) -> str:
             )
             p50, p99 = percentile(r.latencies, 0.5), percentile(r.latencies, 0.99)
             lines.append(
-                f"| {load} | {r.setup} | {r.done / r.seconds:,.0f} | {p50 * 1e3:.1f} | "
+                f"| {load} | {r.setup} | {r.done / r.seconds:,.0f} | {each} | {p50 * 1e3:.1f} | "
                 f"{p99 * 1e3:.1f} | {r.timeouts} | {statistics.mean(in_use):.1f} | "
                 f"{max(in_use)} | {settle} |"
             )
@@ -261,22 +276,46 @@ def _plot(run: Run, path: Path) -> None:
     plt.close(fig)
 
 
+def pooled(rounds: list[Run]) -> Run:
+    """One setup's rounds as one run: counts and latencies added up, the settle time of
+    each phase the longest of any round, the trace of the first round (for the plot)."""
+    first = rounds[0]
+    run = Run(first.setup, first.load, first.phases, trace=first.trace)
+    for one in rounds:
+        run.latencies += one.latencies
+        run.done += one.done
+        run.timeouts += one.timeouts
+        run.seconds += one.seconds
+        run.in_use += [u for _, _, u, _ in one.trace]
+        run.per_round.append(one.done / one.seconds)
+    if first.settle:
+        run.settle = [
+            None if any(s is None for s in phase) else max(s for s in phase if s is not None)
+            for phase in zip(*(one.settle for one in rounds), strict=True)
+        ]
+    return run
+
+
 async def bench(url: str, quick: bool, out: Path, only: Sequence[str]) -> str:
     runs = []
     setups = [f"static={n}" for n in STATIC] + ["autosize"]
-    for load, phases in loads(quick).items():
+    for load, (rounds, phases) in loads(quick).items():
         if only and load not in only:
             continue
-        for setup in setups:
-            print(f"[autosize] {load} / {setup} ...", file=sys.stderr, flush=True)
-            runs.append(await run_one(url, setup, load, phases))
+        done: dict[str, list[Run]] = {setup: [] for setup in setups}
+        for round_ in range(rounds):
+            order = setups[round_ % len(setups) :] + setups[: round_ % len(setups)]
+            for setup in order:
+                print(f"[autosize] {load} / {setup} / round {round_ + 1} ...", file=sys.stderr)
+                done[setup].append(await run_one(url, setup, load, phases))
+        runs += [pooled(done[setup]) for setup in setups]
     return report(runs, out)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pg", required=True, help="postgresql://user@127.0.0.1:port/db")
-    parser.add_argument("--quick", action="store_true", help="20 s phases instead of 60 s")
+    parser.add_argument("--quick", action="store_true", help="one round instead of three")
     parser.add_argument("--only", default="", help="comma-separated loads: compute,wait,mixed")
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "autosize"))
     args = parser.parse_args()

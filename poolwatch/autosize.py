@@ -382,11 +382,8 @@ class PoolSizer:
             return self.upper
         return max(self.lower, min(self.upper, self.ceiling))
 
-    async def refresh_budget(self) -> None:
-        """Read the database's limits and work out this pool's ceiling."""
-        if self.read_limits is None:
-            return
-        limits = await self.read_limits()
+    def apply_budget(self, limits: ServerLimits) -> None:
+        """Work out this pool's ceiling from the database's limits."""
         held = self.open_connections()
         ceiling = pool_ceiling(limits.free(), held, self.settings.budget_share)
         if self.settings.budget is not None:
@@ -514,31 +511,52 @@ class Maintenance:
                 self._scan_leaks(now, self._leak_threshold)
 
     async def _read_budget(self, sizer: PoolSizer) -> None:
+        if sizer.read_limits is None:
+            return
         try:
             # Its own scope: the statement is poolwatch's, not any route's.
             token = _own.set(True)
             try:
                 with context.scope("poolwatch:budget"):
-                    await sizer.refresh_budget()
+                    limits = await sizer.read_limits()
             finally:
                 _own.reset(token)
-            sizer.budget_failures = 0
+        except Exception as exc:  # the database's answer (or the pool closing): not a fault
+            self._budget_unread(sizer, exc)
+            return
+        try:
+            sizer.apply_budget(limits)
         except Exception as exc:
             self._faults.report("budget", exc)
-            sizer.budget_failures += 1
-            if sizer.budget_failures == BUDGET_TRIES and sizer.settings.budget is None:
-                # Never stuck at the starting limit: without a budget, up to max (and
-                # "too many clients" from the server still makes it back off).
-                sizer.ceiling = None
-                logger.warning(
-                    "pool %s: the database's connection budget could not be read %d times "
-                    "(%s); autosize now grows up to autosize.max=%d. Set autosize.budget "
-                    "to bound it by hand.",
-                    sizer.name,
-                    BUDGET_TRIES,
-                    exc,
-                    sizer.upper,
-                )
+            return
+        if sizer.budget_failures:
+            logger.info("pool %s: the database's connection budget is read again", sizer.name)
+        sizer.budget_failures = 0
+
+    @staticmethod
+    def _budget_unread(sizer: PoolSizer, exc: Exception) -> None:
+        sizer.budget_failures += 1
+        if sizer.budget_failures == 1:  # once per run of failures, without a traceback
+            logger.warning(
+                "pool %s: reading the database's connection budget failed (%s: %s); "
+                "trying again every %.0f s",
+                sizer.name,
+                type(exc).__name__,
+                exc,
+                sizer.settings.budget_interval,
+            )
+        if sizer.budget_failures == BUDGET_TRIES and sizer.settings.budget is None:
+            # Never stuck at the starting limit: without a budget, up to max (and
+            # "too many clients" from the server still makes it back off).
+            sizer.ceiling = None
+            logger.warning(
+                "pool %s: the database's connection budget could not be read %d times; "
+                "autosize now grows up to autosize.max=%d. Set autosize.budget to bound "
+                "it by hand.",
+                sizer.name,
+                BUDGET_TRIES,
+                sizer.upper,
+            )
 
     def _scan_leaks(self, now: float, threshold: float) -> None:
         for observer in self.observers():

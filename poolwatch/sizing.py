@@ -33,7 +33,7 @@ with the limit.
 
 * **grow** when there is demand (requests waiting or timing out while the permits are
   in use) and inflation is low: while statements run at their no-load speed,
-  multiplicatively (up to fourfold, and by no more than the number waiting), so an
+  multiplicatively (up to eightfold, and by no more than the number waiting), so an
   I/O-bound database reaches a high limit in a few intervals; once statements start to
   slow down, one connection at a time;
 * **remember the knee**: when the database saturates, the limit at which the slowdown
@@ -46,9 +46,10 @@ with the limit.
   whose statements are mostly ones the database was not running when it saturated is
   another load, and the knee is forgotten at once;
 * **hold** in the dead band between the two inflation thresholds: the database's knee;
-* **shrink** when inflation is high, towards the limit that would bring it back to the
-  target (``in use * target / inflation``), by at most half per step unless the slowdown
-  is severe (twice the threshold), then stay put
+* **shrink** when inflation is high two windows in a row (one window over the threshold
+  may be noise), towards the limit that would bring it back to the target
+  (``in use * target / inflation``), by at most half per step; a severe slowdown (twice
+  the threshold) shrinks at once, straight to that estimate. Then stay put
   for a few intervals (cooldown) so the windows that follow measure the new limit;
 * **not trust a slowdown while connections open**: a burst of new connections stalls the
   client for a moment (the driver's handshakes run on the same event loop) and every
@@ -141,15 +142,13 @@ class Tuning:
             when it saturated, under which the window is another load.
         fresh_windows: windows during which a slowdown is not trusted after a burst of
             new connections (the one with the burst included).
-        slowed_learning: one slowed window (inflation over ``grow_fast_below``, above
-            the floor) in this many adds to the no-load times; every other window does.
     """
 
-    grow_below: float = 1.25
+    grow_below: float = 1.4
     grow_fast_below: float = 1.1
-    fast_factor: int = 4
-    shrink_above: float = 1.8
-    target: float = 1.4
+    fast_factor: int = 8
+    shrink_above: float = 2.0
+    target: float = 1.5
     history: int = 120
     baseline_quantile: float = 0.2
     min_statements: int = 8
@@ -162,7 +161,6 @@ class Tuning:
     knee_patience: int = 1200
     same_load: float = 0.5
     fresh_windows: int = 2
-    slowed_learning: int = 32
 
 
 class SizeController:
@@ -178,8 +176,6 @@ class SizeController:
         self._history: dict[int, deque[float]] = {}
         self._cooldown = 0
         self._idle = 0
-        # Slowed windows seen (one in ``slowed_learning`` of them updates the no-load times).
-        self._slowed = 0
         # Where the database saturated last, with the statements it was running then;
         # windows of demand at no-load speed right below it since, and how many of them
         # the next test waits for.
@@ -191,12 +187,13 @@ class SizeController:
         self._tested: int | None = None
         # Windows left during which a slowdown is blamed on new connections.
         self._fresh = 0
+        # Whether the last window was over the shrink threshold.
+        self._over = False
 
     def decide(self, window: Window) -> Decision:
         """The limit for the next interval."""
         tuning = self.tuning
         limit = window.limit
-        # At the floor a slowdown cannot be the pool's doing: the no-load times follow it.
         inflation = self._inflation(window.statements, window.in_use_mean <= self.lower)
         ceiling = self.upper if window.ceiling is None else max(self.lower, window.ceiling)
         ceiling = min(ceiling, self.upper)
@@ -219,17 +216,24 @@ class SizeController:
 
         busy = window.in_use_mean >= 0.75 * limit or window.in_use_max >= limit
         demand = busy and (window.pending_mean >= 0.5 or window.timeouts > 0)
-        if inflation is not None and inflation > tuning.shrink_above and busy:
+        slowdown = 0.0 if inflation is None or not busy else inflation
+        over = slowdown > tuning.shrink_above
+        # One window over the threshold may be noise; two in a row, or one severe, not.
+        confirmed = over and (self._over or slowdown >= 2 * tuning.shrink_above)
+        self._over = over
+        if over:
             self._idle = 0
             if fresh:
                 return Decision(limit, "connections opening", inflation)
+            if not confirmed:
+                return Decision(limit, "slower, to be confirmed", inflation)
             self._start_cooldown()
-            self._saturated(limit, inflation, window.statements)
-            wanted = max(window.in_use_mean, 1.0) * tuning.target / inflation
+            self._saturated(limit, slowdown, window.statements)
+            wanted = max(window.in_use_mean, 1.0) * tuning.target / slowdown
             # By half at most per step, unless the slowdown is severe: then the estimate
             # is clear enough to jump to (a pool grown for a waiting load meets a
             # computing one).
-            if inflation < 2 * tuning.shrink_above:
+            if slowdown < 2 * tuning.shrink_above:
                 wanted = max(wanted, limit / 2)
             return self._to(wanted, "database saturated", inflation)
         if demand:
@@ -343,16 +347,15 @@ class SizeController:
                 ratios.append((median / baseline, count))
                 total += count
         inflation = _weighted_median(ratios, total) if total >= tuning.min_statements else None
-        # A slowed window teaches the no-load times little: a pool held at the knee for
-        # long would otherwise take the knee's speed for the no-load one and creep up.
+        # A slowed window teaches nothing about the no-load times: a pool held at the
+        # knee would otherwise take the knee's speed for the no-load one and creep up.
+        # At the floor a slowdown cannot be the pool's doing, so the times follow it (a
+        # database slower for good is learnt there, after the shrinks it causes).
         slowed = not at_floor and inflation is not None and inflation >= tuning.grow_fast_below
-        if slowed:
-            self._slowed += 1
-        if not slowed or self._slowed % tuning.slowed_learning == 0:
-            for key, median, count in medians:
-                history = self._history[key]
-                if count >= 3 or not history:  # one or two statements: a noisy median
-                    history.append(median)
+        for key, median, count in medians:
+            history = self._history[key]
+            if not history or (not slowed and count >= 3):  # 1-2 statements: noisy median
+                history.append(median)
         return inflation
 
     def _baseline_of(self, key: int, median: float) -> float:

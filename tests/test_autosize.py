@@ -146,6 +146,71 @@ async def test_cancelled_and_timed_out_waiters_leak_no_permit(
         await client.execute_query("SELECT 1")  # still usable
 
 
+async def _churn(client: Any, peak: list[int]) -> None:
+    """Queries that finish, fail and are cancelled at any point, 20 at once."""
+
+    async def one(index: int) -> None:
+        sql = "SELECT pg_sleep(0.01)" if index % 5 else "SELECT * FROM no_such_table"
+        with contextlib.suppress(Exception):
+            await client.execute_query(sql)
+
+    async def watch_pool() -> None:
+        while True:
+            pool = client._pool
+            peak.append(pool.get_size() - pool.get_idle_size())
+            await asyncio.sleep(0.002)
+
+    watcher = asyncio.create_task(watch_pool())
+    try:
+        for round_ in range(6):
+            tasks = [asyncio.create_task(one(i)) for i in range(20)]
+            await asyncio.sleep(0.005 * round_)  # cancel some waiting, running, releasing
+            for task in tasks[::3]:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        watcher.cancel()
+
+
+async def test_permits_go_back_from_inside_asyncpgs_release_exactly_once(
+    pg_database: str, make_watch: Any, frozen: Autosize
+) -> None:
+    from asyncpg.pool import PoolConnectionHolder
+
+    original = PoolConnectionHolder.__dict__["_release"]
+    watch = make_watch()
+    watch.instrument_tortoise(autosize=frozen)
+    async with tortoise_on(_url(pg_database, maxsize=10)) as client:
+        assert PoolConnectionHolder.__dict__["_release"] is not original
+        peak: list[int] = []
+        await _churn(client, peak)
+        assert max(peak) <= 3  # a holder handed on at once is never counted twice
+        limiter = watch.guards.sizers["default"].limiter
+        assert (limiter.in_use, limiter.waiting) == (0, 0)
+        await client.execute_query("SELECT 1")
+    watch.uninstrument()
+    assert PoolConnectionHolder.__dict__["_release"] is original
+
+
+async def test_an_asyncpg_it_was_not_written_for_is_left_alone(
+    pg_database: str, make_watch: Any, frozen: Autosize, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionHolder
+
+    monkeypatch.setattr(asyncpg, "__version__", "0.99.0")
+    original = PoolConnectionHolder.__dict__["_release"]
+    watch = make_watch()
+    watch.instrument_tortoise(autosize=frozen)
+    async with tortoise_on(_url(pg_database, maxsize=10)) as client:
+        assert PoolConnectionHolder.__dict__["_release"] is original
+        peak: list[int] = []
+        await _churn(client, peak)  # permits go back after the release instead
+        assert max(peak) <= 3
+        limiter = watch.guards.sizers["default"].limiter
+        assert (limiter.in_use, limiter.waiting) == (0, 0)
+
+
 async def test_the_controller_grows_a_waiting_pool_and_says_so(
     pg_database: str, make_watch: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -256,6 +321,35 @@ async def test_budget_read_from_the_server(pg_database: str, make_watch: Any) ->
     usable, open_now = rows[0]["usable"], rows[0]["open"]
     # Its own connections plus half of what is free, give or take the test's own.
     assert 2 <= sizer.ceiling <= (usable - open_now) // 2 + 4
+
+
+async def test_a_budget_that_cannot_be_read_is_a_warning_not_a_fault(
+    pg_database: str, make_watch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    watch = make_watch()
+    watch.instrument_tortoise(autosize=Autosize(min=2, max=20, interval=3600, budget_interval=3600))
+    async with tortoise_on(_url(pg_database, maxsize=20)):
+        sizer = watch.guards.sizers["default"]
+        maintenance = watch.guards.maintenance
+
+        async def refused() -> Any:
+            raise ConnectionRefusedError("the server went away")
+
+        real, sizer.read_limits = sizer.read_limits, refused
+        with caplog.at_level(logging.WARNING, logger="poolwatch.autosize"):
+            for _ in range(3):
+                await maintenance._read_budget(sizer)
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 2, warnings  # the first failure, then the fallback
+        assert "ConnectionRefusedError: the server went away" in warnings[0]
+        assert "grows up to autosize.max=20" in warnings[1]
+        assert all(r.exc_info is None for r in caplog.records)  # no traceback
+        assert sizer.ceiling is None  # not stuck at the starting limit
+        assert value(watch.registry, "poolwatch_internal_errors_total", component="budget") == 0
+        sizer.read_limits = real
+        await maintenance._read_budget(sizer)
+        assert sizer.ceiling is not None
+        assert sizer.budget_failures == 0
 
 
 @pytest.mark.parametrize(

@@ -233,12 +233,12 @@ def test_a_steady_load_is_probed_rarely(cores: int) -> None:
 
 
 def test_a_knee_that_holds_is_tested_less_and_less_often() -> None:
-    # Up to 3 statements at once run at full speed, a 4th doubles every time: the knee
+    # Up to 3 statements at once run at full speed, a 4th makes each 2.5x slower: the knee
     # the controller remembers is exactly right, and each test of it finds it again.
     controller = SizeController(1, 100)
     limit, tests = 3, []
     for index in range(1500):
-        seconds = 0.004 if limit <= 3 else 0.008
+        seconds = 0.004 if limit <= 3 else 0.010
         observed = Window(
             limit, float(limit), limit, 100.0, 150, 100, statements=[(1, seconds)] * 40
         )
