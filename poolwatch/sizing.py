@@ -177,8 +177,8 @@ class SizeController:
         self._cooldown = 0
         self._idle = 0
         # Where the database saturated last, with the statements it was running then;
-        # windows of demand at no-load speed right below it since, and how many of them
-        # the next test waits for.
+        # windows in a row of unslowed demand right below it since, and how many of them
+        # the next test of it waits for.
         self._knee: int | None = None
         self._knee_load: frozenset[int] = frozenset()
         self._doubt = 0
