@@ -60,22 +60,30 @@ def make_watch() -> Iterator[Any]:
         watch.uninstrument()
 
 
-async def _sleepers(count: int, seconds: float, peak: list[int], client: Any) -> None:
-    async def one() -> None:
-        await client.execute_query(f"SELECT pg_sleep({seconds})")
+@contextlib.asynccontextmanager
+async def _watching(client: Any, peak: list[int]) -> AsyncIterator[None]:
+    """Appends the driver's own count of connections in use to ``peak``, every 2 ms."""
 
     async def watch_pool() -> None:
         while True:
             pool = client._pool
             if pool is not None:
                 peak.append(pool.get_size() - pool.get_idle_size())
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.002)
 
     watcher = asyncio.create_task(watch_pool())
     try:
-        await asyncio.gather(*(one() for _ in range(count)))
+        yield
     finally:
         watcher.cancel()
+
+
+async def _sleepers(count: int, seconds: float, peak: list[int], client: Any) -> None:
+    async def one() -> None:
+        await client.execute_query(f"SELECT pg_sleep({seconds})")
+
+    async with _watching(client, peak):
+        await asyncio.gather(*(one() for _ in range(count)))
 
 
 async def test_the_limit_bounds_connections_in_use_and_is_reported_as_max(
@@ -154,22 +162,13 @@ async def _churn(client: Any, peak: list[int]) -> None:
         with contextlib.suppress(Exception):
             await client.execute_query(sql)
 
-    async def watch_pool() -> None:
-        while True:
-            pool = client._pool
-            peak.append(pool.get_size() - pool.get_idle_size())
-            await asyncio.sleep(0.002)
-
-    watcher = asyncio.create_task(watch_pool())
-    try:
+    async with _watching(client, peak):
         for round_ in range(6):
             tasks = [asyncio.create_task(one(i)) for i in range(20)]
             await asyncio.sleep(0.005 * round_)  # cancel some waiting, running, releasing
             for task in tasks[::3]:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        watcher.cancel()
 
 
 async def test_permits_go_back_from_inside_asyncpgs_release_exactly_once(

@@ -176,7 +176,7 @@ class TortoiseInstrumentation:
         self._events: dict[str, PoolEvents] = {}
         self._gates: dict[str, Gate | None] = {}
         # Checkouts (their context managers' ids) holding a permit of a gate's limiter ->
-        # the key of the permit's return in asyncpg's own release (None: after it).
+        # the permit's return waiting inside asyncpg's own release (None: after it).
         self._permits: dict[int, Pending | None] = {}
         self._returns = ReturnHook()
         self._clients: dict[str, Any] = {}
@@ -398,12 +398,12 @@ class TortoiseInstrumentation:
             permits = instrumentation._permits
             if gate is None or id(self) not in permits:
                 return original(self, *exc_info)
-            back = permits.pop(id(self))
             return _release_through(
                 gate,
                 original(self, *exc_info),
                 self if trims else None,
-                None if back is None else functools.partial(instrumentation._returns.cancel, back),
+                instrumentation._returns,
+                permits.pop(id(self)),
             )
 
         return aexit
@@ -457,18 +457,19 @@ async def _release_through(
     gate: Gate,
     release: Coroutine[Any, Any, Any],
     manager: Any,
-    hooked: Callable[[], bool] | None,
+    returns: ReturnHook,
+    pending: Pending | None,
 ) -> Any:
     """Release a connection under autosize: closed if the pool holds too many, then the
     permit goes back once the driver has the connection (never before): from inside
-    asyncpg's own return when ``hooked`` (which says whether that has not happened yet),
-    else here once the release is over."""
+    asyncpg's own return when it is ``pending`` there, else here once the release is
+    over (or was cancelled)."""
     try:
         if manager is not None and gate.over_limit():
             await _close_quietly(getattr(manager, "connection", None))
         return await release
     finally:
-        if hooked is None or hooked():
+        if pending is None or returns.cancel(pending):
             gate.leave()
 
 
