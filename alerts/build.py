@@ -186,8 +186,8 @@ class Alert:
     expr: Callable[[Config], str]
     summary: str
     description: str
-    fire: Callable[[Config, int], Case]
-    quiet: Callable[[Config, int], Case]
+    # The promtool test data for ``m`` minutes: a firing case, or one just under.
+    case: Callable[[Config, int, bool], Case]
     value_format: str = "{{ $value }}"
 
 
@@ -266,8 +266,7 @@ def counter_alert(
         lambda c: f"sum by ({by}) (increase({metric}[{c.rate}])) > {c.threshold(name):g}",
         summary,
         description,
-        lambda c, m: case(c, m, True),
-        lambda c, m: case(c, m, False),
+        case,
         '{{ $value | printf "%.0f" }}',
     )
 
@@ -293,8 +292,7 @@ def _alerts() -> list[Alert]:
             "Pool {{ $labels.pool }} on {{ $labels.instance }} is nearly exhausted",
             "{{ $value | humanizePercentage }} of the connections of pool {{ $labels.pool }} "
             "({{ $labels.job }}, {{ $labels.instance }}) are in use.",
-            lambda c, m: saturated(c, m, True),
-            lambda c, m: saturated(c, m, False),
+            saturated,
             "{{ $value | humanizePercentage }}",
         )
     )
@@ -316,8 +314,7 @@ def _alerts() -> list[Alert]:
             "Requests are waiting for connections of pool {{ $labels.pool }}",
             "{{ $value }} requests wait for a connection of pool {{ $labels.pool }} "
             "({{ $labels.job }}, {{ $labels.instance }}), and have for a while.",
-            lambda c, m: waiting(c, m, True),
-            lambda c, m: waiting(c, m, False),
+            waiting,
         )
     )
 
@@ -337,8 +334,7 @@ def _alerts() -> list[Alert]:
             "Getting a connection from pool {{ $labels.pool }} is slow",
             "The 99th percentile wait for a connection of pool {{ $labels.pool }} "
             "({{ $labels.job }}, {{ $labels.instance }}) is {{ $value | humanizeDuration }}.",
-            lambda c, m: wait_p99(c, m, True),
-            lambda c, m: wait_p99(c, m, False),
+            wait_p99,
             "{{ $value | humanizeDuration }}",
         )
     )
@@ -380,8 +376,7 @@ def _alerts() -> list[Alert]:
             "Pool {{ $labels.pool }} keeps opening new connections",
             "Pool {{ $labels.pool }} ({{ $labels.job }}, {{ $labels.instance }}) opens "
             '{{ $value | printf "%.2f" }} connections per second.',
-            lambda c, m: churn(c, m, True),
-            lambda c, m: churn(c, m, False),
+            churn,
             '{{ $value | printf "%.2f" }}',
         )
     )
@@ -404,8 +399,7 @@ def _alerts() -> list[Alert]:
             "Queries of {{ $labels.route }} are slow",
             "The 99th percentile duration of the statements of route {{ $labels.route }} "
             "({{ $labels.job }}) is {{ $value | humanizeDuration }}.",
-            lambda c, m: latency(c, m, True),
-            lambda c, m: latency(c, m, False),
+            latency,
             "{{ $value | humanizeDuration }}",
         )
     )
@@ -428,8 +422,7 @@ def _alerts() -> list[Alert]:
             "Statements of {{ $labels.route }} fail",
             "{{ $value | humanizePercentage }} of the statements of route {{ $labels.route }} "
             "({{ $labels.job }}) raise an error.",
-            lambda c, m: errors(c, m, True),
-            lambda c, m: errors(c, m, False),
+            errors,
             "{{ $value | humanizePercentage }}",
         )
     )
@@ -476,8 +469,7 @@ def _alerts() -> list[Alert]:
             "Queries per request of {{ $labels.route }} jumped",
             "Requests of route {{ $labels.route }} ({{ $labels.job }}) now run "
             "{{ $value }} statements (95th percentile), more than twice as many as before.",
-            lambda c, m: jump(c, m, True),
-            lambda c, m: jump(c, m, False),
+            jump,
         )
     )
 
@@ -504,8 +496,7 @@ def _alerts() -> list[Alert]:
             "Autosize of pool {{ $labels.pool }} is pinned at its ceiling",
             "Pool {{ $labels.pool }} ({{ $labels.job }}, {{ $labels.instance }}) has reached "
             "the most connections it may use ({{ $value }}) and requests still wait.",
-            lambda c, m: ceiling(c, m, True),
-            lambda c, m: ceiling(c, m, False),
+            ceiling,
         )
     )
 
@@ -551,8 +542,7 @@ def _alerts() -> list[Alert]:
             "{{ $labels.instance }} of {{ $labels.job }} cannot be scraped",
             "Prometheus cannot scrape {{ $labels.instance }} ({{ $labels.job }}): up is "
             "{{ $value }}. The app is down, or its metrics endpoint is.",
-            lambda c, m: down(c, m, True),
-            lambda c, m: down(c, m, False),
+            down,
         )
     )
     return a
@@ -601,11 +591,12 @@ def build_tests(config: Config) -> dict[str, Any]:
     """promtool unit tests: per alert, a firing case and one just under its threshold."""
     tests = []
     for alert in ALERTS:
-        minutes = _minutes(config, alert.name)
+        span = _minutes(config, alert.name)  # minutes of input series
+        minutes = span  # when the rule is evaluated
         if alert.name == "PoolwatchQueriesPerRequestJump":
             minutes += _jump_lead(config)
-        for kind, make in (("fires", alert.fire), ("stays quiet", alert.quiet)):
-            case = make(config, _minutes(config, alert.name))
+        for kind, fires in (("fires", True), ("stays quiet", False)):
+            case = alert.case(config, span, fires)
             expected = []
             if case.labels is not None:
                 labels = {**case.labels, "severity": alert.severity}
