@@ -21,6 +21,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from poolwatch.adapters import major_minor
+
 __all__ = ["Pending", "ReturnHook", "asyncpg_version"]
 
 logger = logging.getLogger("poolwatch.asyncpg")
@@ -34,8 +36,7 @@ def asyncpg_version() -> tuple[int, int] | None:
         import asyncpg
     except ImportError:
         return None
-    major, minor = (int(part) for part in asyncpg.__version__.split(".")[:2])
-    return major, minor
+    return major_minor(asyncpg.__version__)
 
 
 class Pending:

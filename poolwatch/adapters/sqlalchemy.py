@@ -63,6 +63,7 @@ from sqlalchemy.pool import (
     StaticPool,
 )
 
+from poolwatch.adapters import major_minor
 from poolwatch.adapters.timing import ConnectTime
 from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
@@ -134,8 +135,7 @@ class _Shadow(NamedTuple):
 
 def sqlalchemy_version() -> tuple[int, int]:
     """SQLAlchemy's ``(major, minor)``."""
-    major, minor = (int(p) for p in sqlalchemy.__version__.split(".")[:2])
-    return major, minor
+    return major_minor(sqlalchemy.__version__)
 
 
 def _enter(gate: Gate) -> bool:

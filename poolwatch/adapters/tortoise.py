@@ -33,6 +33,7 @@ from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import Any, TypeVar
 
+from poolwatch.adapters import major_minor
 from poolwatch.adapters.asyncpg_return import Pending, ReturnHook
 from poolwatch.adapters.timing import ConnectTime
 from poolwatch.autosize import Gate
@@ -87,8 +88,7 @@ def tortoise_version() -> tuple[int, int]:
     """Tortoise-ORM's ``(major, minor)``."""
     import tortoise
 
-    major, minor = (int(p) for p in tortoise.__version__.split(".")[:2])
-    return major, minor
+    return major_minor(tortoise.__version__)
 
 
 def _root_client(client: Any) -> Any:
