@@ -3,18 +3,21 @@
 #
 # On a fresh Debian 12 machine with python3 and pip it:
 #   1. creates .venv (if missing) and installs poolwatch with the `dev` extra into it,
-#   2. installs the Debian packages `postgresql` and `prometheus` (for promtool) if missing,
+#   2. installs the Debian packages `postgresql`, `prometheus` (for promtool) and
+#      `mariadb-server-core` (with `mariadb-client-core`, for the MySQL tests) if missing,
 #   3. runs ruff (lint and format check) and mypy,
-#   4. starts a throwaway PostgreSQL cluster, runs pytest against it, and always removes it.
+#   4. starts a throwaway PostgreSQL cluster and a throwaway MariaDB server, runs pytest
+#      against them, and always removes both.
 #
 # Extra arguments go to pytest: `bash scripts/test.sh -q -k promtool`.
 # Every check runs even if an earlier one failed, so one run shows every problem; the exit
 # status is non-zero if any step failed. Setup failures (venv, packages, PostgreSQL under CI)
 # stop the run at once.
 #
-# The tests find the server through POOLWATCH_TEST_PG_DSN, POOLWATCH_TEST_PG_BIN and
-# POOLWATCH_TEST_PG_DATA (see tests/conftest.py). Under CI=true a missing PostgreSQL or
-# promtool is an error; locally those tests are skipped with a message instead.
+# The tests find the servers through POOLWATCH_TEST_PG_DSN, POOLWATCH_TEST_PG_BIN,
+# POOLWATCH_TEST_PG_DATA and POOLWATCH_TEST_MYSQL_URL (see tests/conftest.py). Under CI=true
+# a missing PostgreSQL, MariaDB or promtool is an error; locally those tests are skipped
+# with a message instead.
 
 set -euo pipefail
 
@@ -30,6 +33,8 @@ PG_TMP=""      # mktemp -d directory: data dir, Unix socket, server log
 PG_BIN=""      # directory holding pg_ctl and initdb
 PG_RUN=()      # prefix that runs a command as the PostgreSQL OS user (empty: ourselves)
 PG_STARTED=0
+MY_TMP=""      # mktemp -d directory of the MariaDB server: data dir, socket, log
+MY_PID=""
 FAILED_STEPS=()
 START_SECONDS=$SECONDS
 
@@ -59,8 +64,12 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM
     stop_postgres
+    stop_mariadb
     if [[ -n $PG_TMP && -d $PG_TMP ]]; then
         rm -rf -- "$PG_TMP"
+    fi
+    if [[ -n $MY_TMP && -d $MY_TMP ]]; then
+        rm -rf -- "$MY_TMP"
     fi
     exit "$status"
 }
@@ -111,10 +120,11 @@ install_system_packages() {
     local packages=() sudo_cmd
     find_pg_bin >/dev/null || packages+=(postgresql)
     command -v promtool >/dev/null || packages+=(prometheus)
+    find_mariadbd >/dev/null || packages+=(mariadb-server-core mariadb-client-core)
 
     header "System packages"
     if ((${#packages[@]} == 0)); then
-        note "PostgreSQL and promtool are installed"
+        note "PostgreSQL, MariaDB and promtool are installed"
         return 0
     fi
     note "missing: ${packages[*]}"
@@ -282,6 +292,87 @@ EOF
     note "data $data, socket dir $PG_TMP"
 }
 
+# -- MariaDB (the MySQL tests) ----------------------------------------------------------------
+
+find_mariadbd() {
+    local path
+    for path in /usr/sbin/mariadbd /usr/sbin/mysqld "$(command -v mariadbd 2>/dev/null)"; do
+        if [[ -n $path && -x $path ]] && command -v mariadb-install-db >/dev/null; then
+            printf '%s\n' "$path"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Runs a command as the user that owns the MariaDB data (nobody when we are root).
+as_my() {
+    if ((EUID == 0)); then
+        (cd "$MY_TMP" && runuser -u nobody -- "$@")
+    else
+        (cd "$MY_TMP" && "$@")
+    fi
+}
+
+start_mariadb() {
+    local mariadbd=$1 port attempt
+    header "MariaDB"
+    MY_TMP=$(mktemp -d "${TMPDIR:-/tmp}/poolwatch-my.XXXXXX") || return 1
+    chmod 755 "$MY_TMP"
+    if ((EUID == 0)); then
+        chown nobody: "$MY_TMP" || return 1
+    fi
+    if ! as_my mariadb-install-db --no-defaults --datadir="$MY_TMP/data" \
+        --auth-root-authentication-method=normal --skip-test-db >"$MY_TMP/install.log" 2>&1; then
+        cat "$MY_TMP/install.log" >&2
+        warn "mariadb-install-db failed"
+        return 1
+    fi
+    for ((attempt = 1; attempt <= 3; attempt++)); do
+        port=$(free_port)
+        # Root without a password, on loopback and a socket in the throwaway directory only.
+        as_my "$mariadbd" --no-defaults --datadir="$MY_TMP/data" --socket="$MY_TMP/sock" \
+            --port="$port" --bind-address=127.0.0.1 --skip-name-resolve \
+            --pid-file="$MY_TMP/pid" --log-error="$MY_TMP/error.log" \
+            --innodb-buffer-pool-size=64M --max-connections=300 >/dev/null 2>&1 &
+        MY_PID=$!
+        local waited
+        for ((waited = 0; waited < 60; waited++)); do
+            if grep -q "ready for connections" "$MY_TMP/error.log" 2>/dev/null; then
+                export POOLWATCH_TEST_MYSQL_URL="mysql://root:@127.0.0.1:$port/"
+                note "$("$mariadbd" --version) at 127.0.0.1:$port"
+                return 0
+            fi
+            kill -0 "$MY_PID" 2>/dev/null || break
+            sleep 0.5
+        done
+        warn "MariaDB did not start on port $port (attempt $attempt of 3):"
+        tail -n 20 "$MY_TMP/error.log" >&2 || true
+        stop_mariadb
+    done
+    return 1
+}
+
+stop_mariadb() {
+    [[ -n $MY_PID ]] || return 0
+    local pid=$MY_PID waited
+    MY_PID=""
+    # mariadbd was started under runuser: stop the server itself, found by its pid file.
+    if [[ -f $MY_TMP/pid ]]; then
+        kill "$(cat "$MY_TMP/pid")" 2>/dev/null || true
+    fi
+    kill "$pid" 2>/dev/null || true
+    for ((waited = 0; waited < 40; waited++)); do
+        [[ -f $MY_TMP/pid ]] || break
+        kill -0 "$(cat "$MY_TMP/pid" 2>/dev/null || echo 0)" 2>/dev/null || break
+        sleep 0.25
+    done
+    if [[ -f $MY_TMP/pid ]]; then
+        kill -9 "$(cat "$MY_TMP/pid")" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
 # -- checks ---------------------------------------------------------------------------------
 
 # Runs one check, remembering a failure instead of stopping, so later checks still report.
@@ -297,11 +388,12 @@ step() {
 main() {
     local have_system_packages=1
     unset POOLWATCH_TEST_PG_DSN POOLWATCH_TEST_PG_BIN POOLWATCH_TEST_PG_DATA
+    unset POOLWATCH_TEST_MYSQL_URL
 
     setup_venv
     install_system_packages || have_system_packages=0
     if ((!have_system_packages)) && in_ci; then
-        die "CI=$CI: PostgreSQL and promtool are required"
+        die "CI=$CI: PostgreSQL, MariaDB and promtool are required"
     fi
 
     step "ruff check" ruff check poolwatch tests benchmarks alerts dashboards loadtests
@@ -321,8 +413,23 @@ main() {
             "skipped. Install the Debian package 'postgresql' to run them."
     fi
 
+    local mariadbd
+    if mariadbd=$(find_mariadbd); then
+        if ! start_mariadb "$mariadbd"; then
+            in_ci && die "MariaDB did not start (server log above)"
+            warn "MariaDB did not start; MySQL tests will be skipped"
+        fi
+    elif in_ci; then
+        die "CI=$CI: MariaDB (mariadbd, mariadb-install-db) not found"
+    else
+        header "MariaDB"
+        warn "MariaDB not found; MySQL tests will be skipped. Install the Debian packages" \
+            "'mariadb-server-core' and 'mariadb-client-core' to run them."
+    fi
+
     step "pytest" python -m pytest "$@"
     stop_postgres
+    stop_mariadb
 
     header "Summary ($((SECONDS - START_SECONDS))s)"
     if ((${#FAILED_STEPS[@]})); then

@@ -75,6 +75,35 @@ def pg_database(pg_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def mysql_url() -> str:
+    """``mysql://root:@127.0.0.1:PORT/`` of the test MariaDB server (no database)."""
+    url = os.environ.get("POOLWATCH_TEST_MYSQL_URL")
+    if not url:
+        _unavailable("no MariaDB server: POOLWATCH_TEST_MYSQL_URL is not set")
+    return url
+
+
+@pytest.fixture
+def mysql_database(mysql_url: str) -> Iterator[str]:
+    """``mysql://root:@127.0.0.1:PORT/NAME`` of a new, empty database, dropped afterwards."""
+    import pymysql
+
+    name = f"poolwatch_test_{uuid.uuid4().hex[:12]}"
+    parts = urlsplit(mysql_url)
+
+    def admin() -> pymysql.connections.Connection:  # type: ignore[type-arg]
+        return pymysql.connect(host=parts.hostname, port=parts.port, user=parts.username or "root")
+
+    with admin() as connection, connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    try:
+        yield parts._replace(path=f"/{name}").geturl()
+    finally:
+        with admin() as connection, connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture(scope="session")
 def promtool() -> str:
     """Path of Prometheus's ``promtool`` (Debian package ``prometheus``)."""
     path = shutil.which("promtool")

@@ -294,95 +294,63 @@ async def test_psycopg_acquire_timeouts_are_counted(watch: PoolWatch, pg_databas
         assert value(watch.registry, "db_client_connection_max", pool="default") == 1
 
 
-# -- MySQL (no server here: a fake aiomysql pool behind the real Tortoise client) ----------
+# -- MySQL (the MariaDB server that the test command starts) --------------------------------
 
 
-class _FakeCursor:
-    def __init__(self, fail: bool) -> None:
-        self.fail = fail
-        self.rowcount = 1
-        self.lastrowid = 1
-        self.description = (("x",),)
+@pytest.mark.parametrize("driver", ["asyncmy", "aiomysql"])
+async def test_mysql_pool_and_queries_against_the_server(
+    watch: PoolWatch, mysql_database: str, driver: str
+) -> None:
+    """Gauges against the driver's own ``size``/``freesize``, statements and errors by
+    route, with ten concurrent tasks on a pool of three."""
+    pytest.importorskip(driver)
+    url = "mysql://" + mysql_database.split("://", 1)[1] + "?minsize=1&maxsize=3"
+    EXECUTOR_CACHE.clear()
+    await Tortoise.init(db_url=url, modules={"models": ["tests.tortoise_models"]})
+    try:
+        client = connections.get("default")
+        if driver == "aiomysql":  # Tortoise takes asyncmy when both are installed
+            import aiomysql
 
-    async def __aenter__(self) -> _FakeCursor:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    async def execute(self, query: str, values: object = None) -> None:
-        await asyncio.sleep(0)
-        if self.fail:
-            raise RuntimeError("server went away")
-
-    async def fetchall(self) -> list[tuple[int]]:
-        return []
-
-
-class _FakeConnection:
-    def __init__(self, fail: bool) -> None:
-        self.fail = fail
-
-    def cursor(self, *args: object) -> _FakeCursor:
-        return _FakeCursor(self.fail)
-
-
-class _FakeMySQLPool:
-    """The aiomysql pool surface Tortoise uses: acquire/release, size/freesize/maxsize."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self.size = 0
-        self.freesize = 0
-        self.fail = False
-        self._sem = asyncio.Semaphore(maxsize)
-
-    async def acquire(self) -> _FakeConnection:
-        await self._sem.acquire()
-        if self.freesize:
-            self.freesize -= 1
-        else:
-            self.size += 1
-        return _FakeConnection(self.fail)
-
-    async def release(self, connection: _FakeConnection) -> None:
-        self.freesize += 1
-        self._sem.release()
-
-
-async def test_mysql_client_pool_and_queries(watch: PoolWatch) -> None:
-    pytest.importorskip("asyncmy")
-    from tortoise.backends.mysql.client import MySQLClient
-
-    client = MySQLClient(
-        connection_name="mysql",
-        user="u",
-        password="p",
-        database="d",
-        host="127.0.0.1",
-        port=3306,
-        minsize=1,
-        maxsize=3,
-    )
-    client._pool = _FakeMySQLPool(3)
-    with poolwatch.scope("mysql-job"):
-        await asyncio.gather(*(client.execute_query("SELECT 1") for _ in range(10)))
-        client._pool.fail = True
-        with pytest.raises(RuntimeError, match="server went away"):
-            await client.execute_query("DELETE FROM t WHERE id = %s", [SECRET])
-    assert value(watch.registry, OPS, pool="mysql", operation="SELECT", route="mysql-job") == 10
-    assert (
-        value(
+            await client.close()
+            client._pool = await aiomysql.create_pool(
+                host=client.host,
+                port=client.port,
+                user=client.user,
+                password=client.password or "",
+                db=client.database,
+                autocommit=True,
+                minsize=1,
+                maxsize=3,
+            )
+        await client.execute_query("SELECT 1")  # opens the pool (a checkout of its own)
+        waits_before = value(
+            watch.registry, "db_client_connection_wait_time_seconds_count", pool="default"
+        )
+        with poolwatch.scope("mysql-job"):
+            await asyncio.gather(*(client.execute_query("SELECT SLEEP(0.01)") for _ in range(10)))
+            with pytest.raises(Exception, match="doesn't exist"):
+                await client.execute_query("DELETE FROM missing WHERE id = %s", [SECRET])
+        ops = value(watch.registry, OPS, pool="default", operation="SELECT", route="mysql-job")
+        assert ops == 10
+        errors = value(
             watch.registry,
             "db_client_operation_errors_total",
-            pool="mysql",
+            pool="default",
             operation="DELETE",
             route="mysql-job",
         )
-        == 1
-    )
-    used, idle, pending = pool_gauges(watch.registry, "mysql")
-    assert (used, pending) == (0, 0)
-    assert idle == client._pool.size == 3
-    assert value(watch.registry, "db_client_connection_max", pool="mysql") == 3
-    assert value(watch.registry, "db_client_connection_wait_time_seconds_count", pool="mysql") == 11
+        assert errors == 1
+        pool = client._pool
+        used, idle, pending = pool_gauges(watch.registry, "default")
+        assert (used, pending) == (0, 0)
+        assert idle == pool.freesize == pool.size == 3
+        assert value(watch.registry, "db_client_connection_max", pool="default") == 3
+        waits = value(
+            watch.registry, "db_client_connection_wait_time_seconds_count", pool="default"
+        )
+        assert waits - waits_before == 11
+        assert value(watch.registry, "poolwatch_pool_drift", pool="default") == 0
+        assert SECRET not in generate_latest(watch.registry).decode()
+    finally:
+        await Tortoise.close_connections()
