@@ -17,7 +17,7 @@ from poolwatch.errors import ConfigError, NPlusOneError, PoolWatchError
 from poolwatch.events import PoolEvents, PoolProbe, PoolState
 from poolwatch.exposition import Exposition
 from poolwatch.guard import Guards
-from poolwatch.metrics import Metrics, PoolSource, PoolStateCollector
+from poolwatch.metrics import Metrics, PoolSource, PoolStateCollector, read_pool
 from poolwatch.middleware import ASGIApp, PoolWatchMiddleware, Switch
 from poolwatch.multiprocess import (
     MultiprocessExposition,
@@ -92,6 +92,7 @@ class PoolWatch:
             lambda: list(self._observers.values()),
         )
         self._probes: dict[str, PoolProbe] = {}
+        self.guards.maintenance.drifts = self._drifts
         self._undo: list[Callable[[], None]] = []
         self._switch = Switch()
         self._server: MetricsServer | None = None
@@ -168,7 +169,9 @@ class PoolWatch:
         probe = self._probes.get(name, _no_state)
         if name in self.guards.sizers:
             probe = self._limited_probe(name, probe)
-        return PoolSource(name, probe, observer.pending, observer.checked_out)
+        return PoolSource(
+            name, probe, observer.pending, observer.checked_out, lambda: observer.returning
+        )
 
     def _limited_probe(self, name: str, probe: PoolProbe) -> PoolProbe:
         # Under autosize the pool's max is the limit in force, not the driver's ceiling.
@@ -182,6 +185,9 @@ class PoolWatch:
             return PoolState(used=state.used, idle=state.idle, max=limit)
 
         return read
+
+    def _drifts(self) -> list[tuple[str, int]]:
+        return [(source.name, read_pool(source).drift) for source in self._sources()]
 
     def _sources(self) -> Iterator[PoolSource]:
         for name in list(self._observers):

@@ -29,9 +29,11 @@ from typing import TypeVar
 
 from poolwatch import context
 from poolwatch.budget import ServerLimits, pool_ceiling
+from poolwatch.deadline import WaitDeadline
 from poolwatch.errors import ConfigError, PoolTimeoutError
 from poolwatch.limiter import AsyncLimiter, Limiter, ThreadLimiter
 from poolwatch.observer import PoolObserver
+from poolwatch.reconcile import Unaccounted
 from poolwatch.safety import FaultReporter
 from poolwatch.sizing import Decision, SizeController, Tuning, Window
 
@@ -48,6 +50,7 @@ LEAK_SCAN_EVERY = 1.0
 STATEMENT_SAMPLE = 512  # statements kept per pool between two decisions (the latest)
 BUDGET_TRIES = 3  # failed budget reads before growing without one
 TRIM_AFTER = 3.0  # seconds after a shrink before connections above the limit are closed
+UNKNOWN_ROUTE = "unknown"  # the route of a leaked connection nobody was seen taking
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -181,25 +184,48 @@ class Gate:
         # connections, a walk over the driver's pool, is skipped on every release).
         self._trimmed_at = 0.0
 
-    async def admit(self, acquire: Callable[[], Awaitable[T]]) -> T:
-        """Take a permit (with autosize), then ``acquire()`` from the driver, in time."""
-        if self.timeout is None or _own.get():
-            return await self._admit(acquire)
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await self._admit(acquire)
-        except TimeoutError as exc:
-            raise self.timeout_error() from exc
+    async def admit(
+        self,
+        acquire: Callable[[], Awaitable[T]],
+        settled: Callable[[], bool] = lambda: False,
+        undo: Callable[[], Awaitable[None]] | None = None,
+    ) -> T:
+        """Take a permit (with autosize), then ``acquire()`` from the driver, in time.
 
-    async def _admit(self, acquire: Callable[[], Awaitable[T]]) -> T:
-        limiter = self.limiter
-        if not isinstance(limiter, AsyncLimiter):
-            return await acquire()
-        await limiter.acquire(first=_own.get())
+        The acquire timeout ends only the wait: once ``settled()`` says the connection
+        was handed over, the rest of ``acquire()`` (a transaction's ``BEGIN``) runs in
+        full. If ``acquire()`` fails, ``undo()`` gives back what it had taken, before the
+        permit goes back.
+        """
+        if self.timeout is None or _own.get():
+            return await self._admit(acquire, undo)
+        deadline = WaitDeadline(self.timeout, settled)
+        try:
+            async with deadline:
+                return await self._admit(acquire, undo)
+        except TimeoutError as exc:
+            if deadline.expired:
+                raise self.timeout_error() from exc
+            raise  # the driver's own timeout (connecting, say): not ours to rename
+
+    async def _admit(
+        self, acquire: Callable[[], Awaitable[T]], undo: Callable[[], Awaitable[None]] | None
+    ) -> T:
+        limiter = self.limiter if isinstance(self.limiter, AsyncLimiter) else None
+        if limiter is not None:
+            await limiter.acquire(first=_own.get())
         try:
             return await acquire()
         except BaseException:
-            limiter.release()
+            try:
+                if undo is not None:
+                    await undo()
+            finally:
+                # After the undo: a permit back before the connection would let one more
+                # request in than the pool has connections. (A second cancellation during
+                # the undo returns it early; the undo itself still finishes.)
+                if limiter is not None:
+                    limiter.release()
             raise
 
     async def enter(self) -> bool:
@@ -211,7 +237,7 @@ class Gate:
             await limiter.acquire(first=_own.get())
             return True
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout):  # only the permit: nothing to hand over
                 await limiter.acquire()
         except TimeoutError as exc:
             raise self.timeout_error() from exc
@@ -407,6 +433,9 @@ class Maintenance:
     ) -> None:
         self.sizers: dict[str, PoolSizer] = {}
         self.observers: Callable[[], list[PoolObserver]] = list
+        # (pool, drift) for every pool, read from the drivers (see poolwatch.reconcile).
+        self.drifts: Callable[[], list[tuple[str, int]]] = list
+        self._unaccounted: dict[str, Unaccounted] = {}
         self._faults = faults
         self._leak_threshold = leak_threshold
         self._count_leak = count_leak
@@ -585,3 +614,37 @@ class Maintenance:
                     )
             except Exception as exc:
                 self._faults.report("leaks", exc)
+        try:
+            self._scan_unaccounted(now, threshold)
+        except Exception as exc:
+            self._faults.report("leaks", exc)
+
+    def _scan_unaccounted(self, now: float, threshold: float) -> None:
+        """Connections the driver has had out all along the threshold, that no checkout
+        poolwatch saw accounts for: taken around the ORM, or lost by an entry poolwatch
+        could not undo. There is no line to name, only the count."""
+        for name, off in self.drifts():
+            tracker = self._unaccounted.get(name)
+            if tracker is None:
+                tracker = self._unaccounted[name] = Unaccounted()
+            new = tracker.sample(now, off, threshold)
+            for _ in range(new):
+                self._count_leak(name, UNKNOWN_ROUTE)
+            if new:
+                leak_logger.warning(
+                    "pool %s: %d connection(s) have been in use in the driver's pool for "
+                    "over %.1f s with no checkout poolwatch saw (taken around the ORM, or "
+                    "lost); %d such in all",
+                    name,
+                    new,
+                    threshold,
+                    tracker.reported,
+                    extra={
+                        "poolwatch_leak": {
+                            "pool": name,
+                            "route": UNKNOWN_ROUTE,
+                            "call_site": None,
+                            "unaccounted": tracker.reported,
+                        }
+                    },
+                )

@@ -77,6 +77,21 @@ class PoolEvents(Protocol):
         """A new database connection took ``seconds`` to open."""
         ...
 
+    def return_started(self) -> None:
+        """A connection is on its way back to the driver's pool (after ``released``, or
+        given back by poolwatch after a failed entry); the driver still counts it used."""
+        ...
+
+    def return_finished(self) -> None:
+        """A connection that ``return_started`` announced is back with the driver."""
+        ...
+
+    def reclaimed(self, outcome: str) -> None:
+        """A connection taken by an acquire that then failed (cancelled, timed out) was
+        given back by poolwatch: ``outcome`` is ``"returned"``, ``"closed"`` (closed
+        first, its slot back in the pool) or ``"failed"`` if giving it back raised."""
+        ...
+
     def query(
         self, sql: str, seconds: float, failed: bool, params: Any = None, continues: bool = False
     ) -> None:

@@ -17,8 +17,23 @@ from prometheus_client.registry import Collector
 
 from poolwatch.events import PoolState
 from poolwatch.histogram import LabelledHistogram, histogram
+from poolwatch.reconcile import drift
 
-__all__ = ["Metrics", "PoolReading", "PoolSource", "PoolStateCollector", "read_pool"]
+__all__ = [
+    "DRIFT_HELP",
+    "DRIFT_NAME",
+    "Metrics",
+    "PoolReading",
+    "PoolSource",
+    "PoolStateCollector",
+    "read_pool",
+]
+
+DRIFT_NAME = "poolwatch_pool_drift"
+DRIFT_HELP = (
+    "Connections the driver has in use that poolwatch saw no checkout for (positive), or "
+    "checkouts poolwatch holds that the driver has back (negative); 0 when they agree."
+)
 
 # Waiting for a pooled connection is normally tens of microseconds; the interesting change
 # is when it becomes milliseconds, so the low end is dense.
@@ -161,6 +176,14 @@ class Metrics:
             ["pool", "route"],
             registry=registry,
         )
+        self.connections_reclaimed = Counter(
+            "poolwatch_connections_reclaimed",
+            "Connections taken by an acquire that then failed (cancelled or timed out "
+            "after the hand-over), given back to the pool by poolwatch, by outcome "
+            "(returned; closed, its slot back in the pool; or failed: it may be lost).",
+            ["pool", "outcome"],
+            registry=registry,
+        )
         self.internal_errors = Counter(
             "poolwatch_internal_errors",
             "Exceptions raised inside poolwatch itself, counted and swallowed.",
@@ -180,7 +203,7 @@ class Metrics:
 class PoolSource:
     """One pool as the collector sees it: its probe and poolwatch's own counts."""
 
-    __slots__ = ("checked_out", "name", "pending", "probe")
+    __slots__ = ("checked_out", "name", "pending", "probe", "returning")
 
     def __init__(
         self,
@@ -188,15 +211,18 @@ class PoolSource:
         probe: Callable[[], PoolState | None],
         pending: Callable[[], int],
         checked_out: Callable[[], int],
+        returning: Callable[[], int] = lambda: 0,
     ) -> None:
         self.name = name
         self.probe = probe
         self.pending = pending
         self.checked_out = checked_out
+        self.returning = returning
 
 
 class PoolStateCollector(Collector):
-    """Renders ``db_client_connection_count``, ``_max`` and ``_pending_requests``.
+    """Renders ``db_client_connection_count``, ``_max``, ``_pending_requests`` and
+    ``poolwatch_pool_drift``.
 
     Read from each pool at scrape time. A pool that fails to report is counted as an
     internal error and left out of that scrape, rather than failing the whole scrape.
@@ -211,7 +237,9 @@ class PoolStateCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         return iter(self._families())
 
-    def _families(self) -> tuple[UnknownMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(
+        self,
+    ) -> tuple[UnknownMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             # A gauge in meaning, exposed untyped: the name is fixed by the OpenTelemetry
             # convention, and promtool's linter reserves a "_count" suffix for histograms
@@ -231,10 +259,15 @@ class PoolStateCollector(Collector):
                 "Requests waiting for a connection from the pool.",
                 labels=["pool"],
             ),
+            GaugeMetricFamily(
+                DRIFT_NAME,
+                DRIFT_HELP,
+                labels=["pool"],
+            ),
         )
 
     def collect(self) -> Iterator[Metric]:
-        count, limit, pending = self._families()
+        count, limit, pending, drift = self._families()
         for source in self._sources():
             try:
                 reading = read_pool(source)
@@ -246,9 +279,11 @@ class PoolStateCollector(Collector):
             if reading.max is not None:
                 limit.add_metric([source.name], reading.max)
             pending.add_metric([source.name], reading.pending)
+            drift.add_metric([source.name], reading.drift)
         yield count
         yield limit
         yield pending
+        yield drift
 
 
 class PoolReading(NamedTuple):
@@ -258,15 +293,19 @@ class PoolReading(NamedTuple):
     idle: int
     max: int | None
     pending: int
+    drift: int = 0
 
 
 def read_pool(source: PoolSource) -> PoolReading:
-    """Read a pool: the driver's own counts where it has them, poolwatch's otherwise."""
+    """Read a pool: the driver's own counts where it has them, poolwatch's otherwise, and
+    how far poolwatch's own count of checkouts is from the driver's (see :mod:`reconcile`).
+    """
     state = source.probe()
     waiting = source.pending()
     own = source.checked_out()
-    if state is None:
-        return PoolReading(own, 0, None, waiting)
-    used = own if state.used is None else state.used
+    if state is None or state.used is None:  # nothing to compare with
+        idle = 0 if state is None or state.idle is None else state.idle
+        return PoolReading(own, idle, None if state is None else state.max, waiting)
     idle = 0 if state.idle is None else state.idle
-    return PoolReading(used, idle, state.max, waiting)
+    off = drift(state.used, own, waiting, source.returning())
+    return PoolReading(state.used, idle, state.max, waiting, off)

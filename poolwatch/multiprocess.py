@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from poolwatch.metrics import PoolSource, read_pool
+from poolwatch.metrics import DRIFT_HELP, DRIFT_NAME, PoolSource, read_pool
 
 __all__ = ["MultiprocessExposition", "PoolGauges", "Refresher", "multiprocess_dir"]
 
@@ -39,7 +39,8 @@ def multiprocess_dir(environ: Mapping[str, str]) -> str | None:
 
 
 class PoolGauges:
-    """``db_client_connection_count``, ``_max`` and ``_pending_requests`` as livesum gauges."""
+    """``db_client_connection_count``, ``_max``, ``_pending_requests`` and
+    ``poolwatch_pool_drift`` as livesum gauges."""
 
     def __init__(self, registry: CollectorRegistry, on_error: Callable[[str], None]) -> None:
         self._on_error = on_error
@@ -65,6 +66,10 @@ class PoolGauges:
             multiprocess_mode="livesum",
         )
 
+        self.drift = Gauge(
+            DRIFT_NAME, DRIFT_HELP, ["pool"], registry=registry, multiprocess_mode="livesum"
+        )
+
     def write(self, source: PoolSource) -> None:
         """Write this worker's view of one pool to the shared files."""
         try:
@@ -74,6 +79,7 @@ class PoolGauges:
             if reading.max is not None:
                 self.max.labels(source.name).set(reading.max)
             self.pending.labels(source.name).set(reading.pending)
+            self.drift.labels(source.name).set(reading.drift)
         except Exception:
             self._on_error("collector")
 

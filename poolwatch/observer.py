@@ -22,7 +22,10 @@ from poolwatch.operations import operation_of
 from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
 
-__all__ = ["PoolObserver", "is_refusal"]
+__all__ = ["RECLAIM_OUTCOMES", "PoolObserver", "is_refusal"]
+
+# What became of a connection taken by an entry that then failed (see PoolEvents.reclaimed).
+RECLAIM_OUTCOMES = ("returned", "closed", "failed")
 
 # How a database says it has no connection slot left: asyncpg's
 # TooManyConnectionsError, PostgreSQL's messages through psycopg, MySQL's error 1040.
@@ -73,6 +76,11 @@ class PoolObserver:
         self._use = metrics.connection_use_time.labels(name)
         self._create = metrics.connection_create_time.labels(name)
         self._timeouts = metrics.connection_timeouts.labels(name)
+        # Present at zero from the start: an alert on a failed give-back needs a series.
+        self._reclaimed = {
+            outcome: metrics.connections_reclaimed.labels(name, outcome)
+            for outcome in RECLAIM_OUTCOMES
+        }
         self._durations = metrics.operation_duration
         self._errors = metrics.operation_errors
         # (operation, route) -> bound histogram child; labels() costs ~1 us, a dict hit 50 ns
@@ -82,6 +90,8 @@ class PoolObserver:
         self.timed_out = 0
         self.refused = 0
         self.opened = 0
+        # Connections on their way back to the driver (see return_started).
+        self.returning = 0
         # Set when something needs them (autosize; leak detection, acquire timeouts).
         self.statements: deque[tuple[int, float]] | None = None
         self.holders: Holders | None = None
@@ -152,6 +162,20 @@ class PoolObserver:
             self._faults.report("pool", exc)
         if self._on_change is not None:
             self._changed()
+
+    def return_started(self) -> None:
+        self.returning += 1
+
+    def return_finished(self) -> None:
+        self.returning -= 1
+        if self._on_change is not None:
+            self._changed()
+
+    def reclaimed(self, outcome: str) -> None:
+        try:
+            self._reclaimed[outcome].inc()
+        except Exception as exc:
+            self._faults.report("pool", exc)
 
     def _changed(self) -> None:
         try:

@@ -24,6 +24,7 @@ Gauges (used, idle, max) are read from the driver's own pool at scrape time: asy
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import importlib
@@ -36,6 +37,7 @@ from typing import Any, TypeVar
 from poolwatch.adapters import major_minor
 from poolwatch.adapters.asyncpg_return import Pending, ReturnHook
 from poolwatch.adapters.timing import ConnectTime
+from poolwatch.adapters.tortoise_entry import ENTRIES, Entry
 from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.errors import PoolWatchError
@@ -183,6 +185,8 @@ class TortoiseInstrumentation:
         # id(root client) -> (client, its pool's events, its gate): the per-checkout lookup
         self._by_client: dict[int, tuple[Any, PoolEvents, Gate | None]] = {}
         self._patched: list[tuple[type, str, Any]] = []
+        # Give-backs of failed entries still running (shielded from their task's cancel).
+        self._undoing: set[asyncio.Task[None]] = set()
 
     # -- install / uninstall -------------------------------------------------------------
 
@@ -341,7 +345,7 @@ class TortoiseInstrumentation:
 
         return query
 
-    def _wrap_acquire(self, original: AsyncMethod, locate: Locate) -> AsyncMethod:
+    def _wrap_acquire(self, original: AsyncMethod, locate: Locate, entry: Entry) -> AsyncMethod:
         instrumentation = self
 
         @functools.wraps(original)
@@ -353,13 +357,18 @@ class TortoiseInstrumentation:
             ticket = events.acquire_started()
             record = ConnectTime()
             token = _acquire.set(record)
+            before = entry.before(self)
             started = perf_counter()
             try:
                 if gate is None:
                     connection = await original(self)
                 else:  # autosize's limiter, the acquire timeout
                     permit = gate.limits()
-                    connection = await gate.admit(lambda: original(self))
+                    connection = await gate.admit(
+                        lambda: original(self),
+                        lambda: entry.taken(self, before),
+                        lambda: instrumentation._undo(entry, self, before, events),
+                    )
                     if permit:
                         instrumentation._permits[id(self)] = instrumentation._returns.when_back(
                             connection, gate.leave
@@ -372,6 +381,8 @@ class TortoiseInstrumentation:
                 clock = _query_clock.get()
                 if clock is not None:
                     clock.acquiring += perf_counter() - started
+                if gate is None:  # (a gate undoes the entry before its permit goes back)
+                    await instrumentation._undo(entry, self, before, events)
                 raise
             _acquire.reset(token)
             events.acquire_succeeded(ticket, id(self), record.connecting)
@@ -382,12 +393,29 @@ class TortoiseInstrumentation:
 
         return aenter
 
+    async def _undo(self, entry: Entry, manager: Any, before: Any, events: PoolEvents) -> None:
+        """Give back what a failed entry took, shielded: a second cancellation ends the
+        wait for it, never the give-back itself."""
+        try:
+            giving = entry.undo(manager, before)
+        except Exception as exc:  # poolwatch's own knowledge of Tortoise failed
+            giving = None
+            logger.warning("poolwatch: could not undo a failed Tortoise entry: %r", exc)
+            events.reclaimed("failed")
+        if giving is None:
+            return
+        events.return_started()
+        task = asyncio.get_running_loop().create_task(_finish_undo(giving, events))
+        self._undoing.add(task)
+        task.add_done_callback(self._undoing.discard)
+        await asyncio.shield(task)
+
     def _wrap_release(self, original: AsyncMethod, locate: Locate, *, trims: bool) -> AsyncMethod:
         instrumentation = self
 
-        # The connection counts as released when the application lets go of it, before
-        # the driver's own housekeeping (asyncpg resets it, a round trip). A plain
-        # function handing back the original coroutine: no coroutine layer of ours.
+        # The checkout ends when the application lets go of the connection, before the
+        # driver's own housekeeping (asyncpg resets it, a round trip); until that is over
+        # the connection is counted as returning, so the driver's count can be checked.
         @functools.wraps(original)
         def aexit(self: Any, *exc_info: Any) -> Coroutine[Any, Any, Any]:
             client = locate(self)
@@ -395,21 +423,26 @@ class TortoiseInstrumentation:
                 return original(self, *exc_info)
             _, events, gate = instrumentation._pool(client)
             events.released(id(self))
+            events.return_started()
             permits = instrumentation._permits
             if gate is None or id(self) not in permits:
-                return original(self, *exc_info)
+                return _returning(original(self, *exc_info), events)
             return _release_through(
                 gate,
                 original(self, *exc_info),
                 self if trims else None,
                 instrumentation._returns,
                 permits.pop(id(self)),
+                events=events,
             )
 
         return aexit
 
     def _patch_acquire(self, cls: type, locate: Locate, *, trims: bool = False) -> None:
-        self._patch(cls, "__aenter__", self._wrap_acquire(cls.__dict__["__aenter__"], locate))
+        entry = ENTRIES[cls.__name__]
+        self._patch(
+            cls, "__aenter__", self._wrap_acquire(cls.__dict__["__aenter__"], locate, entry)
+        )
         self._patch(
             cls, "__aexit__", self._wrap_release(cls.__dict__["__aexit__"], locate, trims=trims)
         )
@@ -453,12 +486,36 @@ class TortoiseInstrumentation:
         return create_pool
 
 
+async def _returning(release: Coroutine[Any, Any, Any], events: PoolEvents) -> Any:
+    try:
+        return await release
+    finally:
+        events.return_finished()
+
+
+async def _finish_undo(giving: Coroutine[Any, Any, str], events: PoolEvents) -> None:
+    try:
+        outcome = await giving
+    except Exception as exc:
+        outcome = "failed"
+        logger.warning(
+            "poolwatch: giving back a connection taken by a failed entry raised %r; it may "
+            "be lost (see poolwatch_pool_drift)",
+            exc,
+        )
+    finally:
+        events.return_finished()
+    events.reclaimed(outcome)
+
+
 async def _release_through(
     gate: Gate,
     release: Coroutine[Any, Any, Any],
     manager: Any,
     returns: ReturnHook,
     pending: Pending | None,
+    *,
+    events: PoolEvents,
 ) -> Any:
     """Release a connection under autosize: closed if the pool holds too many, then the
     permit goes back once the driver has the connection (never before): from inside
@@ -469,6 +526,7 @@ async def _release_through(
             await _close_quietly(getattr(manager, "connection", None))
         return await release
     finally:
+        events.return_finished()
         if pending is None or returns.cancel(pending):
             gate.leave()
 

@@ -1,0 +1,276 @@
+"""No connection is ever lost to a cancellation or a timeout, on every acquire path.
+
+The truth is the driver's own count of connections in use and the server's own list of
+sessions (``tests/pool_truth.py``), never poolwatch's view of itself. Cancellations are
+swept over every point of an entry: after 0, 1, 2 ... event-loop turns, then after small
+delays, so that one of them lands while ``BEGIN`` is on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from tortoise import Tortoise, connections
+from tortoise.backends.base.executor import EXECUTOR_CACHE
+from tortoise.transactions import in_transaction
+
+from poolwatch import PoolTimeoutError, PoolWatch
+from tests.metrics_helpers import value
+from tests.pool_truth import (
+    driver_in_use,
+    mysql_open_transactions,
+    pg_idle_in_transaction,
+    settled,
+)
+
+RECLAIMED = "poolwatch_connections_reclaimed_total"
+DRIFT = "poolwatch_pool_drift"
+
+# Cancellation points: event-loop turns first, then delays (seconds) past the turns.
+SWEEP: list[int | float] = [*range(40), *(i * 0.0002 for i in range(1, 40))]
+
+
+def _tortoise_url(dsn: str, scheme: str, **params: Any) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"{scheme}://{dsn.split('://', 1)[1]}" + (f"?{query}" if query else "")
+
+
+@contextlib.asynccontextmanager
+async def tortoise_on(url: str) -> AsyncIterator[Any]:
+    EXECUTOR_CACHE.clear()
+    await Tortoise.init(db_url=url, modules={"models": ["tests.tortoise_models"]})
+    try:
+        yield connections.get("default")
+    finally:
+        await Tortoise.close_connections()
+
+
+async def _cancel_after(step: int | float, work: Callable[[], Awaitable[Any]]) -> None:
+    task = asyncio.ensure_future(work())
+    if isinstance(step, int):
+        for _ in range(step):
+            await asyncio.sleep(0)
+    else:
+        await asyncio.sleep(step)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _transaction() -> None:
+    async with in_transaction() as connection:
+        await connection.execute_query("SELECT 1")
+
+
+async def _plain() -> None:
+    await connections.get("default").execute_query("SELECT 1")
+
+
+def _reclaimed(watch: PoolWatch) -> float:
+    return sum(
+        value(watch.registry, RECLAIMED, pool="default", outcome=outcome) or 0.0
+        for outcome in ("returned", "closed")
+    )
+
+
+async def _assert_whole(watch: PoolWatch, client: Any) -> None:
+    """The driver has every connection back, poolwatch agrees, and the pool still works."""
+    assert await settled(client) == 0
+    observer = watch._observers["default"]
+    assert observer.checked_out() == 0
+    assert observer.pending() == 0
+    assert observer.returning == 0
+    assert value(watch.registry, DRIFT, pool="default") == 0
+    assert value(watch.registry, RECLAIMED, pool="default", outcome="failed") == 0
+    assert value(watch.registry, "poolwatch_internal_errors_total", component="pool") == 0
+    await asyncio.wait_for(_transaction(), 5)
+
+
+# -- the reported bug --------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_transactions_under_an_acquire_timeout_lose_no_connection(
+    pg_database: str,
+) -> None:
+    """The issue's reproduction: 200 clients x 10 requests per round, each a transaction
+    with a 30 ms statement, on a pool of 10 with an acquire timeout near the typical wait.
+    Before the fix the pool was gone within the first round (10 of 10 connections left
+    checked out, idle in transaction, and poolwatch saw none of them)."""
+    app = FastAPI()
+
+    @app.get("/tx")
+    async def tx() -> dict[str, bool]:
+        async with in_transaction() as connection:
+            await connection.execute_query("SELECT pg_sleep($1)", [0.03])
+        return {"ok": True}
+
+    watch = PoolWatch(acquire_timeout=0.23, leak_threshold=1)
+    watch.instrument_app(app)
+    watch.instrument_tortoise()
+    try:
+        async with tortoise_on(_tortoise_url(pg_database, "asyncpg", maxsize=10)) as client:
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+                for _ in range(3):
+                    statuses: list[int] = []
+
+                    async def user(
+                        http: httpx.AsyncClient = http, out: list[int] = statuses
+                    ) -> None:
+                        for _ in range(10):
+                            out.append((await http.get("/tx")).status_code)
+
+                    await asyncio.gather(*(user() for _ in range(200)))
+                    assert len(statuses) == 2000
+                    assert statuses.count(200) > 100  # the pool kept serving
+                    assert statuses.count(500) > 100  # and the timeout really fired
+                    assert await settled(client) == 0
+                    assert pg_idle_in_transaction(pg_database) == 0
+                    assert watch._observers["default"].checked_out() == 0
+                    assert value(watch.registry, DRIFT, pool="default") == 0
+            timeouts = value(watch.registry, "db_client_connection_timeouts_total", pool="default")
+            assert timeouts > 300
+    finally:
+        watch.uninstrument()
+
+
+# -- every Tortoise backend: cancellation swept over the entries -------------------------
+
+
+def _backend_url(request: pytest.FixtureRequest, backend: str, tmp_path: Any) -> str:
+    if backend == "sqlite":
+        return f"sqlite://{tmp_path / 'sweep.db'}"
+    if backend == "mysql":
+        url = request.getfixturevalue("mysql_database")
+        return _tortoise_url(url, "mysql", minsize=1, maxsize=4)
+    dsn = request.getfixturevalue("pg_database")
+    return _tortoise_url(dsn, backend, minsize=1, maxsize=4)
+
+
+@pytest.mark.parametrize("backend", ["asyncpg", "psycopg", "sqlite", "mysql"])
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "acquire_timeout"])
+async def test_a_cancelled_entry_gives_its_connection_back(
+    backend: str, gated: bool, request: pytest.FixtureRequest, tmp_path: Any
+) -> None:
+    """Without poolwatch, each of these backends loses connections (SQLite: its lock)
+    to this sweep; with it, every one comes back and the pool still serves."""
+    url = _backend_url(request, backend, tmp_path)
+    watch = PoolWatch(acquire_timeout=30.0) if gated else PoolWatch()
+    watch.instrument_tortoise()
+    try:
+        async with tortoise_on(url) as client:
+            await _plain()  # opens the pool
+            for work in (_transaction, _plain):
+                for step in SWEEP:
+                    await _cancel_after(step, work)
+                await _assert_whole(watch, client)
+            # The sweep did land inside entries that had taken a connection.
+            assert _reclaimed(watch) > 0
+            if backend in ("asyncpg", "psycopg"):
+                assert pg_idle_in_transaction(request.getfixturevalue("pg_database")) == 0
+            if backend == "mysql":
+                assert mysql_open_transactions(request.getfixturevalue("mysql_database")) == 0
+    finally:
+        watch.uninstrument()
+
+
+async def test_a_first_sqlite_connection_cancelled_while_opening_frees_the_lock(
+    tmp_path: Any,
+) -> None:
+    """SQLite opens its connection on first use, with the lock held: a cancellation
+    there used to keep the lock, and every later query waited forever."""
+    watch = PoolWatch()
+    watch.instrument_tortoise()
+    try:
+        for step in range(12):
+            async with tortoise_on(f"sqlite://{tmp_path / f'first{step}.db'}") as client:
+                await _cancel_after(step, _plain)
+                assert await settled(client) == 0
+                await asyncio.wait_for(_plain(), 5)
+    finally:
+        watch.uninstrument()
+
+
+# -- the acquire timeout ends only the wait -----------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_the_acquire_timeout_ends_only_the_wait(pg_database: str) -> None:
+    """A connection freed right around the deadline either reaches the waiter, whose
+    transaction then runs in full, or goes back to the pool: never half of each."""
+    watch = PoolWatch(acquire_timeout=0.05)
+    watch.instrument_tortoise()
+    outcomes = {"timed out": 0, "served": 0}
+    try:
+        async with tortoise_on(_tortoise_url(pg_database, "asyncpg", minsize=1, maxsize=1)) as c:
+            await _plain()
+            for offset in range(-10, 11):
+                holding = asyncio.Event()
+
+                async def hold(offset: int = offset, holding: asyncio.Event = holding) -> None:
+                    async with in_transaction():
+                        holding.set()
+                        await asyncio.sleep(0.05 + offset * 0.0005)
+
+                holder = asyncio.create_task(hold())
+                await holding.wait()
+                try:
+                    async with in_transaction() as connection:
+                        rows = await connection.execute_query_dict("SELECT 1 AS one")
+                    assert rows == [{"one": 1}]
+                    outcomes["served"] += 1
+                except PoolTimeoutError:
+                    outcomes["timed out"] += 1
+                await holder
+                assert await settled(c) == 0
+            assert pg_idle_in_transaction(pg_database) == 0
+            await _assert_whole(watch, c)
+    finally:
+        watch.uninstrument()
+    assert outcomes["timed out"] > 0
+    assert outcomes["served"] > 0
+
+
+# -- what poolwatch cannot undo, it shows ---------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_a_connection_taken_around_the_orm_shows_as_drift_and_as_a_leak(
+    pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection the driver has out with no checkout poolwatch saw (here taken from the
+    driver's pool directly) is drift at every scrape, and a leak once held past the
+    threshold, reported once, with the route it cannot know."""
+    watch = PoolWatch(leak_threshold=0.5)
+    watch.instrument_tortoise()
+    try:
+        async with tortoise_on(_tortoise_url(pg_database, "asyncpg", maxsize=4)) as client:
+            await _plain()  # the pool exists; the leak scan starts with it
+            raw = await client._pool.acquire()
+            assert value(watch.registry, DRIFT, pool="default") == 1
+            with caplog.at_level(logging.WARNING, logger="poolwatch.leaks"):
+                for _ in range(40):
+                    await asyncio.sleep(0.1)
+                    await _plain()  # poolwatch's own checkouts do not change the count
+                    leaks = value(
+                        watch.registry,
+                        "poolwatch_connection_leaks_total",
+                        pool="default",
+                        route="unknown",
+                    )
+                    if leaks:
+                        break
+            assert leaks == 1
+            assert "no checkout poolwatch saw" in caplog.text
+            await client._pool.release(raw)
+            assert value(watch.registry, DRIFT, pool="default") == 0
+            assert driver_in_use(client) == 0
+    finally:
+        watch.uninstrument()
