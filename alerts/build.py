@@ -515,6 +515,25 @@ def _alerts() -> list[Alert]:
             ),
         )
     )
+    def unaccounted(c: Config, m: int, fires: bool) -> Case:
+        level = c.threshold("PoolwatchConnectionsUnaccounted") + (2 if fires else 0)
+        return _gauge_case("poolwatch_pool_drift", POOL, level, m, value=f"{level:g}", fires=fires)
+
+    a.append(
+        Alert(
+            "PoolwatchConnectionsUnaccounted",
+            "warning",
+            lambda c: (
+                "min by (job, instance, pool) (min_over_time(poolwatch_pool_drift["
+                f"{c.rate}])) > {c.threshold('PoolwatchConnectionsUnaccounted'):g}"
+            ),
+            "Connections of pool {{ $labels.pool }} are out with nobody holding them",
+            "{{ $value }} connections of pool {{ $labels.pool }} ({{ $labels.job }}, "
+            "{{ $labels.instance }}) have been in use in the driver all along the last rate "
+            "window with no checkout poolwatch saw: taken around the ORM, or lost for good.",
+            unaccounted,
+        )
+    )
     a.append(
         counter_alert(
             "PoolwatchInternalErrors",

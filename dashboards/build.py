@@ -5,7 +5,8 @@
 
 Three dashboards, all with the same variables (data source; job, instance, pool and
 route, each multi-valued with "All" meaning ``.+``): **Pools** (utilisation, connections,
-waiting, acquire wait, hold and creation times, timeouts, autosize), **Queries** (rates
+waiting, acquire wait, hold and creation times, timeouts, autosize, leaks, unaccounted
+connections and give-backs), **Queries** (rates
 and latency by operation and route, errors, queries per request, slowest routes) and
 **N+1** (findings, duplicates, slow statements, the routes running most statements).
 Every panel has a title, a description and a unit; counters are always read through
@@ -203,6 +204,34 @@ def pools() -> list[Panel]:
                     "sum by (pool, route) "
                     f"(increase(poolwatch_connection_leaks_total{{{POOL}}}[{RATE}]))",
                     "{{pool}} {{route}}",
+                )
+            ],
+        ),
+        Panel(
+            "Unaccounted connections (drift)",
+            "Connections the driver has in use that no checkout poolwatch saw accounts for "
+            "(above 0: taken around the ORM, or lost); below 0, checkouts poolwatch holds "
+            "that the driver has back. Above 0 all along the rate window: "
+            "PoolwatchConnectionsUnaccounted.",
+            "short",
+            [
+                Query(
+                    f"sum by (instance, pool) (poolwatch_pool_drift{{{POOL}}})",
+                    "{{instance}} {{pool}}",
+                )
+            ],
+        ),
+        Panel(
+            "Connections given back after a failed acquire",
+            "Connections taken by an acquire that was then cancelled or timed out (a "
+            "transaction's BEGIN cut short), which poolwatch gave back to the pool: "
+            "returned, closed (its slot back), or failed (it may be lost).",
+            "short",
+            [
+                Query(
+                    "sum by (pool, outcome) "
+                    f"(increase(poolwatch_connections_reclaimed_total{{{POOL}}}[{RATE}]))",
+                    "{{pool}} {{outcome}}",
                 )
             ],
         ),
