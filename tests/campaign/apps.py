@@ -21,7 +21,7 @@ Each :class:`Shop` also reads its driver's own counts, which the campaign checks
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -111,8 +111,9 @@ class TortoiseItems:
 
 
 class TortoiseOrders:
-    def __init__(self, items: TortoiseItems) -> None:
+    def __init__(self, items: TortoiseItems, placeholder: str) -> None:
         self.items = items
+        self.sleep = f"SELECT pg_sleep({placeholder})"
 
     async def place(self, item_id: int, quantity: int, reject: bool) -> int:
         async with in_transaction():
@@ -126,7 +127,7 @@ class TortoiseOrders:
 
     async def slow_report(self) -> None:
         async with in_transaction() as connection:
-            await connection.execute_query("SELECT pg_sleep($1)", [SLOW_SECONDS])
+            await connection.execute_query(self.sleep, [SLOW_SECONDS])
 
 
 class TortoiseShop:
@@ -140,7 +141,7 @@ class TortoiseShop:
         self.url = f"{driver}://{dsn.split('://', 1)[1]}?minsize=1&maxsize={max_size}"
         self.app, items, orders, reports = _app(self.name)
         repository = TortoiseItems()
-        service = TortoiseOrders(repository)
+        service = TortoiseOrders(repository, "$1" if driver == "asyncpg" else "%s")
 
         @items.get("/{item_id}")
         async def get_item(item_id: int) -> dict[str, Any]:
@@ -215,14 +216,7 @@ async def async_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def sync_session(request: Request) -> Iterator[Session]:
-    sessions: sessionmaker[Session] = request.app.state.sessions
-    with sessions() as session:
-        yield session
-
-
 AsyncDb = Annotated[AsyncSession, Depends(async_session)]
-SyncDb = Annotated[Session, Depends(sync_session)]
 
 
 class AsyncItems:
@@ -379,27 +373,33 @@ class SQLAlchemySyncShop:
         )
         sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.app, items, orders, reports = _app(self.name)
-        self.app.state.sessions = sessions
 
+        # Each endpoint opens its own session: a sync ``yield`` dependency would hold the
+        # connection until FastAPI runs its teardown, which 200 waiting requests starve of
+        # threads (and a request cancelled meanwhile may never run): no pool survives that.
         @items.get("/{item_id}")
-        def get_item(item_id: int, db: SyncDb) -> dict[str, Any]:
-            item = SyncItems(db).get(item_id)
-            if item is None:
-                raise HTTPException(404)
-            return {"id": item.id, "stock": item.stock}
+        def get_item(item_id: int) -> dict[str, Any]:
+            with sessions() as db:
+                item = SyncItems(db).get(item_id)
+                if item is None:
+                    raise HTTPException(404)
+                return {"id": item.id, "stock": item.stock}
 
         @orders.post("")
-        def place(item_id: int, db: SyncDb, reject: bool = False) -> dict[str, int]:
-            return {"id": SyncOrders(db).place(item_id, 1, reject)}
+        def place(item_id: int, reject: bool = False) -> dict[str, int]:
+            with sessions() as db:
+                return {"id": SyncOrders(db).place(item_id, 1, reject)}
 
         @reports.get("/slow")
-        def slow(db: SyncDb) -> dict[str, bool]:
-            SyncOrders(db).slow_report()
+        def slow() -> dict[str, bool]:
+            with sessions() as db:
+                SyncOrders(db).slow_report()
             return {"ok": True}
 
         @reports.get("/broken")
-        def broken(db: SyncDb) -> None:
-            db.execute(text("SELECT * FROM missing_table"))
+        def broken() -> None:
+            with sessions() as db:
+                db.execute(text("SELECT * FROM missing_table"))
 
         @reports.get("/guarded")
         async def guarded(within: float) -> dict[str, bool]:
