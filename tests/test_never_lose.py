@@ -21,7 +21,7 @@ from tortoise import Tortoise, connections
 from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.transactions import in_transaction
 
-from poolwatch import PoolTimeoutError, PoolWatch
+from poolwatch import Autosize, PoolTimeoutError, PoolWatch
 from tests.metrics_helpers import value
 from tests.pool_truth import (
     driver_in_use,
@@ -155,15 +155,17 @@ def _backend_url(request: pytest.FixtureRequest, backend: str, tmp_path: Any) ->
 
 
 @pytest.mark.parametrize("backend", ["asyncpg", "psycopg", "sqlite", "mysql"])
-@pytest.mark.parametrize("gated", [False, True], ids=["plain", "acquire_timeout"])
+@pytest.mark.parametrize("gate", ["plain", "acquire_timeout", "autosize"])
 async def test_a_cancelled_entry_gives_its_connection_back(
-    backend: str, gated: bool, request: pytest.FixtureRequest, tmp_path: Any
+    backend: str, gate: str, request: pytest.FixtureRequest, tmp_path: Any
 ) -> None:
     """Without poolwatch, each of these backends loses connections (SQLite: its lock)
-    to this sweep; with it, every one comes back and the pool still serves."""
+    to this sweep; with it, every one comes back and the pool still serves. Autosize puts
+    its limiter (and, on asyncpg, its hook in asyncpg's own return) in front."""
     url = _backend_url(request, backend, tmp_path)
-    watch = PoolWatch(acquire_timeout=30.0) if gated else PoolWatch()
-    watch.instrument_tortoise()
+    watch = PoolWatch() if gate == "plain" else PoolWatch(acquire_timeout=30.0)
+    autosize = Autosize(min=1, max=4, interval=3600, budget=4) if gate == "autosize" else None
+    watch.instrument_tortoise(autosize=autosize)
     try:
         async with tortoise_on(url) as client:
             await _plain()  # opens the pool
@@ -171,6 +173,8 @@ async def test_a_cancelled_entry_gives_its_connection_back(
                 for step in SWEEP:
                     await _cancel_after(step, work)
                 await _assert_whole(watch, client)
+                sizer = watch.guards.sizers.get("default")
+                assert sizer is None or sizer.limiter.in_use == 0
             # The sweep did land inside entries that had taken a connection.
             assert _reclaimed(watch) > 0
             if backend in ("asyncpg", "psycopg"):
@@ -196,6 +200,75 @@ async def test_a_first_sqlite_connection_cancelled_while_opening_frees_the_lock(
                 await asyncio.wait_for(_plain(), 5)
     finally:
         watch.uninstrument()
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+async def test_a_mysql_pool_created_under_autosize_does_not_wait_for_itself(
+    mysql_database: str, limit: int
+) -> None:
+    """Tortoise's MySQL client checks a connection out of the pool it is creating, inside
+    the first checkout's entry. Through autosize's gate that inner checkout waited for a
+    permit its own outer checkout held: at a limit of 1 always, at 2 when two first
+    requests came at once (the second holds a permit while it waits for the pool)."""
+    url = "mysql://" + mysql_database.split("://", 1)[1] + "?minsize=1&maxsize=4"
+    watch = PoolWatch(acquire_timeout=5.0)
+    sizing = Autosize(min=limit, max=4, interval=3600, budget=4)
+    watch.instrument_tortoise(autosize=sizing)
+    try:
+        async with tortoise_on(url) as client:
+            await asyncio.wait_for(asyncio.gather(*(_plain() for _ in range(limit + 2))), 10)
+            assert await settled(client) == 0
+            assert watch.guards.sizers["default"].limiter.in_use == 0
+    finally:
+        watch.uninstrument()
+
+
+# -- SQLAlchemy: its pools give back a cancelled checkout themselves; the gate must too ----
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg", "aiomysql"])
+async def test_sqlalchemy_cancellations_leave_pool_gate_and_accounting_whole(
+    driver: str, request: pytest.FixtureRequest
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    if driver == "aiomysql":
+        url = request.getfixturevalue("mysql_database").replace("mysql://", "mysql+aiomysql://")
+    else:
+        dsn = request.getfixturevalue("pg_database")
+        url = dsn.replace("postgresql://", f"postgresql+{driver}://")
+    engine = create_async_engine(url, pool_size=4, max_overflow=0, pool_timeout=30)
+    watch = PoolWatch(acquire_timeout=30.0)
+    watch.instrument_sqlalchemy(engine, autosize=Autosize(min=1, max=4, interval=3600, budget=4))
+
+    async def transaction() -> None:
+        async with engine.begin() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def session() -> None:
+        async with AsyncSession(engine) as opened, opened.begin():
+            await opened.execute(text("SELECT 1"))
+
+    try:
+        await transaction()
+        for work in (transaction, session):
+            for step in SWEEP:
+                await _cancel_after(step, work)
+        pool = engine.sync_engine.pool
+        for _ in range(100):
+            if not pool.checkedout():  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.05)
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert watch.guards.sizers["main"].limiter.in_use == 0
+        observer = watch._observers["main"]
+        assert (observer.checked_out(), observer.pending()) == (0, 0)
+        assert value(watch.registry, DRIFT, pool="main") == 0
+        await asyncio.wait_for(transaction(), 5)
+    finally:
+        watch.uninstrument()
+        await engine.dispose()
 
 
 # -- the acquire timeout ends only the wait -----------------------------------------------

@@ -354,6 +354,12 @@ class TortoiseInstrumentation:
             if client is None:  # a lock inside a transaction, not a pool checkout
                 return await original(self)
             _, events, gate = instrumentation._pool(client)
+            if _acquire.get() is not None:
+                # A checkout inside this task's own acquire (Tortoise's MySQL client takes
+                # a connection to set up the pool it is creating) is part of that acquire:
+                # it passes the gate, whose permit the outer acquire holds. Through the
+                # gate it would wait for a second permit forever at a limit of 1.
+                gate = None
             ticket = events.acquire_started()
             record = ConnectTime()
             token = _acquire.set(record)
