@@ -271,6 +271,63 @@ async def test_sqlalchemy_cancellations_leave_pool_gate_and_accounting_whole(
         await engine.dispose()
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("autosize", [False, True], ids=["static", "autosize"])
+def test_sqlalchemy_sync_timeouts_and_errors_across_threads_leave_everything_whole(
+    pg_database: str, autosize: bool
+) -> None:
+    """Sync pools have no cancellation, but threads that time out waiting (the pool's own
+    timeout, or autosize's) and statements that fail must leave the pool, the limiter and
+    poolwatch's accounting as they found them."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import create_engine, exc, text
+
+    url = pg_database.replace("postgresql://", "postgresql+psycopg://")
+    engine = create_engine(url, pool_size=4, max_overflow=0, pool_timeout=0.02)
+    watch = PoolWatch(acquire_timeout=0.02)
+    sizing = Autosize(min=1, max=4, initial=2, interval=3600, budget=4) if autosize else None
+    watch.instrument_sqlalchemy(engine, autosize=sizing)
+    outcomes: dict[str, int] = {}
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(25):
+            try:
+                with engine.begin() as connection:
+                    connection.execute(text("SELECT pg_sleep(0.002)"))
+                    if rng.random() < 0.2:
+                        connection.execute(text("SELECT * FROM missing_table"))
+                kind = "ok"
+            except PoolTimeoutError:
+                kind = "autosize timeout"
+            except exc.TimeoutError:
+                kind = "pool timeout"
+            except exc.ProgrammingError:
+                kind = "failed statement"
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+
+    try:
+        with ThreadPoolExecutor(16) as threads:
+            list(threads.map(work, range(16)))
+        pool = engine.pool
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        observer = watch._observers["main"]
+        assert (observer.checked_out(), observer.pending()) == (0, 0)
+        assert value(watch.registry, DRIFT, pool="main") == 0
+        if autosize:
+            assert watch.guards.sizers["main"].limiter.in_use == 0
+            assert outcomes.get("autosize timeout", 0) > 0
+        else:
+            assert outcomes.get("pool timeout", 0) > 0
+        assert outcomes["failed statement"] > 0
+        assert outcomes["ok"] > 0
+    finally:
+        watch.uninstrument()
+        engine.dispose()
+
+
 # -- the acquire timeout ends only the wait -----------------------------------------------
 
 
