@@ -202,6 +202,43 @@ async def test_a_first_sqlite_connection_cancelled_while_opening_frees_the_lock(
         watch.uninstrument()
 
 
+@pytest.mark.postgres
+async def test_a_psycopg_release_cancelled_while_the_pool_is_busy_still_returns(
+    pg_database: str,
+) -> None:
+    """psycopg_pool's putconn waits for the pool's lock, which 200 clients keep busy; a
+    cancellation there dropped the connection (2 or 3 in 5,000 requests in the fault
+    campaign). The test holds the lock itself to make the release wait."""
+    watch = PoolWatch()
+    watch.instrument_tortoise()
+    try:
+        async with tortoise_on(_tortoise_url(pg_database, "psycopg", minsize=1, maxsize=2)) as c:
+            await _plain()
+            inside, leave = asyncio.Event(), asyncio.Event()
+
+            async def hold() -> None:
+                async with c.acquire_connection():
+                    inside.set()
+                    await leave.wait()
+
+            task = asyncio.create_task(hold())
+            await inside.wait()
+            pool = c._pool
+            await pool._lock.acquire()  # busy, as under load
+            leave.set()
+            for _ in range(5):
+                await asyncio.sleep(0)  # the release now waits for the lock
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            pool._lock.release()
+            assert await settled(c) == 0
+            stats = pool.get_stats()
+            assert stats["pool_available"] == stats["pool_size"] > 0
+            await _assert_whole(watch, c)
+    finally:
+        watch.uninstrument()
+
+
 @pytest.mark.parametrize("limit", [1, 2])
 async def test_a_mysql_pool_created_under_autosize_does_not_wait_for_itself(
     mysql_database: str, limit: int

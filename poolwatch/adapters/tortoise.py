@@ -40,6 +40,7 @@ from poolwatch.adapters.timing import ConnectTime
 from poolwatch.adapters.tortoise_entry import ENTRIES, Entry
 from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
+from poolwatch.completion import complete, complete_in_task
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import PoolEvents, PoolState
 
@@ -185,8 +186,8 @@ class TortoiseInstrumentation:
         # id(root client) -> (client, its pool's events, its gate): the per-checkout lookup
         self._by_client: dict[int, tuple[Any, PoolEvents, Gate | None]] = {}
         self._patched: list[tuple[type, str, Any]] = []
-        # Give-backs of failed entries still running (shielded from their task's cancel).
-        self._undoing: set[asyncio.Task[None]] = set()
+        # Give-backs and releases still running, shielded from their caller's cancellation.
+        self._shielded: set[asyncio.Task[Any]] = set()
 
     # -- install / uninstall -------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class TortoiseInstrumentation:
                 self._wrap_create_pool(AsyncpgDBClient.__dict__["create_pool"], "connect"),
             )
         try:
-            from tortoise.backends.psycopg.client import PsycopgClient
+            from tortoise.backends.psycopg.client import AsyncConnectionPool, PsycopgClient
         except ImportError:
             pass
         else:
@@ -272,6 +273,11 @@ class TortoiseInstrumentation:
                 PsycopgClient,
                 "create_pool",
                 self._wrap_create_pool(PsycopgClient.__dict__["create_pool"], "connection_class"),
+            )
+            self._patch(
+                AsyncConnectionPool,
+                "release",
+                self._shielded_release(AsyncConnectionPool.__dict__["release"]),
             )
 
     # -- per-client lookups (hot path) -----------------------------------------------------
@@ -411,10 +417,7 @@ class TortoiseInstrumentation:
         if giving is None:
             return
         events.return_started()
-        task = asyncio.get_running_loop().create_task(_finish_undo(giving, events))
-        self._undoing.add(task)
-        task.add_done_callback(self._undoing.discard)
-        await asyncio.shield(task)
+        await complete_in_task(_finish_undo(giving, events), self._shielded)
 
     def _wrap_release(self, original: AsyncMethod, locate: Locate, *, trims: bool) -> AsyncMethod:
         instrumentation = self
@@ -459,6 +462,20 @@ class TortoiseInstrumentation:
             record.connecting += seconds
         else:  # opened at pool start-up or by a pool's background task
             self._pool_events(client).connection_created(seconds)
+
+    def _shielded_release(self, original: AsyncMethod) -> AsyncMethod:
+        """psycopg_pool's ``putconn`` cannot be cancelled safely: cancelled while it waits
+        for the pool's lock (contended under load) it drops the connection, and the pool
+        goes on counting it (the fault campaign lost 2-3 of 10 per 5,000 requests with
+        cancellations). asyncpg shields its own release; this does the same for psycopg,
+        at no cost when the return does not have to wait."""
+        shielded = self._shielded
+
+        @functools.wraps(original)
+        def release(pool: Any, connection: Any) -> Coroutine[Any, Any, Any]:
+            return complete(original(pool, connection), shielded)
+
+        return release
 
     def _wrap_create_connection(self, original: AsyncMethod) -> AsyncMethod:
         instrumentation = self
