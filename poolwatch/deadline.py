@@ -50,11 +50,15 @@ class WaitDeadline:
 
     def _expire(self) -> None:
         self._handle = None
-        if self._settled():
+        task = self._task
+        if task is None or self._settled():
             return  # handed over: from here on the block is no longer waiting
+        if task.cancelling() > self._cancelling:
+            # Already being cancelled by someone else: a second cancellation would only
+            # interrupt the driver's own clean-up (psycopg_pool drops the connection then).
+            return
         self.expired = True
-        if self._task is not None:
-            self._task.cancel()
+        task.cancel()
 
     async def __aexit__(
         self,

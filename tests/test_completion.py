@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from poolwatch.completion import complete, complete_in_task
+from poolwatch.completion import cancel_once, complete, complete_in_task
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -147,3 +147,110 @@ async def test_complete_in_task_always_uses_a_task() -> None:
         return 1
 
     assert await complete_in_task(work(), keep) == 1
+
+
+async def test_cancel_once_passes_on_only_the_first_cancellation() -> None:
+    """The caller ends cancelled, but only once the work has cleaned up undisturbed."""
+    keep: set[asyncio.Task[Any]] = set()
+    lock = asyncio.Lock()
+    steps: list[str] = []
+
+    async def acquire() -> str:
+        try:
+            await asyncio.sleep(10)  # waiting for a connection
+        except asyncio.CancelledError:
+            async with lock:  # the driver's clean-up, which must not be interrupted
+                steps.append("cleaned up")
+            raise
+        return "connection"
+
+    async def orphan(connection: str) -> None:
+        steps.append(f"gave back {connection}")
+
+    caller = asyncio.create_task(cancel_once(acquire(), keep, orphan))
+    await asyncio.sleep(0)
+    await lock.acquire()
+    caller.cancel()
+    await asyncio.sleep(0)
+    caller.cancel()  # a second source of cancellation, during the clean-up
+    await asyncio.sleep(0)
+    assert not caller.done()
+    lock.release()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert steps == ["cleaned up"]
+    assert not keep
+
+
+async def test_a_result_that_comes_after_the_cancellation_is_given_back() -> None:
+    keep: set[asyncio.Task[Any]] = set()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    given_back: list[str] = []
+
+    async def acquire() -> str:
+        try:
+            return await asyncio.shield(ready)
+        except asyncio.CancelledError:  # a driver that hands over regardless
+            return await ready
+
+    async def orphan(connection: str) -> None:
+        given_back.append(connection)
+
+    caller = asyncio.create_task(cancel_once(acquire(), keep, orphan))
+    await asyncio.sleep(0)
+    caller.cancel()
+    await asyncio.sleep(0)
+    ready.set_result("connection 3")
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert given_back == ["connection 3"]
+
+
+async def test_cancel_once_hands_results_and_errors_through() -> None:
+    keep: set[asyncio.Task[Any]] = set()
+
+    async def orphan(connection: str) -> None:
+        raise AssertionError("nothing to give back")
+
+    async def slow() -> str:
+        await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
+        return "connection"
+
+    async def failing() -> str:
+        await asyncio.sleep(0.001)
+        raise LookupError("pool closed")
+
+    assert await cancel_once(slow(), keep, orphan) == "connection"
+    with pytest.raises(LookupError, match="pool closed"):
+        await cancel_once(failing(), keep, orphan)
+
+
+async def test_cancel_once_under_a_timeout_is_a_timeout() -> None:
+    keep: set[asyncio.Task[Any]] = set()
+
+    async def orphan(connection: str) -> None:
+        raise AssertionError("nothing to give back")
+
+    async def waits() -> str:
+        await asyncio.sleep(10)
+        return "connection"
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await cancel_once(waits(), keep, orphan)
+
+
+async def test_cancel_once_without_a_suspension_costs_no_task() -> None:
+    keep: set[asyncio.Task[Any]] = set()
+
+    async def acquire() -> str:
+        return "connection"
+
+    async def orphan(connection: str) -> None:
+        raise AssertionError("nothing to give back")
+
+    assert await cancel_once(acquire(), keep, orphan) == "connection"
+    assert not keep

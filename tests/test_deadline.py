@@ -82,3 +82,26 @@ async def test_nothing_happens_when_the_block_finishes_in_time() -> None:
         await asyncio.sleep(0)
     await asyncio.sleep(0.08)  # the timer was cancelled with the block
     assert not deadline.expired
+
+
+async def test_it_adds_no_cancellation_to_a_task_already_being_cancelled() -> None:
+    """A driver cleaning up after one cancellation must not be interrupted by a second."""
+    deadline = WaitDeadline(0.01, lambda: False)
+    cleaned: list[bool] = []
+
+    async def wait() -> None:
+        async with deadline:
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.03)  # the clean-up outlives the deadline
+                cleaned.append(True)
+                raise
+
+    task = asyncio.create_task(wait())
+    await asyncio.sleep(0)
+    task.cancel()  # someone else's cancellation comes first
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == [True]
+    assert not deadline.expired
