@@ -272,6 +272,11 @@ def counter_alert(
 
 
 def _alerts() -> list[Alert]:
+    return [*_traffic_alerts(), *_health_alerts()]
+
+
+def _traffic_alerts() -> list[Alert]:
+    """Alerts on what the app's traffic does to its pools and statements."""
     a: list[Alert] = []
 
     def saturated(c: Config, m: int, fires: bool) -> Case:
@@ -473,6 +478,13 @@ def _alerts() -> list[Alert]:
         )
     )
 
+    return a
+
+
+def _health_alerts() -> list[Alert]:
+    """Alerts on the pools' limits, lost connections and poolwatch's own health."""
+    a: list[Alert] = []
+
     def ceiling(c: Config, m: int, fires: bool) -> Case:
         target = 40 if fires else 39
         data = [
@@ -515,6 +527,7 @@ def _alerts() -> list[Alert]:
             ),
         )
     )
+
     def unaccounted(c: Config, m: int, fires: bool) -> Case:
         level = c.threshold("PoolwatchConnectionsUnaccounted") + (2 if fires else 0)
         return _gauge_case("poolwatch_pool_drift", POOL, level, m, value=f"{level:g}", fires=fires)
