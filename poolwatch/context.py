@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from poolwatch.errors import NPlusOneError
+from poolwatch.routes import RouteTemplates
 
 if TYPE_CHECKING:
     from poolwatch.detect import ScopeQueries
@@ -32,20 +33,38 @@ __all__ = [
 NO_ROUTE = "none"
 UNMATCHED = "unmatched"
 
+# Route templates of scopes made without an application's routing table (no mounts).
+_default_templates = RouteTemplates()
+
 
 class WorkScope:
     """One unit of work: an HTTP request or a ``poolwatch.scope(name)`` block."""
 
-    __slots__ = ("_asgi", "_route", "closed", "grouped", "owner", "queries", "trace_id")
+    __slots__ = (
+        "_asgi",
+        "_route",
+        "_templates",
+        "closed",
+        "grouped",
+        "method",
+        "owner",
+        "queries",
+        "trace_id",
+    )
 
     def __init__(
         self,
         route: str | None = None,
         asgi_scope: Mapping[str, Any] | None = None,
         owner: object = None,
+        templates: Callable[[Mapping[str, Any]], str | None] | None = None,
+        method: str = "",
     ) -> None:
         self._route = route
         self._asgi = asgi_scope
+        self._templates = templates or _default_templates
+        # The HTTP method of a request ("" for scope() blocks), named in findings.
+        self.method = method
         self.queries = 0
         # The PoolWatch whose middleware opened this scope; None for scope() blocks,
         # which every active PoolWatch judges.
@@ -67,30 +86,11 @@ class WorkScope:
         """
         route = self._route
         if route is None:
-            route = route_template(self._asgi) if self._asgi is not None else None
+            route = self._templates(self._asgi) if self._asgi is not None else None
             if route is None:
                 return UNMATCHED
             self._route = route
         return route
-
-
-def route_template(asgi_scope: Mapping[str, Any]) -> str | None:
-    """The route template (``/authors/{author_id}``) the router matched, or ``None``."""
-    route = asgi_scope.get("route")
-    if route is None:
-        return None
-    path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    if not isinstance(path, str):
-        return None
-    # Inside a Mount the route's path is relative; the mount's matched prefix is the part
-    # of root_path the mount added on top of the application's own root_path.
-    root = asgi_scope.get("root_path")
-    if not root:  # most apps: no root path, no mount
-        return path
-    app_root = asgi_scope.get("app_root_path", root)
-    if isinstance(root, str) and isinstance(app_root, str) and len(root) > len(app_root):
-        path = root[len(app_root) :] + path
-    return path
 
 
 _current: contextvars.ContextVar[WorkScope | None] = contextvars.ContextVar(

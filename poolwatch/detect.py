@@ -147,7 +147,13 @@ class ScopeQueries:
 
 
 def _group_finding(
-    key: tuple[str, str], group: _Group, policy: Policy, route: str, suggest: Suggest
+    key: tuple[str, str],
+    group: _Group,
+    policy: Policy,
+    route: str,
+    suggest: Suggest,
+    *,
+    method: str,
 ) -> Finding | None:
     if group.count < policy.threshold or group.seconds < policy.min_duration:
         return None
@@ -168,10 +174,13 @@ def _group_finding(
         call_site=call_site,
         suggestion=suggest(kind, fingerprint, group.pool),
         pool=group.pool,
+        method=method,
     )
 
 
-def detect(queries: ScopeQueries, policy: Policy, route: str, suggest: Suggest) -> list[Finding]:
+def detect(
+    queries: ScopeQueries, policy: Policy, route: str, suggest: Suggest, method: str = ""
+) -> list[Finding]:
     """The findings of one scope, biggest first, allow-listed ones left out.
 
     Exact repeats inside an N+1 loop (the same author loaded for several posts) are part
@@ -180,7 +189,7 @@ def detect(queries: ScopeQueries, policy: Policy, route: str, suggest: Suggest) 
     findings: list[Finding] = []
     loops: set[tuple[str, str]] = set()
     for key, group in queries.groups.items():
-        finding = _group_finding(key, group, policy, route, suggest)
+        finding = _group_finding(key, group, policy, route, suggest, method=method)
         if finding is not None:
             findings.append(finding)
             if finding.kind == NPLUSONE:
@@ -202,6 +211,7 @@ def detect(queries: ScopeQueries, policy: Policy, route: str, suggest: Suggest) 
                 call_site=call_site,
                 suggestion=suggest(DUPLICATE, fingerprint, repeats[0].pool),
                 pool=repeats[0].pool,
+                method=method,
             )
         )
     findings = [f for f in findings if not policy.allows(f)]
@@ -215,6 +225,8 @@ def late_finding(
     policy: Policy,
     route: str,
     suggest: Suggest,
+    *,
+    method: str = "",
 ) -> Finding | None:
     """A finding made by a query that arrived after its scope was judged.
 
@@ -224,13 +236,13 @@ def late_finding(
     key, group = added
     if group.count != policy.threshold:
         return None
-    finding = _group_finding(key, group, policy, route, suggest)
+    finding = _group_finding(key, group, policy, route, suggest, method=method)
     if finding is None or policy.allows(finding):
         return None
     return finding
 
 
-def slow_finding(event: QueryEvent, suggest: Suggest) -> Finding:
+def slow_finding(event: QueryEvent, suggest: Suggest, method: str = "") -> Finding:
     """The slow-query finding of one statement (the caller decides it was slow)."""
     return Finding(
         kind=SLOW_QUERY,
@@ -241,4 +253,5 @@ def slow_finding(event: QueryEvent, suggest: Suggest) -> Finding:
         call_site=event.call_site,
         suggestion=suggest(SLOW_QUERY, event.fingerprint, event.pool),
         pool=event.pool,
+        method=method,
     )

@@ -133,7 +133,9 @@ class Finding:
     ``kind`` is ``"nplusone"`` (one query per row of an earlier result), ``"duplicate"``
     (the very same query and parameters again), ``"slow_query"`` or ``"bulk_write"``
     (one INSERT/UPDATE/DELETE per row where one batched statement would do).
-    ``duration`` is the total time of the ``count`` statements, in seconds.
+    ``duration`` is the total time of the ``count`` statements, in seconds. ``method``
+    is the request's HTTP method (empty outside a request): a ``GET`` and a ``POST`` of
+    one route are two places to look.
     """
 
     kind: str
@@ -144,10 +146,16 @@ class Finding:
     call_site: str
     suggestion: str
     pool: str
+    method: str = ""
+
+    @property
+    def where(self) -> str:
+        """``GET /api/articles`` for a request, the route (or scope name) otherwise."""
+        return f"{self.method} {self.route}" if self.method else self.route
 
     def __str__(self) -> str:
         return (
-            f"{self.kind} on {self.route}: {self.count} x {self.fingerprint!r} "
+            f"{self.kind} on {self.where}: {self.count} x {self.fingerprint!r} "
             f"({self.duration * 1000:.1f} ms) at {self.call_site}. {self.suggestion}"
         )
 

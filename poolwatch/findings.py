@@ -1,6 +1,6 @@
 """Where findings go: a bounded list of recent ones, and rate-limited log lines.
 
-The list aggregates per (kind, route, fingerprint, call site): a loop that fires on
+The list aggregates per (kind, method, route, fingerprint, call site): a loop that fires on
 every request is one entry with an occurrence count, not a thousand entries. It is what
 ``GET /poolwatch/findings`` shows, newest first.
 """
@@ -20,7 +20,7 @@ __all__ = ["FindingsLog", "FindingsLogger"]
 
 logger = logging.getLogger("poolwatch.findings")
 
-_Key = tuple[str, str, str, str]
+_Key = tuple[str, str, str, str, str]
 
 
 class _Entry:
@@ -46,7 +46,7 @@ class FindingsLog:
 
     def add(self, finding: Finding) -> None:
         """Record one occurrence of ``finding``."""
-        key = (finding.kind, finding.route, finding.fingerprint, finding.call_site)
+        key = (finding.kind, finding.method, finding.route, finding.fingerprint, finding.call_site)
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)

@@ -21,6 +21,7 @@ from poolwatch import context
 from poolwatch.context import WorkScope
 from poolwatch.exposition import Exposition
 from poolwatch.metrics import Metrics
+from poolwatch.routes import RouteTemplates, route_path
 from poolwatch.safety import FaultReporter
 from poolwatch.tracing import trace_id_of
 
@@ -106,6 +107,8 @@ class PoolWatchMiddleware:
         self._queries = metrics.request_queries
         self._http_children: dict[tuple[str, str, int], Any] = {}
         self._query_children: dict[str, Any] = {}
+        # Bound on the first request, to the application Starlette names in the scope.
+        self._templates: RouteTemplates | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._switch.on:
@@ -113,15 +116,23 @@ class PoolWatchMiddleware:
                 receive = self._lifespan_receive(receive, self._on_shutdown)
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
+        path = route_path(scope)
         if path in self._excluded:
             if path in self._served and self._exposition is not None:
-                await self._serve(scope, send, self._exposition)
+                await self._serve(scope, send, self._exposition, path)
             else:
                 await self.app(scope, receive, send)
             return
 
-        work = WorkScope(asgi_scope=scope, owner=self._owner)
+        templates = self._templates
+        if templates is None:
+            # Starlette puts the app in the scope before its middleware runs; a mounted
+            # app later replaces it, so it is read now, on the way in.
+            templates = self._templates = RouteTemplates(scope.get("app", self.app))
+        method = scope.get("method", "GET")
+        if method not in _METHODS:
+            method = "_OTHER"
+        work = WorkScope(asgi_scope=scope, owner=self._owner, templates=templates, method=method)
         if self._exemplars:
             try:
                 work.trace_id = trace_id_of(scope)
@@ -135,17 +146,15 @@ class PoolWatchMiddleware:
             failed = False
         finally:
             context.leave(token)
-            self._record(scope, work, request)
+            self._record(work, request)
             # In nplusone_mode="raise" this raises NPlusOneError once the response was
             # sent, and never in place of the application's own exception.
             context.close(work, raise_findings=not failed)
 
-    def _record(self, scope: Scope, work: WorkScope, request: _Request) -> None:
+    def _record(self, work: WorkScope, request: _Request) -> None:
         try:
             end = request.done or perf_counter()
-            method = scope.get("method", "GET")
-            if method not in _METHODS:
-                method = "_OTHER"
+            method = work.method
             route = work.route
             status = request.status or 500
             key = (method, route, status)
@@ -176,12 +185,12 @@ class PoolWatchMiddleware:
 
         return wrapped
 
-    async def _serve(self, scope: Scope, send: Send, exposition: Exposition) -> None:
+    async def _serve(self, scope: Scope, send: Send, exposition: Exposition, path: str) -> None:
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope.get("headers", ())
         }
-        response = exposition.respond(scope.get("path", ""), scope.get("method", "GET"), headers)
+        response = exposition.respond(path, scope.get("method", "GET"), headers)
         await send(
             {
                 "type": "http.response.start",

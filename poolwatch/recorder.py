@@ -135,11 +135,13 @@ class QueryRecorder:
                 grouped = work.grouped = ScopeQueries()
             added = grouped.add(event)
             if work.closed and added is not None and self.enabled:
-                late = late_finding(grouped, added, self.policy, event.route, self._suggest)
+                late = late_finding(
+                    grouped, added, self.policy, event.route, self._suggest, method=work.method
+                )
                 if late is not None:
                     self._report([late], grouped)
         if self.enabled and seconds >= self.slow_threshold:
-            self._report_slow(event)
+            self._report_slow(event, "" if work is None else work.method)
         if _sinks:
             for sink in tuple(_sinks):
                 sink(event)
@@ -156,11 +158,11 @@ class QueryRecorder:
         grouped = work.grouped
         if grouped is None:
             return []
-        findings = detect(grouped, self.policy, route, self._suggest)
+        findings = detect(grouped, self.policy, route, self._suggest, work.method)
         if findings:
             self._report(findings, grouped)
             if self.mode == "raise" and any(f.kind in (NPLUSONE, DUPLICATE) for f in findings):
-                raise NPlusOneError(findings, where=route)
+                raise NPlusOneError(findings, where=findings[0].where)
         return findings
 
     # -- reporting ---------------------------------------------------------------------
@@ -190,8 +192,8 @@ class QueryRecorder:
             self.recent.add(finding)
             self._logger.log(finding)
 
-    def _report_slow(self, event: QueryEvent) -> None:
-        finding = slow_finding(event, self._suggest)
+    def _report_slow(self, event: QueryEvent, method: str) -> None:
+        finding = slow_finding(event, self._suggest, method)
         if self.policy.allows(finding):
             return
         self._children(event.route)[2].inc()

@@ -126,8 +126,9 @@ class Capture:
         remove_sink(self._on_query)
         context.remove_scope_listener(self._on_scope_closed)
         self._open = False
-        route = self._ambient.route if self._ambient is not None else self.name
-        own = detect(self._own, self.policy, route, suggestion)
+        ambient = self._ambient
+        route, method = (ambient.route, ambient.method) if ambient is not None else (self.name, "")
+        own = detect(self._own, self.policy, route, suggestion, method)
         with self._lock:
             self.findings.extend(own)
         if exc_type is None and self.raise_on_findings:
@@ -163,7 +164,7 @@ class Capture:
     def _on_scope_closed(self, work: WorkScope) -> None:
         if work is self._ambient or work.grouped is None:
             return
-        found = detect(work.grouped, self.policy, work.route, suggestion)
+        found = detect(work.grouped, self.policy, work.route, suggestion, work.method)
         with self._lock:
             self.findings.extend(found)
 

@@ -103,6 +103,11 @@ def build(engine: Engine, watch: PoolWatch) -> FastAPI:
         loop(engine)
         return {}
 
+    @app.post("/loop")
+    async def loop_post() -> dict[str, str]:
+        loop(engine)
+        return {}
+
     @app.get("/clean")
     async def clean() -> dict[str, str]:
         with engine.connect() as conn:
@@ -193,6 +198,20 @@ async def test_findings_endpoint_lists_aggregated_findings_without_values(
     assert body == watch.findings()
     head = await client.head("/poolwatch/findings")
     assert (head.status_code, head.content) == (200, b"")
+
+
+async def test_findings_name_the_method_a_get_and_a_post_are_two_places(
+    watch: PoolWatch, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="poolwatch.findings"):
+        assert (await client.get("/loop")).status_code == 200
+        assert (await client.post("/loop")).status_code == 200
+    body = (await client.get("/poolwatch/findings")).json()["findings"]
+    assert sorted((f["method"], f["route"], f["kind"]) for f in body) == [
+        ("GET", "/loop", "nplusone"),
+        ("POST", "/loop", "nplusone"),
+    ]
+    assert "nplusone on GET /loop: 6 x 'select name from item where id = ?'" in caplog.text
     assert (await client.post("/poolwatch/findings")).status_code == 405
 
 
@@ -236,7 +255,9 @@ async def test_raise_mode_raises_after_the_response_but_never_hides_app_errors(
     app = build(engine, watch)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        with pytest.raises(NPlusOneError, match=r"1 query finding\(s\) in /loop:\n  - nplusone"):
+        with pytest.raises(
+            NPlusOneError, match=r"1 query finding\(s\) in GET /loop:\n  - nplusone on GET /loop"
+        ):
             await client.get("/loop")
         assert (await client.get("/clean")).status_code == 200
         with pytest.raises(RuntimeError, match="the app's own error"):

@@ -1,0 +1,169 @@
+"""Route templates: the label a request's duration and statements are counted under.
+
+The label is the template of the whole path the app matched, as the app's author wrote it
+across every level: ``include_router(prefix=...)``, ``APIRouter(prefix=...)`` and
+``app.mount("/t/{tenant}", sub_app)`` all contribute, so ``/t/acme/api/users/7`` is
+``/t/{tenant}/api/users/{user_id}``: never a value from the URL, which would make one
+series per tenant or id. It is relative to the app's ``root_path`` (a proxy prefix is not
+part of the route).
+
+The router leaves the matched route in ``scope["route"]``; a mount leaves the concrete
+prefix it matched in ``root_path``, which is turned back into the mount's template by
+replaying the mounts of the app's routing table on the request's path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+__all__ = ["RouteTemplates", "route_path"]
+
+# Concrete mount prefixes remembered (per app); a bound, since a prefix can hold a tenant.
+_CACHE_SIZE = 1024
+
+
+class RouteTemplates:
+    """Resolves the route template of a routed ASGI scope of one application.
+
+    ``root`` is the application (or router) whose ``routes`` the request went through; it
+    is only needed for requests that entered a mount.
+    """
+
+    __slots__ = ("_mounts", "_root")
+
+    def __init__(self, root: object = None) -> None:
+        self._root = root
+        self._mounts: dict[str, str] = {}
+
+    def __call__(self, scope: Mapping[str, Any]) -> str | None:
+        """The template of the route ``scope`` was routed to, or ``None`` if none matched."""
+        route = scope.get("route")
+        prefix = _mount_prefix(scope)
+        mount = _mount_class()
+        if route is None or (mount is not None and isinstance(route, mount)):
+            if not prefix:
+                return None
+            # A mounted app without a router of its own (or none of its routes matched):
+            # the mount is all there is.
+            leaf = "/{path}"
+        else:
+            own = _included_route_path(scope, route) or _own_path(route)
+            if own is None or not prefix:  # most requests: no mount
+                return own
+            leaf = own
+        template = self._mounts.get(prefix)
+        if template is None:
+            template = self._mount_template(prefix, route_path(scope))
+        return template + leaf
+
+    def _mount_template(self, prefix: str, rest: str) -> str:
+        routes = getattr(self._root, "routes", None)
+        template = _replay(routes, prefix + rest, len(prefix)) if routes else None
+        if template is None:
+            # A routing table poolwatch cannot replay (a custom router): the prefix as is.
+            template = prefix
+        if len(self._mounts) >= _CACHE_SIZE:
+            self._mounts.clear()
+        self._mounts[prefix] = template
+        return template
+
+
+def route_path(scope: Mapping[str, Any]) -> str:
+    """The request's path inside the app: without the ``root_path`` servers prepend.
+
+    Behind a proxy that strips ``/api`` (``uvicorn --root-path /api``), a request for
+    ``/api/metrics`` reaches the app with path ``/api/metrics`` and root path ``/api``;
+    the app's own routes, and poolwatch's, see ``/metrics`` (as Starlette's router does).
+    """
+    path: str = scope.get("path", "")
+    root = scope.get("root_path")
+    if not root or not path.startswith(root):
+        return path
+    if len(path) == len(root):
+        return "/"
+    return path[len(root) :] if path[len(root)] == "/" else path
+
+
+def _mount_prefix(scope: Mapping[str, Any]) -> str:
+    """The concrete path prefix the mounts of this request matched (``/t/acme``)."""
+    root = scope.get("root_path")
+    if not root or not isinstance(root, str):
+        return ""
+    # Starlette keeps the root path the server gave in app_root_path once a mount adds to
+    # root_path; without it, no mount was entered.
+    app_root = scope.get("app_root_path", root)
+    if not isinstance(app_root, str) or len(root) <= len(app_root):
+        return ""
+    return root[len(app_root) :]
+
+
+def _own_path(route: object) -> str | None:
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return path if isinstance(path, str) else None
+
+
+def _included_route_path(scope: Mapping[str, Any], route: object) -> str | None:
+    """The full path of a route FastAPI matched through a lazily included router.
+
+    Since FastAPI 0.16x, ``include_router`` no longer copies routes with their prefixes:
+    ``scope["route"]`` is the router's own route (``/{user_id}``) and the prefixed path
+    lives in FastAPI's private per-request state. This is the one place that reads it,
+    and only when it describes the very route that was matched; older FastAPI versions
+    do not set it and copied routes carry their full path themselves.
+    """
+    state = scope.get("fastapi")
+    if not isinstance(state, dict):
+        return None
+    context = state.get("effective_route_context")
+    if context is None or getattr(context, "original_route", None) is not route:
+        return None
+    path = getattr(context, "path_format", None)
+    return path if isinstance(path, str) and path else None
+
+
+def _replay(routes: Sequence[object], path: str, length: int) -> str | None:
+    """The template of ``path[:length]``, the part of ``path`` mounts matched.
+
+    Tries the mounts (and hosts, whose mounts are as good a guess as any: the host was
+    matched on a header) in routing order, as Starlette's router does.
+    """
+    if length == 0:
+        return ""
+    mount, host = _mount_class(), _host_class()
+    for route in routes:
+        if mount is not None and isinstance(route, mount):
+            match = route.path_regex.match(path)
+            if match is None:
+                continue
+            remaining = "/" + match.group("path")
+            used = len(path) - len(remaining)
+            if used > length:
+                continue
+            inner = _replay(route.routes, remaining, length - used)
+            if inner is not None:
+                return str(route.path_format).removesuffix("/{path}") + inner
+        elif host is not None and isinstance(route, host):
+            inner = _replay(route.routes, path, length)
+            if inner is not None:
+                return inner
+    return None
+
+
+@cache
+def _mount_class() -> type[Any] | None:
+    try:
+        from starlette.routing import Mount
+    except ImportError:  # a bare ASGI app without Starlette: no mounts to know
+        return None
+    return Mount
+
+
+@cache
+def _host_class() -> type[Any] | None:
+    try:
+        from starlette.routing import Host
+    except ImportError:
+        return None
+    return Host
