@@ -6,7 +6,13 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client import values as prometheus_values
 
 from poolwatch import context
@@ -27,6 +33,7 @@ from poolwatch.multiprocess import (
 )
 from poolwatch.observer import PoolObserver
 from poolwatch.recorder import QueryRecorder
+from poolwatch.routes import app_answers
 from poolwatch.safety import FaultReporter
 from poolwatch.suggestions import register_pool, suggestion
 
@@ -38,6 +45,14 @@ __all__ = ["PoolWatch"]
 
 def _no_state() -> PoolState | None:
     return None
+
+
+def _add_process_collectors(registry: CollectorRegistry) -> None:
+    """What prometheus_client's default registry serves: ``process_*``, ``python_gc_*``,
+    ``python_info``, which users expect on any Python app's metrics endpoint."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
 
 
 class PoolWatch:
@@ -69,10 +84,15 @@ class PoolWatch:
                 "settings", settings, "pass either a Settings object or keyword settings"
             )
         self.settings = settings or Settings.from_env(os.environ, **overrides)
-        if registry is None:
-            registry = REGISTRY if self.settings.use_global_registry else CollectorRegistry()
-        self.registry = registry
         shared_dir = multiprocess_dir(os.environ)
+        if registry is None:
+            if self.settings.use_global_registry:
+                registry = REGISTRY
+            else:
+                registry = CollectorRegistry()
+                if shared_dir is None:  # a scrape renders the workers' files instead
+                    _add_process_collectors(registry)
+        self.registry = registry
         try:
             self.metrics = Metrics(registry, multiprocess=shared_dir is not None)
         except ValueError as exc:  # prometheus_client: "Duplicated timeseries"
@@ -95,6 +115,7 @@ class PoolWatch:
         self.guards.maintenance.drifts = self._drifts
         self._undo: list[Callable[[], None]] = []
         self._switch = Switch()
+        self._apps: list[Any] = []  # instrumented by instrument_app, each once
         self._server: MetricsServer | None = None
         self._pool_gauges: PoolGauges | None = None
         self._refresher: Refresher | None = None
@@ -208,8 +229,31 @@ class PoolWatch:
                 f"instrument_app() needs a Starlette/FastAPI app, got {type(app).__name__}; "
                 "wrap other ASGI apps with watch.wrap(app)"
             )
+        if any(seen is app for seen in self._apps):
+            # Its middleware is in place: a second one would count every request twice.
+            self._activate()
+            return app
+        self._refuse_taken_paths(app)
         add_middleware(PoolWatchMiddleware, **self._middleware_options())
+        self._apps.append(app)
         return app
+
+    def _refuse_taken_paths(self, app: Any) -> None:
+        """Never answer a path the app has a route of its own for (its own ``/metrics``)."""
+        if self.settings.metrics_port is not None:
+            return  # the app's port serves none of poolwatch's paths
+        for path in sorted(self.exposition().paths):
+            if app_answers(app, path):
+                setting = "metrics_path" if path == self.settings.metrics_path else "findings_path"
+                raise ConfigError(
+                    setting,
+                    path,
+                    "is a route the app already has (its own metrics endpoint?); serve "
+                    f"poolwatch's on another path ({setting}='/poolwatch{path}'), or let the "
+                    "app's endpoint serve them: PoolWatch(use_global_registry=True, "
+                    "expose_metrics=False) when it serves prometheus_client's default "
+                    "registry (prometheus-fastapi-instrumentator, make_asgi_app())",
+                )
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
         """Wrap any ASGI application in the middleware."""
@@ -218,13 +262,14 @@ class PoolWatch:
         return PoolWatchMiddleware(app, **self._middleware_options())
 
     def _middleware_options(self) -> dict[str, Any]:
-        self._activate()  # requests end through this PoolWatch's scope listener
         settings = self.settings
         exposition = None
         if settings.metrics_port is None:
             exposition = self.exposition()
         else:
+            # First: a port it cannot listen on leaves nothing installed.
             self.start_metrics_server()  # the app's own port serves none of it
+        self._activate()  # requests end through this PoolWatch's scope listener
         return {
             "metrics": self.metrics,
             "faults": self.faults,
@@ -266,7 +311,15 @@ class PoolWatch:
         port = self.settings.metrics_port if port is None else port
         if port is None:
             raise ConfigError("metrics_port", None, "give a port to serve metrics on")
-        server = MetricsServer(self.exposition(), host or self.settings.metrics_host, port)
+        host = host or self.settings.metrics_host
+        try:
+            server = MetricsServer(self.exposition(), host, port)
+        except OSError as exc:
+            raise ConfigError(
+                "metrics_port",
+                port,
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose a free port",
+            ) from exc
         server.start()
         self._server = server
 

@@ -13,6 +13,7 @@ that run afterwards still count their queries towards the request.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
@@ -21,11 +22,13 @@ from poolwatch import context
 from poolwatch.context import WorkScope
 from poolwatch.exposition import Exposition
 from poolwatch.metrics import Metrics
-from poolwatch.routes import RouteTemplates, route_path
+from poolwatch.routes import RouteTemplates, app_answers, route_path
 from poolwatch.safety import FaultReporter
 from poolwatch.tracing import trace_id_of
 
 __all__ = ["PoolWatchMiddleware", "Switch"]
+
+logger = logging.getLogger("poolwatch")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -109,6 +112,7 @@ class PoolWatchMiddleware:
         self._query_children: dict[str, Any] = {}
         # Bound on the first request, to the application Starlette names in the scope.
         self._templates: RouteTemplates | None = None
+        self._owned: dict[str, bool] = {}  # poolwatch's paths: has the app its own route?
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._switch.on:
@@ -118,7 +122,11 @@ class PoolWatchMiddleware:
             return
         path = route_path(scope)
         if path in self._excluded:
-            if path in self._served and self._exposition is not None:
+            if (
+                path in self._served
+                and self._exposition is not None
+                and not self._app_owns(scope, path)
+            ):
                 await self._serve(scope, send, self._exposition, path)
             else:
                 await self.app(scope, receive, send)
@@ -168,6 +176,29 @@ class PoolWatchMiddleware:
             queries.observe(work.queries)
         except Exception as exc:
             self._faults.report("middleware", exc)
+
+    def _app_owns(self, scope: Scope, path: str) -> bool:
+        """Whether the app got a route of its own for one of poolwatch's paths.
+
+        ``instrument_app`` refuses an app that has one; a route added afterwards wins,
+        with one warning, since answering in its place would take the app's endpoint away.
+        """
+        owned = self._owned.get(path)
+        if owned is None:
+            try:
+                owned = app_answers(scope.get("app", self.app), path)
+            except Exception as exc:
+                self._faults.report("middleware", exc)
+                owned = False
+            self._owned[path] = owned
+            if owned:
+                logger.warning(
+                    "the app has a route of its own for %s, added after instrument_app(): "
+                    "the app answers it, not poolwatch; give poolwatch another path "
+                    "(metrics_path / findings_path)",
+                    path,
+                )
+        return owned
 
     def _lifespan_receive(
         self, receive: Receive, on_shutdown: Callable[[], Awaitable[None]]

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
-__all__ = ["RouteTemplates", "route_path"]
+__all__ = ["RouteTemplates", "app_answers", "route_path"]
 
 # Concrete mount prefixes remembered (per app); a bound, since a prefix can hold a tenant.
 _CACHE_SIZE = 1024
@@ -167,3 +167,45 @@ def _host_class() -> type[Any] | None:
     except ImportError:
         return None
     return Host
+
+
+def app_answers(app: object, path: str) -> bool:
+    """Whether ``app``'s own routing table has a route of its own for ``path``.
+
+    A route or mount that answers ``path`` but not a made-up path beside it: catch-alls
+    (``/{slug}``, a single-page app's fallback, static files at ``/``) answer everything
+    and are not the app's own ``/metrics``. Routing tables poolwatch cannot match against
+    answer nothing.
+    """
+    routes = getattr(app, "routes", None)
+    if not routes:
+        return False
+    try:
+        from starlette.routing import Match
+    except ImportError:
+        return False
+    beside = path.rstrip("/") + "-poolwatch-unlikely-path"
+    for route in routes:
+        try:
+            if _matches(route, path, Match.NONE) and not _matches(route, beside, Match.NONE):
+                return True
+        except Exception:  # a route of a kind that cannot be matched out of a request
+            continue
+    return False
+
+
+def _matches(route: Any, path: str, none: object) -> bool:
+    for candidate in (path, path.rstrip("/") + "/"):  # a mount answers /metrics/
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": candidate,
+            "root_path": "",
+            "path_params": {},
+            "query_string": b"",
+            "headers": [],
+        }
+        match, _ = route.matches(scope)
+        if match is not none:
+            return True
+    return False
