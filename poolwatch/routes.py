@@ -35,39 +35,39 @@ class RouteTemplates:
 
     def __init__(self, root: object = None) -> None:
         self._root = root
-        self._mounts: dict[str, str] = {}
+        # Concrete mount prefix -> its template and the routes of the app mounted there.
+        self._mounts: dict[str, tuple[str, Sequence[object]]] = {}
 
     def __call__(self, scope: Mapping[str, Any]) -> str | None:
         """The template of the route ``scope`` was routed to, or ``None`` if none matched."""
         route = scope.get("route")
         prefix = _mount_prefix(scope)
         mount = _mount_class()
-        if route is None or (mount is not None and isinstance(route, mount)):
-            if not prefix:
-                return None
-            # A mounted app without a router of its own (or none of its routes matched):
-            # the mount is all there is.
-            leaf = "/{path}"
-        else:
+        if route is not None and (mount is None or not isinstance(route, mount)):
             own = _included_route_path(scope, route) or _own_path(route)
             if own is None or not prefix:  # most requests: no mount
                 return own
-            leaf = own
-        template = self._mounts.get(prefix)
-        if template is None:
-            template = self._mount_template(prefix, route_path(scope))
-        return template + leaf
+            return self._mounted(prefix, scope)[0] + own
+        if not prefix:
+            return None
+        # Under a mount, with no route of the mounted app in the scope: Starlette before
+        # 0.4x names only FastAPI's routes there, so the mounted app's routes are matched
+        # again; a plain ASGI app mounted as is (or no match) leaves the mount itself.
+        template, routes = self._mounted(prefix, scope)
+        return template + (_leaf(routes, route_path(scope)) or "/{path}")
 
-    def _mount_template(self, prefix: str, rest: str) -> str:
+    def _mounted(self, prefix: str, scope: Mapping[str, Any]) -> tuple[str, Sequence[object]]:
+        known = self._mounts.get(prefix)
+        if known is not None:
+            return known
         routes = getattr(self._root, "routes", None)
-        template = _replay(routes, prefix + rest, len(prefix)) if routes else None
-        if template is None:
-            # A routing table poolwatch cannot replay (a custom router): the prefix as is.
-            template = prefix
+        found = _replay(routes, prefix + route_path(scope), len(prefix)) if routes else None
+        # A routing table poolwatch cannot replay (a custom router): the prefix as is.
+        known = found or (prefix, ())
         if len(self._mounts) >= _CACHE_SIZE:
             self._mounts.clear()
-        self._mounts[prefix] = template
-        return template
+        self._mounts[prefix] = known
+        return known
 
 
 def route_path(scope: Mapping[str, Any]) -> str:
@@ -123,14 +123,17 @@ def _included_route_path(scope: Mapping[str, Any], route: object) -> str | None:
     return path if isinstance(path, str) and path else None
 
 
-def _replay(routes: Sequence[object], path: str, length: int) -> str | None:
-    """The template of ``path[:length]``, the part of ``path`` mounts matched.
+def _replay(
+    routes: Sequence[object], path: str, length: int
+) -> tuple[str, Sequence[object]] | None:
+    """The template of ``path[:length]``, the part of ``path`` mounts matched, and the
+    routes of the app mounted there.
 
     Tries the mounts (and hosts, whose mounts are as good a guess as any: the host was
     matched on a header) in routing order, as Starlette's router does.
     """
     if length == 0:
-        return ""
+        return "", routes
     mount, host = _mount_class(), _host_class()
     for route in routes:
         if mount is not None and isinstance(route, mount):
@@ -143,11 +146,26 @@ def _replay(routes: Sequence[object], path: str, length: int) -> str | None:
                 continue
             inner = _replay(route.routes, remaining, length - used)
             if inner is not None:
-                return str(route.path_format).removesuffix("/{path}") + inner
+                return str(route.path_format).removesuffix("/{path}") + inner[0], inner[1]
         elif host is not None and isinstance(route, host):
             inner = _replay(route.routes, path, length)
             if inner is not None:
                 return inner
+    return None
+
+
+def _leaf(routes: Sequence[object], path: str) -> str | None:
+    """The template of the first of ``routes`` (not a mount) whose path matches."""
+    mount, host = _mount_class(), _host_class()
+    for route in routes:
+        if (mount is not None and isinstance(route, mount)) or (
+            host is not None and isinstance(route, host)
+        ):
+            continue
+        regex = getattr(route, "path_regex", None)
+        template = getattr(route, "path_format", None)
+        if regex is not None and isinstance(template, str) and regex.match(path):
+            return template
     return None
 
 
