@@ -40,7 +40,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool, Pool, QueuePool, StaticPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool, QueuePool, StaticPool
 
 import poolwatch
 from poolwatch import PoolWatch, PoolWatchError
@@ -211,6 +211,8 @@ async def make_async_engine(
     engines: list[AsyncEngine] = []
 
     async def make(**kwargs: Any) -> AsyncEngine:
+        if "pool_size" in kwargs:  # SQLAlchemy 2.0 gives aiosqlite a NullPool by default
+            kwargs.setdefault("poolclass", AsyncAdaptedQueuePool)
         engine = create_async_engine(async_url, **kwargs)
         engines.append(engine)
         async with engine.begin() as conn:
@@ -570,7 +572,7 @@ def test_an_untested_sqlalchemy_version_is_logged(
     engine = make_engine()
     with caplog.at_level(logging.WARNING, logger="poolwatch"):
         watch.instrument_sqlalchemy(engine, pool=POOL)
-    assert "tested with SQLAlchemy 2.1.x, found 2.2" in caplog.text
+    assert "tested with SQLAlchemy 2.0 to 2.1, found 2.2" in caplog.text
 
 
 # -- other pool classes ------------------------------------------------------------------

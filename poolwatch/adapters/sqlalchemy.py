@@ -83,7 +83,7 @@ __all__ = [
 
 logger = logging.getLogger("poolwatch")
 
-SUPPORTED = ((2, 1), (2, 2))  # [from, to): the versions whose internals this was tested on
+SUPPORTED = ((2, 0), (2, 2))  # [from, to): the versions whose internals this was tested on
 
 _EXECUTE_METHODS = ("do_execute", "do_executemany", "do_execute_no_params")
 _CONNECT_STARTED = "poolwatch.connect_started"  # key in a pool entry's ``info`` dict
@@ -288,9 +288,11 @@ class SQLAlchemyInstrumentation:
         version = sqlalchemy_version()
         if not SUPPORTED[0] <= version < SUPPORTED[1]:
             logger.warning(
-                "poolwatch was tested with SQLAlchemy %d.%d.x, found %d.%d: "
+                "poolwatch was tested with SQLAlchemy %d.%d to %d.%d, found %d.%d: "
                 "pool metrics may be incomplete",
                 *SUPPORTED[0],
+                SUPPORTED[1][0],
+                SUPPORTED[1][1] - 1,
                 *version,
             )
         self._active = True
@@ -349,7 +351,7 @@ class SQLAlchemyInstrumentation:
     def _hook_pool(self, pool: Pool, *, adopt_listeners: bool = False) -> None:
         """Shadow the pool's ``connect``, ``recreate`` and ``_invoke_creator``.
 
-        The one method touching SQLAlchemy's private attributes, written against 2.1
+        The one method touching SQLAlchemy's private attributes, tested on 2.0 and 2.1
         (see ``SUPPORTED``):
 
         * ``_invoke_creator`` is the one call every new connection goes through, whatever
