@@ -85,7 +85,10 @@ class PoolWatch:
             )
         self.settings = settings or Settings.from_env(os.environ, **overrides)
         shared_dir = multiprocess_dir(os.environ)
-        if registry is None:
+        if not self.settings.enabled:
+            # Disabled registers nothing anywhere, not even in a registry it was handed.
+            registry, shared_dir = CollectorRegistry(auto_describe=False), None
+        elif registry is None:
             if self.settings.use_global_registry:
                 registry = REGISTRY
             else:
@@ -408,6 +411,8 @@ class PoolWatch:
             raise ConfigError("pool", pool, "must be a non-empty string")
         if pool in self._probes:
             raise ConfigError("pool", pool, "is already instrumented; give each engine a name")
+        from sqlalchemy.engine import Engine
+
         from poolwatch.adapters.sqlalchemy import (
             SQLAlchemyInstrumentation,
             pool_capacity,
@@ -417,6 +422,14 @@ class PoolWatch:
         from poolwatch.adapters.sqlalchemy_relations import sqlalchemy_relations
 
         sync_engine = getattr(engine, "sync_engine", engine)
+        if not isinstance(sync_engine, Engine):  # an AsyncEngine wraps one
+            # Before any series is made: a failed call leaves nothing behind.
+            raise ConfigError(
+                "engine",
+                type(engine).__name__,
+                "must be a SQLAlchemy Engine or AsyncEngine (create_engine(), "
+                "create_async_engine())",
+            )
         sizable, ceiling = pool_capacity(getattr(sync_engine, "pool", None))
         if sizing is not None and not sizable:
             raise ConfigError(

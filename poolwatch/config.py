@@ -9,11 +9,15 @@ environment variables. The environment is read by :meth:`Settings.from_env` when
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from poolwatch.errors import ConfigError
+
+logger = logging.getLogger("poolwatch")
 
 __all__ = ["Settings"]
 
@@ -105,6 +109,8 @@ class Settings:
             _check_bool(name, getattr(self, name))
         _check_path("metrics_path", self.metrics_path)
         _check_path("findings_path", self.findings_path)
+        if self.findings_path == self.metrics_path and self.expose_metrics and self.expose_findings:
+            raise ConfigError("findings_path", self.findings_path, "must differ from metrics_path")
         _check_strings("exclude_paths", self.exclude_paths)
         for path in self.exclude_paths:
             _check_path("exclude_paths", path)
@@ -164,6 +170,7 @@ class Settings:
         for key, value in overrides.items():
             if key not in names:
                 raise ConfigError(key, value, f"unknown setting; known: {sorted(names)}")
+        _warn_unknown(environ, names)
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             env_name = _ENV_PREFIX + field.name.upper()
@@ -175,6 +182,34 @@ class Settings:
             elif env_name in environ:
                 values[field.name] = _parse(env_name, environ[env_name], field.type)
         return cls(**values)
+
+
+# Variables poolwatch itself reads besides the settings: its test suite's servers.
+_OTHER_VARIABLES = ("POOLWATCH_TEST_",)
+_warned: set[str] = set()
+
+
+def _warn_unknown(environ: Mapping[str, str], names: set[str]) -> None:
+    """One warning per process for each ``POOLWATCH_*`` variable that is no setting.
+
+    A misspelt variable (``POOLWATCH_ACQUIRE_TIMOUT``) is otherwise silently ignored.
+    """
+    known = {_ENV_PREFIX + name.upper() for name in names}
+    for key in environ:
+        if (
+            not key.startswith(_ENV_PREFIX)
+            or key in known
+            or key in _warned
+            or key.startswith(_OTHER_VARIABLES)
+        ):
+            continue
+        _warned.add(key)
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        logger.warning(
+            "%s is not a poolwatch setting and is ignored%s",
+            key,
+            f"; did you mean {close[0]}?" if close else f" (settings: {_ENV_PREFIX}<NAME>)",
+        )
 
 
 def _parse(name: str, raw: str, kind: object) -> object:

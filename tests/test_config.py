@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+from prometheus_client import CollectorRegistry
 
 from poolwatch import ConfigError, PoolWatch, Settings
 
@@ -114,3 +117,35 @@ def test_bad_detection_settings_fail_fast(overrides: dict[str, object], message:
 def test_bad_number_in_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"POOLWATCH_NPLUSONE_THRESHOLD='five': must be a number"):
         Settings.from_env({"POOLWATCH_NPLUSONE_THRESHOLD": "five"})
+
+
+def test_a_misspelt_variable_is_named_once_with_the_closest_setting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    environ = {"POOLWATCH_ACQUIRE_TIMOUT": "5", "POOLWATCH_METRICS_PATH": "/m", "HOME": "/"}
+    with caplog.at_level(logging.WARNING, logger="poolwatch"):
+        Settings.from_env(environ)
+        Settings.from_env(environ)  # once per process, not per PoolWatch
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "POOLWATCH_ACQUIRE_TIMOUT is not a poolwatch setting and is ignored; "
+        "did you mean POOLWATCH_ACQUIRE_TIMEOUT?"
+    ]
+
+
+def test_findings_and_metrics_cannot_share_a_path() -> None:
+    with pytest.raises(ConfigError, match=r"^findings_path='/metrics': must differ from"):
+        PoolWatch(findings_path="/metrics")
+    PoolWatch(findings_path="/metrics", expose_findings=False)  # only one is served
+
+
+def test_disabled_registers_nothing_even_in_the_global_registry() -> None:
+    from prometheus_client import REGISTRY
+
+    before = set(REGISTRY._names_to_collectors)
+    watch = PoolWatch(enabled=False, use_global_registry=True)
+    given = CollectorRegistry()
+    PoolWatch(enabled=False, registry=given)
+    assert set(REGISTRY._names_to_collectors) == before
+    assert list(given.collect()) == []
+    watch.uninstrument()

@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool, QueuePool, StaticPool
 
 import poolwatch
-from poolwatch import PoolWatch, PoolWatchError
+from poolwatch import ConfigError, PoolWatch, PoolWatchError
 from poolwatch.adapters import sqlalchemy as adapter
 from poolwatch.adapters.sqlalchemy import SQLAlchemyInstrumentation
 from poolwatch.observer import PoolObserver
@@ -557,9 +557,15 @@ def test_a_fault_in_poolwatch_never_reaches_the_app(
         instrumentation.uninstall()
 
 
-def test_only_engines_are_accepted() -> None:
-    with pytest.raises(TypeError, match="needs a SQLAlchemy Engine or AsyncEngine, got str"):
-        PoolWatch().instrument_sqlalchemy("sqlite://", pool=POOL)
+@pytest.mark.parametrize("not_an_engine", ["sqlite://", None, object()])
+def test_only_engines_are_accepted_and_a_refusal_leaves_no_series(not_an_engine: Any) -> None:
+    watch = PoolWatch()
+    before = {s.name for f in watch.registry.collect() for s in f.samples}
+    with pytest.raises(ConfigError, match=r"^engine='\w+': must be a SQLAlchemy Engine"):
+        watch.instrument_sqlalchemy(not_an_engine, pool=POOL)
+    after = [s for f in watch.registry.collect() for s in f.samples if s.name not in before]
+    assert after == []
+    assert {s.labels.get("pool") for f in watch.registry.collect() for s in f.samples} == {None}
 
 
 def test_an_untested_sqlalchemy_version_is_logged(
