@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -318,11 +319,22 @@ class PoolWatch:
         try:
             server = MetricsServer(self.exposition(), host, port)
         except OSError as exc:
-            raise ConfigError(
-                "metrics_port",
-                port,
-                f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose a free port",
-            ) from exc
+            if exc.errno != errno.EADDRINUSE:
+                raise ConfigError(
+                    "metrics_port", port, f"cannot listen on {host}:{port} ({exc.strerror})"
+                ) from exc
+            if self._pool_gauges is None:
+                raise ConfigError(
+                    "metrics_port",
+                    port,
+                    f"cannot listen on {host}:{port}: the port is in use. Several workers "
+                    "(uvicorn --workers, gunicorn) can share it only in multiprocess mode "
+                    "(PROMETHEUS_MULTIPROC_DIR), where any one of them serves the sum of "
+                    "all; otherwise choose a free port",
+                ) from exc
+            # Multiprocess mode: another worker serves every worker's metrics; stand by to
+            # take over if it goes away.
+            server = MetricsServer(self.exposition(), host, port, standby=True)
         server.start()
         self._server = server
 

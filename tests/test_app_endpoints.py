@@ -151,8 +151,9 @@ def test_a_metrics_port_in_use_fails_with_the_setting_and_installs_nothing() -> 
         port = taken.getsockname()[1]
         watch = PoolWatch(metrics_port=port, metrics_host="127.0.0.1")
         app = FastAPI()
-        with pytest.raises(ConfigError, match=rf"^metrics_port={port}: cannot listen on"):
+        with pytest.raises(ConfigError, match=rf"^metrics_port={port}: cannot listen on") as e:
             watch.instrument_app(app)
+    assert "PROMETHEUS_MULTIPROC_DIR" in str(e.value)  # why several workers cannot share it
     assert app.user_middleware == []
     assert watch._scope_closed not in context._scope_listeners
     assert watch._server is None

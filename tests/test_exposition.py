@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -180,3 +183,29 @@ def test_exposition_settings_fail_fast_without_echoing_secrets() -> None:
 
 def _lower(headers: object) -> dict[str, str]:
     return {k.lower(): v for k, v in getattr(headers, "items", dict)()}
+
+
+def test_half_sent_requests_neither_pile_up_threads_nor_stay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from poolwatch import server as metrics_server
+
+    monkeypatch.setattr(metrics_server, "READ_TIMEOUT", 0.5)
+    watch = PoolWatch()
+    host, port = watch.start_metrics_server(port=0)
+    threads = threading.active_count()
+    slow = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection((host, port))
+            sock.sendall(b"GET /metr")  # and never the rest
+            slow.append(sock)
+        time.sleep(0.2)
+        assert threading.active_count() <= threads + metrics_server.MAX_CONNECTIONS
+        time.sleep(1.0)  # past the read timeout: every slow client was dropped
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        for sock in slow:
+            sock.close()
+        watch.uninstrument()

@@ -42,7 +42,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
 class Server:
     """gunicorn with uvicorn workers, or ``uvicorn --workers``, serving the test app."""
 
-    def __init__(self, tmp: Path, kind: str) -> None:
+    def __init__(self, tmp: Path, kind: str, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         shared = tmp / "metrics"
         shared.mkdir()
@@ -51,6 +51,7 @@ class Server:
             "PROMETHEUS_MULTIPROC_DIR": str(shared),
             "POOLWATCH_TEST_DB": str(tmp / "app.db"),
             "WEB_CONCURRENCY": str(WORKERS),
+            **(env or {}),
         }
         if kind == "gunicorn":
             command = [
@@ -71,11 +72,11 @@ class Server:
         self.requests = 0
         self.last_scrape = ""
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, port: int | None = None) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if _get(self.port, "/metrics")[0] == 200:
+                if _get(port or self.port, "/metrics")[0] == 200:
                     return
             except OSError:
                 time.sleep(0.1)
@@ -191,3 +192,61 @@ def test_multiprocess_misconfiguration_fails_fast(tmp_path: Path) -> None:
         )
         assert run.returncode == 1
         assert f"PROMETHEUS_MULTIPROC_DIR={path!r}: {message}" in run.stderr
+
+
+def _listener_pid(port: int) -> int | None:
+    """The process holding the listening socket of ``port`` on 127.0.0.1 (Linux /proc)."""
+    wanted = f"0100007F:{port:04X}"
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == wanted and fields[3] == "0A":  # LISTEN
+            inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def test_workers_share_a_metrics_port_and_one_takes_over(tmp_path: Path) -> None:
+    # POOLWATCH_METRICS_PORT under `uvicorn --workers 3`: one worker serves every worker's
+    # metrics there, the others stand by; none crash-loops on the port.
+    metrics_port = _free_port()
+    server = Server(tmp_path, "uvicorn", {"POOLWATCH_METRICS_PORT": str(metrics_port)})
+    try:
+        server.wait_ready(metrics_port)
+        pids = server.hit_until(set())
+        assert len(pids) == WORKERS  # each worker came up and serves the app
+        time.sleep(1.2)  # the gauges refresh twice a second
+        status, body = _get(metrics_port, "/metrics")
+        assert status == 200
+        hits = {"method": "GET", "route": "/hit", "status": "200"}
+        samples = parse_exposition(body)
+        count = "http_server_request_duration_seconds_count"
+        assert _value(samples, count, **hits) == server.requests
+        assert _get(server.port, "/metrics")[0] == 404  # the app's port serves none of it
+
+        serving = _listener_pid(metrics_port)
+        assert serving in pids
+        os.kill(serving, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        taken_over = None
+        while time.monotonic() < deadline and taken_over is None:
+            time.sleep(0.2)
+            try:
+                if _get(metrics_port, "/metrics")[0] == 200:
+                    taken_over = _listener_pid(metrics_port)
+            except OSError:
+                continue
+        assert taken_over is not None
+        assert taken_over != serving
+        log = Path(server.log.name).read_text()
+        assert "Errno 98" not in log, log
+        assert "ConfigError" not in log, log
+    finally:
+        server.stop()
