@@ -6,6 +6,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from poolwatch.assets import ASSETS, export
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,10 +23,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("DATABASE_URL"),
         help="Tortoise database URL (default: $DATABASE_URL, else sqlite://demo.sqlite3)",
     )
+    export = commands.add_parser(
+        "export",
+        help="write the Grafana dashboards or the Prometheus rules (with their tests and "
+        "runbook) into a directory",
+    )
+    export.add_argument("kind", choices=sorted(ASSETS), help="what to write")
+    export.add_argument("directory", type=Path, help="where (created if missing)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args.host, args.port, args.database_url)
+    if args.command == "export":
+        return _export(args.kind, args.directory)
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _export(kind: str, directory: Path) -> int:
+    try:
+        written = export(kind, directory)
+    except OSError as exc:
+        print(f"poolwatch export {kind}: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
 
 
 def _demo(host: str, port: int, database_url: str | None) -> int:
