@@ -22,12 +22,19 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.transactions import in_transaction
 
 from poolwatch import Autosize, PoolTimeoutError, PoolWatch
+from poolwatch.adapters.tortoise import tortoise_version
 from tests.metrics_helpers import value
 from tests.pool_truth import (
     driver_in_use,
     mysql_open_transactions,
     pg_idle_in_transaction,
     settled,
+)
+
+# Tortoise 0.21.0's psycopg client opens its pool in the constructor, which psycopg_pool
+# 3.2+ deprecates (0.21.7 creates it closed, then awaits `open()`): not a poolwatch warning.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:opening the async pool .* in the constructor:RuntimeWarning"
 )
 
 RECLAIMED = "poolwatch_connections_reclaimed_total"
@@ -171,7 +178,11 @@ async def test_a_cancelled_entry_gives_its_connection_back(
             await _plain()  # opens the pool
             # Until the sweep has landed inside an entry that had taken a connection (the
             # window is a round trip wide; where a sweep step falls depends on timing).
-            for _ in range(5):
+            # Before 0.23 a psycopg transaction starts by turning autocommit off, which
+            # sends nothing: no entry holds a connection across an await, so there is no
+            # such window, and the sweep only has to leave the pool whole.
+            window = not (backend == "psycopg" and tortoise_version() < (0, 23))
+            for _ in range(5 if window else 1):
                 for work in (_transaction, _plain):
                     for step in SWEEP:
                         await _cancel_after(step, work)
@@ -180,7 +191,7 @@ async def test_a_cancelled_entry_gives_its_connection_back(
                     assert sizer is None or sizer.limiter.in_use == 0
                 if _reclaimed(watch) > 0:
                     break
-            assert _reclaimed(watch) > 0
+            assert _reclaimed(watch) > 0 or not window
             if backend in ("asyncpg", "psycopg"):
                 assert pg_idle_in_transaction(request.getfixturevalue("pg_database")) == 0
             if backend == "mysql":
@@ -339,12 +350,18 @@ async def test_sqlalchemy_cancellations_leave_pool_gate_and_accounting_whole(
             if not pool.checkedout():  # type: ignore[attr-defined]
                 break
             await asyncio.sleep(0.05)
-        assert pool.checkedout() == 0  # type: ignore[attr-defined]
-        assert watch.guards.sizers["main"].limiter.in_use == 0
+        lost = pool.checkedout()  # type: ignore[attr-defined]
+        if driver != "aiomysql" or sqlalchemy_version() >= (2, 0, 58):
+            assert lost == 0
+        # SQLAlchemy up to 2.0.4x itself loses aiomysql connections to some of these
+        # cancellations (measured without poolwatch: 0 to 2 per sweep on 2.0.25 to 2.0.41,
+        # none on 2.0.58). poolwatch must lose none more, and account for each one.
+        assert watch.guards.sizers["main"].limiter.in_use == lost
         observer = watch._observers["main"]
-        assert (observer.checked_out(), observer.pending()) == (0, 0)
+        assert (observer.checked_out(), observer.pending()) == (lost, 0)
         assert value(watch.registry, DRIFT, pool="main") == 0
-        await asyncio.wait_for(transaction(), 5)
+        if not lost:  # (a lost one holds autosize's single permit until the limit grows)
+            await asyncio.wait_for(transaction(), 5)
     finally:
         watch.uninstrument()
         await engine.dispose()
@@ -483,3 +500,9 @@ async def test_a_connection_taken_around_the_orm_shows_as_drift_and_as_a_leak(
             assert driver_in_use(client) == 0
     finally:
         watch.uninstrument()
+
+
+def sqlalchemy_version() -> tuple[int, ...]:
+    import sqlalchemy
+
+    return tuple(int(part) for part in sqlalchemy.__version__.split(".")[:3])

@@ -9,17 +9,22 @@ reversibly, the few methods every backend goes through:
   "inside a query" and only the outermost call is counted.
 * ``__aenter__`` / ``__aexit__`` of the context managers that take a connection from the
   pool: ``PoolConnectionWrapper`` and ``TransactionContextPooled`` (asyncpg, psycopg,
-  MySQL), ``ConnectionWrapper`` on a non-transactional client and
-  ``SqliteTransactionContext`` (SQLite: one connection behind a lock, so the acquire wait
-  is the lock wait).
+  MySQL), ``ConnectionWrapper`` on a non-transactional client and SQLite's transaction
+  context (SQLite: one connection behind a lock, so the acquire wait is the lock wait).
+  Which classes, and where each Tortoise version keeps what they take, is
+  :mod:`poolwatch.adapters.tortoise_entry`'s knowledge, one layout per minor version.
 * the driver's connect function, for creation time: ``create_pool``'s ``connect=`` for
   asyncpg, a ``connection_class`` subclass for psycopg, ``create_connection`` for SQLite.
   aiomysql and asyncmy pools open connections inside the driver with no seam to time.
 
 Gauges (used, idle, max) are read from the driver's own pool at scrape time: asyncpg's
 ``get_size``/``get_idle_size``, psycopg_pool's ``get_stats``, aiomysql's ``size``/
-``freesize``, the SQLite lock. Private attributes of Tortoise are touched only in
-:func:`_root_client` and :func:`read_pool_state`.
+``freesize``, the SQLite lock. Private attributes of Tortoise are touched only here, in
+:func:`read_pool_state` and the backend wrappers, and in ``tortoise_entry``.
+
+On a Tortoise version that was not read (see :data:`SUPPORTED`), or one missing a class
+or attribute its layout names, only the statements are observed (``execute_*`` is the
+clients' public API): one warning says what is off, and nothing private is touched.
 """
 
 from __future__ import annotations
@@ -37,7 +42,14 @@ from typing import Any, TypeVar
 from poolwatch.adapters import major_minor
 from poolwatch.adapters.asyncpg_return import Pending, ReturnHook
 from poolwatch.adapters.timing import ConnectTime
-from poolwatch.adapters.tortoise_entry import ENTRIES, Entry
+from poolwatch.adapters.tortoise_entry import (
+    LAYOUTS,
+    Entry,
+    Seam,
+    layout_for,
+    resolve,
+    root_client,
+)
 from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.completion import cancel_once, complete, complete_in_task
@@ -53,7 +65,8 @@ __all__ = [
 
 logger = logging.getLogger("poolwatch")
 
-SUPPORTED = ((1, 1), (1, 2))  # [from, to): the versions whose internals this was tested on
+# The Tortoise (major, minor) versions whose internals this was read and tested on.
+SUPPORTED: tuple[tuple[int, int], ...] = tuple(sorted(LAYOUTS))
 
 _QUERY_METHODS = (
     "execute_query",
@@ -67,7 +80,6 @@ _BACKENDS = ("sqlite", "asyncpg", "psycopg", "mysql")
 
 T = TypeVar("T")
 AsyncMethod = Callable[..., Coroutine[Any, Any, Any]]
-Locate = Callable[[Any], Any]  # connection context manager -> root client, or None
 
 
 class _Clock:
@@ -94,14 +106,8 @@ def tortoise_version() -> tuple[int, int]:
     return major_minor(tortoise.__version__)
 
 
-def _root_client(client: Any) -> Any:
-    """The client that owns the pool: a TransactionWrapper's ``_parent`` chain ends there."""
-    # Private attribute: Tortoise's transaction wrappers keep their pool owner in _parent.
-    seen = 0
-    while getattr(client, "_parent", None) is not None and seen < 64:
-        client = client._parent
-        seen += 1
-    return client
+def _versions(versions: tuple[tuple[int, int], ...]) -> str:
+    return ", ".join(f"{major}.{minor}" for major, minor in versions)
 
 
 def read_pool_state(client: Any) -> PoolState | None:
@@ -188,6 +194,9 @@ class TortoiseInstrumentation:
         self._patched: list[tuple[type, str, Any]] = []
         # Give-backs and releases still running, shielded from their caller's cancellation.
         self._shielded: set[asyncio.Task[Any]] = set()
+        # Checkouts are wrapped: pools are read and gated. Without them (a Tortoise whose
+        # layout is unknown) a pool's gauges would show every connection as unaccounted.
+        self._observe_pools = False
 
     # -- install / uninstall -------------------------------------------------------------
 
@@ -199,13 +208,6 @@ class TortoiseInstrumentation:
                 "call its uninstrument() first"
             )
         version = tortoise_version()
-        if not SUPPORTED[0] <= version < SUPPORTED[1]:
-            logger.warning(
-                "poolwatch was tested with Tortoise-ORM %d.%d.x, found %d.%d: "
-                "pool metrics may be incomplete",
-                *SUPPORTED[0],
-                *version,
-            )
         from tortoise.backends.base import client as base
 
         for backend in _BACKENDS:
@@ -218,63 +220,112 @@ class TortoiseInstrumentation:
                 for name in _QUERY_METHODS:
                     if name in cls.__dict__:
                         self._patch(cls, name, self._wrap_query(cls.__dict__[name]))
-            # Only a plain checkout's exit is a bare release: a transaction's exit commits
-            # first, so its connection is never closed on the way back.
-            self._patch_acquire(base.PoolConnectionWrapper, _pool_client, trims=True)
-            self._patch_acquire(base.TransactionContextPooled, _transaction_client)
-            self._patch_acquire(base.ConnectionWrapper, _locked_client(base.TransactionalDBClient))
-            self._patch_backends()
         except BaseException:
             self.uninstall()
             raise
+        self._install_pools(version)
         TortoiseInstrumentation._installed = self
+
+    def _install_pools(self, version: tuple[int, int]) -> None:
+        """Wrap the checkouts and the backends' extras if this version's layout is known
+        and all there; else leave them alone, with one warning saying what is off."""
+        number = f"{version[0]}.{version[1]}"
+        found = f"Tortoise-ORM {number}"
+        off = (
+            "only statements are observed; pool gauges, acquire waits, the acquire "
+            "timeout, autosize and the give-back of a failed entry are off"
+        )
+        layout = layout_for(version)
+        if layout is None:
+            logger.warning(
+                "poolwatch was tested with Tortoise-ORM %s, found %s: %s",
+                _versions(SUPPORTED),
+                number,
+                off,
+            )
+            return
+        seams, missing = resolve(layout)
+        if missing:
+            logger.warning("poolwatch: %s lacks %s: %s", found, ", ".join(missing), off)
+            return
+        start = len(self._patched)
+        try:
+            for seam in seams:
+                self._patch_acquire(seam)
+            unwrapped = self._patch_backends()
+        except Exception as exc:  # a seam not as its layout says: never fail the app
+            self._unpatch(start)
+            logger.warning("poolwatch: %s could not be wrapped (%r): %s", found, exc, off)
+            return
+        self._observe_pools = True
+        if unwrapped:
+            logger.warning(
+                "poolwatch: %s lacks %s: connection creation time (and psycopg's guarded "
+                "acquire and release) are not observed there",
+                found,
+                ", ".join(unwrapped),
+            )
 
     def uninstall(self) -> None:
         """Restore every wrapped attribute to what it was."""
         self._returns.uninstall()
-        for owner, name, original in reversed(self._patched):
-            setattr(owner, name, original)
-        self._patched.clear()
+        self._unpatch(0)
+        self._observe_pools = False
         if TortoiseInstrumentation._installed is self:
             TortoiseInstrumentation._installed = None
+
+    def _unpatch(self, start: int) -> None:
+        """Restore the attributes wrapped since the ``start``-th patch."""
+        while len(self._patched) > start:
+            owner, name, original = self._patched.pop()
+            setattr(owner, name, original)
 
     def _patch(self, owner: type, name: str, replacement: Any) -> None:
         self._patched.append((owner, name, owner.__dict__[name]))
         setattr(owner, name, replacement)
 
-    def _patch_backends(self) -> None:
+    def _patch_backends(self) -> list[str]:
+        """Wrap each backend's connect seam (and psycopg's pool); returns those missing."""
+        missing: list[str] = []
+
+        def wrap(cls: type, name: str, wrapper: Callable[[Any], Any]) -> None:
+            original = cls.__dict__.get(name)
+            if original is None:
+                missing.append(f"{cls.__name__}.{name}")
+            else:
+                self._patch(cls, name, wrapper(original))
+
         try:
-            from tortoise.backends.sqlite.client import SqliteClient, SqliteTransactionContext
+            from tortoise.backends.sqlite.client import SqliteClient
         except ImportError:
             pass
         else:
-            self._patch_acquire(SqliteTransactionContext, _sqlite_transaction_client)
-            self._patch(
-                SqliteClient,
-                "create_connection",
-                self._wrap_create_connection(SqliteClient.__dict__["create_connection"]),
-            )
+            wrap(SqliteClient, "create_connection", self._wrap_create_connection)
         try:
             from tortoise.backends.asyncpg.client import AsyncpgDBClient
         except ImportError:
             pass
         else:
-            self._patch(
+            wrap(
                 AsyncpgDBClient,
                 "create_pool",
-                self._wrap_create_pool(AsyncpgDBClient.__dict__["create_pool"], "connect"),
+                functools.partial(self._wrap_create_pool, seam="connect"),
             )
         try:
             from tortoise.backends.psycopg.client import AsyncConnectionPool, PsycopgClient
         except ImportError:
             pass
         else:
-            self._patch(
+            wrap(
                 PsycopgClient,
                 "create_pool",
-                self._wrap_create_pool(PsycopgClient.__dict__["create_pool"], "connection_class"),
+                functools.partial(self._wrap_create_pool, seam="connection_class"),
             )
-            self._patch_psycopg_pool(AsyncConnectionPool)
+            if all(name in AsyncConnectionPool.__dict__ for name in ("acquire", "release")):
+                self._patch_psycopg_pool(AsyncConnectionPool)
+            else:
+                missing.append("AsyncConnectionPool.acquire/release")
+        return missing
 
     # -- per-client lookups (hot path) -----------------------------------------------------
 
@@ -291,15 +342,17 @@ class TortoiseInstrumentation:
 
     def _register(self, client: Any) -> tuple[Any, PoolEvents, Gate | None]:
         name = client.connection_name
+        events = self._events.get(name)
+        if events is None:
+            events = self._events[name] = self._events_for(name)
+        if not self._observe_pools:
+            return client, events, None
         previous = self._clients.get(name)
         if previous is not client:
             if previous is not None:  # Tortoise was initialised again: a new client
                 self._by_client.pop(id(previous), None)
             self._clients[name] = client
             self._on_client(name, client)
-        events = self._events.get(name)
-        if events is None:
-            events = self._events[name] = self._events_for(name)
         if name not in self._gates:
             gate = self._gates[name] = self._gate_for(name, client) if self._gate_for else None
             if gate is not None and gate.limits() and not self._returns.installed:
@@ -310,7 +363,7 @@ class TortoiseInstrumentation:
     def _query_events(self, client: Any) -> PoolEvents:
         events = self._events.get(client.connection_name)
         if events is None:
-            return self._pool_events(_root_client(client))
+            return self._pool_events(root_client(client))
         return events
 
     # -- wrappers ------------------------------------------------------------------------
@@ -347,12 +400,12 @@ class TortoiseInstrumentation:
 
         return query
 
-    def _wrap_acquire(self, original: AsyncMethod, locate: Locate, entry: Entry) -> AsyncMethod:
+    def _wrap_acquire(self, original: AsyncMethod, entry: Entry) -> AsyncMethod:
         instrumentation = self
 
         @functools.wraps(original)
         async def aenter(self: Any) -> Any:
-            client = locate(self)
+            client = entry.owner(self)
             if client is None:  # a lock inside a transaction, not a pool checkout
                 return await original(self)
             _, events, gate = instrumentation._pool(client)
@@ -415,7 +468,7 @@ class TortoiseInstrumentation:
         events.return_started()
         await complete_in_task(_finish_undo(giving, events), self._shielded)
 
-    def _wrap_release(self, original: AsyncMethod, locate: Locate, *, trims: bool) -> AsyncMethod:
+    def _wrap_release(self, original: AsyncMethod, entry: Entry, *, trims: bool) -> AsyncMethod:
         instrumentation = self
 
         # The checkout ends when the application lets go of the connection, before the
@@ -423,7 +476,7 @@ class TortoiseInstrumentation:
         # the connection is counted as returning, so the driver's count can be checked.
         @functools.wraps(original)
         def aexit(self: Any, *exc_info: Any) -> Coroutine[Any, Any, Any]:
-            client = locate(self)
+            client = entry.owner(self)
             if client is None:
                 return original(self, *exc_info)
             _, events, gate = instrumentation._pool(client)
@@ -443,14 +496,14 @@ class TortoiseInstrumentation:
 
         return aexit
 
-    def _patch_acquire(self, cls: type, locate: Locate, *, trims: bool = False) -> None:
-        entry = ENTRIES[cls.__name__]
-        self._patch(
-            cls, "__aenter__", self._wrap_acquire(cls.__dict__["__aenter__"], locate, entry)
-        )
-        self._patch(
-            cls, "__aexit__", self._wrap_release(cls.__dict__["__aexit__"], locate, trims=trims)
-        )
+    def _patch_acquire(self, seam: Seam) -> None:
+        cls, entry = seam.cls, seam.entry
+        # Where Tortoise's own exit would lose the connection (0.21), the entry's runs.
+        leave = entry.exit or cls.__dict__["__aexit__"]
+        if entry.ensure is not None:  # (to 0.23) Tortoise's would create a second pool
+            self._patch(cls, "ensure_connection", _as_method(entry.ensure))
+        self._patch(cls, "__aenter__", self._wrap_acquire(cls.__dict__["__aenter__"], entry))
+        self._patch(cls, "__aexit__", self._wrap_release(leave, entry, trims=seam.trims))
 
     def _connect_time(self, client: Any, seconds: float) -> None:
         record = _acquire.get()
@@ -491,19 +544,37 @@ class TortoiseInstrumentation:
         async def create_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
             opened = getattr(self, "_connection", None)
             started = perf_counter()
-            result = await original(self, *args, **kwargs)
+            try:
+                result = await original(self, *args, **kwargs)
+            except BaseException:
+                if opened is None:
+                    instrumentation._discard_half_open(self)
+                raise
             if opened is None and getattr(self, "_connection", None) is not None:
-                instrumentation._connect_time(_root_client(self), perf_counter() - started)
+                instrumentation._connect_time(root_client(self), perf_counter() - started)
             return result
 
         return create_connection
 
-    def _wrap_create_pool(self, original: AsyncMethod, seam: str) -> AsyncMethod:
+    def _discard_half_open(self, client: Any) -> None:
+        """Forget (and close, in the background) the connection a failed first open left
+        in SQLite's client: cancelled while aiosqlite connects (Tortoise to 0.24 stores it
+        first), it refuses every statement ever after; cancelled during the PRAGMAs, it
+        lacks some of them. The next checkout opens a new one."""
+        connection = getattr(client, "_connection", None)
+        if connection is None:
+            return
+        client._connection = None
+        task = asyncio.get_running_loop().create_task(_close_half_open(connection))
+        self._shielded.add(task)
+        task.add_done_callback(self._shielded.discard)
+
+    def _wrap_create_pool(self, original: AsyncMethod, *, seam: str) -> AsyncMethod:
         instrumentation = self
 
         @functools.wraps(original)
         async def create_pool(self: Any, **kwargs: Any) -> Any:
-            root = _root_client(self)
+            root = root_client(self)
             report = functools.partial(instrumentation._connect_time, root)
             if seam == "connect":
                 kwargs["connect"] = _timed_asyncpg_connect(kwargs.get("connect"), report)
@@ -563,7 +634,8 @@ async def _release_through(
 
 async def _close_quietly(connection: Any) -> None:
     """Close a driver connection so the pool drops it on release (asyncpg, psycopg and
-    aiomysql all discard a closed connection handed back to them)."""
+    aiomysql all discard a closed connection handed back to them), or SQLite's half-open
+    one (aiosqlite 0.17's close, which fails there, still stops its thread)."""
     if connection is None:
         return
     try:
@@ -571,36 +643,30 @@ async def _close_quietly(connection: Any) -> None:
         if inspect.isawaitable(closing):
             await closing
     except Exception:  # the release that follows still returns it, open or not
-        logger.debug("poolwatch: closing a connection above the limit failed", exc_info=True)
+        logger.debug("poolwatch: closing a connection failed", exc_info=True)
 
 
-def _pool_client(manager: Any) -> Any:
-    """PoolConnectionWrapper: the client that owns the pool."""
-    return manager.client
+async def _close_half_open(connection: Any) -> None:
+    """Close an aiosqlite connection whose opening failed, and end its thread.
 
-
-def _transaction_client(manager: Any) -> Any:
-    """TransactionContextPooled keeps its TransactionWrapper in ``.client``."""
-    return _root_client(manager.client)
-
-
-def _sqlite_transaction_client(manager: Any) -> Any:
-    """SqliteTransactionContext keeps its wrapper in ``.connection``."""
-    return _root_client(manager.connection)
-
-
-def _locked_client(transactional: type) -> Callable[[Any], Any]:
-    """ConnectionWrapper: a checkout only on a non-transactional client (SQLite's own).
-
-    Every backend's TransactionWrapper also uses it, as a lock around a connection the
-    transaction already holds; that is not a pool checkout.
+    Cancelled while it connects, aiosqlite 0.18 to 0.21 has no sqlite3 connection, so its
+    ``close()`` returns at once, and leaves its (non-daemon) thread waiting for work: the
+    process never exits. ``_stop_running`` (private, those versions only) ends it; 0.17's
+    ``close()`` raises there after stopping, and 0.22 stops by itself.
     """
+    await _close_quietly(connection)
+    stop = getattr(connection, "_stop_running", None)
+    if callable(stop) and getattr(connection, "_running", False):
+        stop()
 
-    def locate(manager: Any) -> Any:
-        client = manager.client
-        return None if isinstance(client, transactional) else client
 
-    return locate
+def _as_method(function: AsyncMethod) -> AsyncMethod:
+    """A plain function calling ``function`` (a bound method), to set on a class."""
+
+    async def method(self: Any, *args: Any) -> Any:
+        return await function(self, *args)
+
+    return method
 
 
 def _timed_asyncpg_connect(

@@ -1,4 +1,5 @@
-"""What entering a Tortoise connection context manager has taken, and how to give it back.
+"""What entering a Tortoise connection context manager has taken, and how to give it back,
+on each Tortoise version poolwatch was read on.
 
 Tortoise's context managers take a connection (or SQLite's lock) and then do more before
 they hand it over: a transaction sends ``BEGIN`` (Tortoise 0.2x also sets the task's
@@ -8,12 +9,16 @@ never calls ``__aexit__`` for an entry that failed. Tortoise does not guard agai
 its own ``in_transaction()`` under the app's ``asyncio.wait_for`` loses a pool of 10 in
 one round of 2,000 requests. poolwatch wraps exactly these entries, so it undoes them.
 
-One :class:`Entry` per context-manager class knows, for the Tortoise versions it was
-read on (0.21 to 1.x), where the entry keeps what it took:
+Where each version keeps things is one :class:`Layout` per ``(major, minor)`` in
+:data:`LAYOUTS`, read from the source of 0.21.0, 0.21.7, 0.22.2, 0.23.0, 0.24.2, 0.25.4,
+1.0.0 and 1.1.9. From it, one :class:`Entry` per context-manager class knows where the
+entry keeps what it took:
 
-* ``PoolConnectionWrapper``: the connection, in ``connection``.
+* ``PoolConnectionWrapper``: the connection, in ``connection``; the pool it came from, in
+  its own ``pool`` (to 0.23) or its client's ``_pool`` (0.24 on).
 * ``TransactionContextPooled``: the connection, in its transaction wrapper's
-  ``_connection``; the task's connection override, in ``token``.
+  ``_connection`` (the wrapper in ``connection`` to 0.23, in ``client`` from 0.24); the
+  task's connection override, in ``token``.
 * SQLite's transaction context and ``ConnectionWrapper``: the client's lock, tracked by a
   thin proxy put in place of the manager's own reference for the length of the entry.
 
@@ -26,6 +31,13 @@ an active transaction", an ERROR line in the app's log for something already han
 an asyncpg connection whose ``BEGIN`` was cut off is closed instead (its slot goes back
 to the pool, which opens a new connection when one is needed).
 
+Two more holes in old versions lose connections, so poolwatch runs the next version's
+code in their place: Tortoise 0.21's transaction exits have no ``try``/``finally`` (a
+``COMMIT`` that raises, a cancellation or a dropped connection, skips the release, and
+the connection, SQLite's lock, is gone for good); and up to 0.23 every task that comes
+before a client's pool exists creates a pool of its own (200 first requests, 200 pools:
+all but the last are never closed, nor seen by the client's gauges).
+
 This module and :mod:`poolwatch.adapters.tortoise` are the only ones touching these
 private attributes.
 """
@@ -33,21 +45,29 @@ private attributes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib
 import inspect
 import logging
-from collections.abc import Coroutine
+import weakref
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 __all__ = [
     "CLOSED",
-    "ENTRIES",
+    "LAYOUTS",
     "RETURNED",
     "Entry",
+    "Layout",
     "PoolCheckout",
+    "PoolInit",
     "PooledTransaction",
+    "Seam",
     "SqliteLock",
     "SqliteTransaction",
-    "reset_connection_token",
+    "layout_for",
+    "resolve",
+    "root_client",
 ]
 
 logger = logging.getLogger("poolwatch")
@@ -55,18 +75,140 @@ logger = logging.getLogger("poolwatch")
 RETURNED = "returned"  # handed back to the driver's pool (which restores or drops it)
 CLOSED = "closed"  # closed, then handed back: the pool frees its slot
 
+BASE = "tortoise.backends.base.client"
+SQLITE = "tortoise.backends.sqlite.client"
+
 GiveBack = Coroutine[Any, Any, str]
+Exit = Callable[..., Coroutine[Any, Any, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where one Tortoise minor version keeps what poolwatch reads and wraps."""
+
+    checkout_pool: str
+    """``PoolConnectionWrapper``'s pool: its own ``pool`` (to 0.23), the one it took its
+    connection from even if the client has another by now, else ``client``'s ``_pool``."""
+    transaction_wrapper: str
+    """``TransactionContextPooled``'s TransactionWrapper: ``connection`` (to 0.23) or
+    ``client`` (from 0.24)."""
+    token_before_acquire: bool
+    """The pooled transaction sets the task's connection override before it waits for a
+    connection (to 0.25) or after it has one (1.x). A failed entry's override is undone
+    whichever it got to; this records the order, which tests check against the source."""
+    exit_has_finally: bool
+    """Transaction exits release in a ``finally`` (0.22 on); 0.21's do not."""
+    pool_init_lock: bool
+    """Checkouts create the client's pool under a lock (0.24 on); before, each one that
+    finds no pool creates one."""
+    sqlite_transaction: tuple[str, str]
+    """SQLite's transaction context, ``(module, class)``: the base ``TransactionContext``
+    to 0.22, ``SqliteTransactionContext`` from 0.23."""
+    sqlite_transaction_lock: str
+    """Its reference to the client's lock: ``lock`` (to 0.22) or ``_trxlock``."""
+    connection_lock: str
+    """``ConnectionWrapper``'s lock: ``lock`` (to 0.23) or ``_lock``. It takes the lock
+    before opening SQLite's connection, except on 0.21.0 (after): the tracked lock below
+    is right either way."""
+    transactional: str
+    """The base class of transaction wrappers: ``BaseTransactionWrapper`` (to 0.23) or
+    ``TransactionalDBClient``."""
+    context_connections: bool
+    """The connection override lives in ``get_connections()``, one handler per Tortoise
+    context (1.x), not in the module-level ``connections`` (0.2x)."""
+
+
+_V0_21 = Layout(
+    checkout_pool="pool",
+    transaction_wrapper="connection",
+    token_before_acquire=True,
+    exit_has_finally=False,
+    pool_init_lock=False,
+    sqlite_transaction=(BASE, "TransactionContext"),
+    sqlite_transaction_lock="lock",
+    connection_lock="lock",
+    transactional="BaseTransactionWrapper",
+    context_connections=False,
+)
+_V0_22 = dataclasses.replace(_V0_21, exit_has_finally=True)
+_V0_23 = dataclasses.replace(
+    _V0_22,
+    sqlite_transaction=(SQLITE, "SqliteTransactionContext"),
+    sqlite_transaction_lock="_trxlock",
+)
+_V0_24 = dataclasses.replace(
+    _V0_23,
+    checkout_pool="client._pool",
+    transaction_wrapper="client",
+    pool_init_lock=True,
+    connection_lock="_lock",
+    transactional="TransactionalDBClient",
+)
+_V1_0 = dataclasses.replace(_V0_24, token_before_acquire=False, context_connections=True)
+
+LAYOUTS: dict[tuple[int, int], Layout] = {
+    (0, 21): _V0_21,
+    (0, 22): _V0_22,
+    (0, 23): _V0_23,
+    (0, 24): _V0_24,
+    (0, 25): _V0_24,
+    (1, 0): _V1_0,
+    (1, 1): _V1_0,
+}
+"""Every Tortoise ``(major, minor)`` whose source these entries were written from."""
+
+
+def layout_for(version: tuple[int, int]) -> Layout | None:
+    """The layout of Tortoise ``version``, or ``None`` if it was never read."""
+    return LAYOUTS.get(version)
+
+
+def root_client(client: Any) -> Any:
+    """The client that owns the pool: a TransactionWrapper's ``_parent`` chain ends there."""
+    seen = 0
+    while getattr(client, "_parent", None) is not None and seen < 64:
+        client = client._parent
+        seen += 1
+    return client
+
+
+def _connections(layout: Layout) -> Any:
+    """The handler of the task's connection overrides."""
+    if layout.context_connections:
+        from tortoise.connection import get_connections
+
+        return get_connections()
+    import tortoise.connection
+
+    return tortoise.connection.connections
+
+
+# -- entries ---------------------------------------------------------------------------
 
 
 class Entry:
     """What one kind of context manager's ``__aenter__`` takes.
 
-    ``before(manager)`` is called just before the entry starts, ``taken(manager, before)``
-    at any time while it runs (the acquire timeout asks whether the wait is over), and
-    ``undo(manager, before)`` once if the entry failed: it clears, in the calling task,
-    what the entry set, and returns the coroutine that gives the connection back (to be
-    run shielded from further cancellation), or ``None`` if nothing was taken.
+    ``owner(manager)`` is the root client whose pool the entry takes from (``None``: this
+    entry takes nothing from a pool, e.g. a lock inside a transaction). ``before(manager)``
+    is called just before the entry starts, ``taken(manager, before)`` at any time while it
+    runs (the acquire timeout asks whether the wait is over), and ``undo(manager, before)``
+    once if the entry failed: it clears, in the calling task, what the entry set, and
+    returns the coroutine that gives the connection back (to be run shielded from further
+    cancellation), or ``None`` if nothing was taken.
+
+    ``attributes`` are the manager's attributes it reads, checked against the class's
+    ``__slots__`` before anything is wrapped. ``exit`` replaces an ``__aexit__`` that
+    would lose the connection, ``ensure`` an ``ensure_connection`` that would create a
+    second pool (``None``: Tortoise's own is right).
     """
+
+    attributes: tuple[str, ...] = ()
+    exit: Exit | None = None
+    ensure: Exit | None = None
+
+    def owner(self, manager: Any) -> Any:
+        raise NotImplementedError
 
     def before(self, manager: Any) -> Any:
         return None
@@ -81,6 +223,16 @@ class Entry:
 class PoolCheckout(Entry):
     """``PoolConnectionWrapper``: ``connection`` is set when the pool hands one over."""
 
+    def __init__(self, layout: Layout, init: PoolInit) -> None:
+        self._own_pool = layout.checkout_pool == "pool"
+        self._init = init
+        self.attributes = ("client", "connection") + (("pool",) if self._own_pool else ())
+        if not layout.pool_init_lock:
+            self.ensure = self._ensure_pool
+
+    def owner(self, manager: Any) -> Any:
+        return manager.client
+
     def taken(self, manager: Any, before: Any) -> bool:
         return manager.connection is not None
 
@@ -89,22 +241,37 @@ class PoolCheckout(Entry):
         if connection is None:
             return None
         manager.connection = None
-        return give_back(manager.client._pool, connection)
+        pool = manager.pool if self._own_pool else manager.client._pool
+        return give_back(pool, connection)
 
-
-def _transaction_wrapper(manager: Any) -> Any:
-    # Tortoise 0.22+ keeps its TransactionWrapper in ``client``, 0.21 in ``connection``.
-    wrapper = getattr(manager, "client", None)
-    return wrapper if wrapper is not None else manager.connection
+    async def _ensure_pool(self, manager: Any) -> None:
+        """Tortoise 0.24's ``ensure_connection``, for those before it (they keep their
+        pool in ``pool``)."""
+        if not manager.pool:
+            await self._init.create(manager.client)
+            manager.pool = manager.client._pool
 
 
 class PooledTransaction(Entry):
     """``TransactionContextPooled``: a connection in the wrapper's ``_connection``, the
-    task's connection override in ``token`` (set before the wait on Tortoise 0.2x, after
-    it on 1.x)."""
+    task's connection override in ``token`` (set before the wait to 0.25, after it on
+    1.x: whichever of the two an entry got to, it is undone)."""
+
+    def __init__(self, layout: Layout, init: PoolInit) -> None:
+        self._layout = layout
+        self._init = init
+        self._wrapper = layout.transaction_wrapper
+        self.attributes = (layout.transaction_wrapper, "token")
+        if not layout.exit_has_finally:
+            self.exit = self._exit_with_finally
+        if not layout.pool_init_lock:
+            self.ensure = self._ensure_pool
+
+    def owner(self, manager: Any) -> Any:
+        return root_client(getattr(manager, self._wrapper))
 
     def before(self, manager: Any) -> tuple[Any, Any, Any]:
-        wrapper = _transaction_wrapper(manager)
+        wrapper = getattr(manager, self._wrapper)
         return wrapper, wrapper._connection, getattr(manager, "token", None)
 
     def taken(self, manager: Any, before: tuple[Any, Any, Any]) -> bool:
@@ -115,7 +282,7 @@ class PooledTransaction(Entry):
         wrapper, connection_before, token_before = before
         token = getattr(manager, "token", None)
         if token is not None and token is not token_before:
-            reset_connection_token(token)
+            _connections(self._layout).reset(token)
         connection = wrapper._connection
         if connection is None or connection is connection_before:
             return None
@@ -126,6 +293,56 @@ class PooledTransaction(Entry):
         # means BEGIN was sent (nothing else is awaited after it on the way in).
         close = getattr(wrapper, "transaction", None) is not None
         return give_back(wrapper._parent._pool, connection, close=close)
+
+    async def _exit_with_finally(
+        self, manager: Any, exc_type: Any, exc_val: Any, exc_tb: Any
+    ) -> None:
+        """Tortoise 0.22's exit, for 0.21's, which skips the release if COMMIT raises."""
+        wrapper = getattr(manager, self._wrapper)
+        try:
+            await _finish(wrapper, exc_type)
+        finally:
+            if wrapper._parent._pool:
+                await wrapper._parent._pool.release(wrapper._connection)
+            _connections(self._layout).reset(manager.token)
+
+    async def _ensure_pool(self, manager: Any) -> None:
+        """Tortoise 0.24's ``ensure_connection``, for those before it."""
+        await self._init.create(getattr(manager, self._wrapper)._parent)
+
+
+class PoolInit:
+    """Creates a client's pool once however many first checkouts come at once (what
+    Tortoise 0.24's ``_pool_init_lock`` does), with one lock per client and event loop."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[Any, tuple[Any, asyncio.Lock]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def create(self, client: Any) -> None:
+        if client._pool:
+            return
+        loop = asyncio.get_running_loop()
+        known = self._locks.get(client)
+        if known is None or known[0] is not loop:
+            known = self._locks[client] = (loop, asyncio.Lock())
+        async with known[1]:
+            if not client._pool:
+                await client.create_connection(with_db=True)
+
+
+async def _finish(wrapper: Any, exc_type: Any) -> None:
+    """Commit, or roll back after an error (Tortoise's own rule, in every version)."""
+    from tortoise.exceptions import TransactionManagementError
+
+    if not wrapper._finalized:
+        if exc_type:
+            # Can't rollback a transaction that already failed.
+            if exc_type is not TransactionManagementError:
+                await wrapper.rollback()
+        else:
+            await wrapper.commit()
 
 
 class _TrackedLock:
@@ -156,9 +373,9 @@ class _TrackedLock:
         self.release()
 
 
-def _track_lock(manager: Any, name: str) -> _TrackedLock:
-    lock = getattr(manager, name)
-    if isinstance(lock, _TrackedLock):
+def _track_lock(manager: Any, name: str) -> _TrackedLock | None:
+    lock = getattr(manager, name, None)
+    if lock is None or isinstance(lock, _TrackedLock):
         return lock
     tracked = _TrackedLock(lock)
     setattr(manager, name, tracked)
@@ -166,24 +383,44 @@ def _track_lock(manager: Any, name: str) -> _TrackedLock:
 
 
 class SqliteTransaction(Entry):
-    """SQLite's transaction context: the client's lock (``_trxlock``; ``lock`` on 0.21),
-    then the override ``token``, then ``BEGIN``."""
+    """SQLite's transaction context: the client's lock, then the override ``token``, then
+    ``BEGIN`` (to 0.23 the connection is opened before the lock is taken, from 0.24
+    after)."""
 
-    def before(self, manager: Any) -> tuple[_TrackedLock, Any]:
-        name = "_trxlock" if hasattr(type(manager), "_trxlock") else "lock"
-        return _track_lock(manager, name), getattr(manager, "token", None)
+    def __init__(self, layout: Layout) -> None:
+        self._layout = layout
+        self._lock = layout.sqlite_transaction_lock
+        self.attributes = ("connection", "token", layout.sqlite_transaction_lock)
+        if not layout.exit_has_finally:
+            self.exit = self._exit_with_finally
 
-    def taken(self, manager: Any, before: tuple[_TrackedLock, Any]) -> bool:
-        return before[0].held
+    def owner(self, manager: Any) -> Any:
+        return root_client(manager.connection)
 
-    def undo(self, manager: Any, before: tuple[_TrackedLock, Any]) -> GiveBack | None:
+    def before(self, manager: Any) -> tuple[_TrackedLock | None, Any]:
+        return _track_lock(manager, self._lock), getattr(manager, "token", None)
+
+    def taken(self, manager: Any, before: tuple[_TrackedLock | None, Any]) -> bool:
+        return before[0] is not None and before[0].held
+
+    def undo(self, manager: Any, before: tuple[_TrackedLock | None, Any]) -> GiveBack | None:
         lock, token_before = before
         token = getattr(manager, "token", None)
         if token is not None and token is not token_before:
-            reset_connection_token(token)
-        if not lock.held:
+            _connections(self._layout).reset(token)
+        if lock is None or not lock.held:
             return None
         return _sqlite_give_back(manager.connection, lock)
+
+    async def _exit_with_finally(
+        self, manager: Any, exc_type: Any, exc_val: Any, exc_tb: Any
+    ) -> None:
+        """Tortoise 0.22's exit, for 0.21's, which keeps the lock if COMMIT raises."""
+        try:
+            await _finish(manager.connection, exc_type)
+        finally:
+            _connections(self._layout).reset(manager.token)
+            getattr(manager, self._lock).release()
 
 
 async def _sqlite_give_back(wrapper: Any, lock: _TrackedLock) -> str:
@@ -199,12 +436,23 @@ async def _sqlite_give_back(wrapper: Any, lock: _TrackedLock) -> str:
 
 class SqliteLock(Entry):
     """``ConnectionWrapper`` on SQLite's own client: the lock, then, on first use only,
-    the connection is opened while the lock is held."""
+    the connection is opened while the lock is held (0.21.0 opens it first). Every
+    backend's transaction wrapper uses it too, as a lock around a connection the
+    transaction already holds: that is not a checkout."""
+
+    def __init__(self, layout: Layout, transactional: type) -> None:
+        self._lock = layout.connection_lock
+        self._transactional = transactional
+        self.attributes = ("client", "connection", layout.connection_lock)
+
+    def owner(self, manager: Any) -> Any:
+        client = manager.client
+        return None if isinstance(client, self._transactional) else client
 
     def before(self, manager: Any) -> _TrackedLock | None:
         if manager.connection:  # already open: nothing is awaited once the lock is taken
             return None
-        return _track_lock(manager, "_lock")
+        return _track_lock(manager, self._lock)
 
     def taken(self, manager: Any, before: _TrackedLock | None) -> bool:
         return before is not None and before.held
@@ -237,22 +485,72 @@ async def give_back(pool: Any, connection: Any, *, close: bool = False) -> str:
     return outcome
 
 
-def reset_connection_token(token: Any) -> None:
-    """Undo ``connections.set(...)``: the task sees the pooled client again."""
-    handler: Any
-    try:
-        from tortoise.connection import get_connections  # 1.x: one handler per context
-    except ImportError:  # 0.2x: one module-level handler
-        from tortoise.connection import connections as handler
-    else:
-        handler = get_connections()
-    handler.reset(token)
+# -- which classes, in which module ----------------------------------------------------
 
 
-# The entry of each wrapped class, by class name (see TortoiseInstrumentation.install).
-ENTRIES: dict[str, Entry] = {
-    "PoolConnectionWrapper": PoolCheckout(),
-    "TransactionContextPooled": PooledTransaction(),
-    "SqliteTransactionContext": SqliteTransaction(),
-    "ConnectionWrapper": SqliteLock(),
-}
+@dataclasses.dataclass(frozen=True)
+class Seam:
+    """One context manager that takes a connection, found in this Tortoise."""
+
+    cls: type
+    entry: Entry
+    trims: bool = False
+    """Its exit is a bare release, so autosize may close the connection on the way back
+    (a transaction's exit commits first)."""
+
+
+def resolve(layout: Layout) -> tuple[list[Seam], list[str]]:
+    """The seams of ``layout`` found in the installed Tortoise, and what is missing
+    (``"TransactionContextPooled.token"``). A backend whose driver is not installed is
+    neither: its classes are simply not there to wrap."""
+    missing: list[str] = []
+    base = importlib.import_module(BASE)
+    transactional = getattr(base, layout.transactional, None)
+    if not isinstance(transactional, type):
+        missing.append(f"{BASE}.{layout.transactional}")
+        transactional = _Never
+    init = PoolInit()  # shared: a plain checkout and a transaction may come first together
+    wanted: list[tuple[str, str, Entry, bool]] = [
+        (BASE, "PoolConnectionWrapper", PoolCheckout(layout, init), True),
+        (BASE, "TransactionContextPooled", PooledTransaction(layout, init), False),
+        (BASE, "ConnectionWrapper", SqliteLock(layout, transactional), False),
+        (*layout.sqlite_transaction, SqliteTransaction(layout), False),
+    ]
+    found: list[Seam] = []
+    for module_name, name, entry, trims in wanted:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # that backend's driver is not installed
+            continue
+        cls = getattr(module, name, None)
+        if not isinstance(cls, type):
+            missing.append(name)
+            continue
+        methods = ("__aenter__", "__aexit__") + (("ensure_connection",) if entry.ensure else ())
+        lacking = [m for m in methods if m not in cls.__dict__]
+        slots = _slots(cls)
+        if slots is not None:
+            lacking += [a for a in entry.attributes if a not in slots]
+        if lacking:
+            missing.extend(f"{name}.{attribute}" for attribute in lacking)
+            continue
+        found.append(Seam(cls, entry, trims))
+    return found, missing
+
+
+class _Never:
+    """Stands in for a missing base class: no instance is of it."""
+
+
+def _slots(cls: type) -> set[str] | None:
+    """Every attribute an instance of ``cls`` can have, or ``None`` if it is unbounded (a
+    class in its MRO has no ``__slots__``, so its instances have a ``__dict__``)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        slots = klass.__dict__.get("__slots__")
+        if slots is None:
+            return None
+        names.update((slots,) if isinstance(slots, str) else slots)
+    return names
