@@ -7,7 +7,9 @@
 #      `mariadb-server-core` (with `mariadb-client-core`, for the MySQL tests) if missing,
 #   3. runs ruff (lint and format check) and mypy,
 #   4. starts a throwaway PostgreSQL cluster and a throwaway MariaDB server, runs pytest
-#      against them, and always removes both.
+#      against them on the newest supported versions (.venv), then the adapter, corpus and
+#      contract tests on the oldest (.venv-oldest, scripts/oldest.txt), and always removes
+#      both servers.
 #
 # Extra arguments go to pytest: `bash scripts/test.sh -q -k promtool`.
 # Every check runs even if an earlier one failed, so one run shows every problem; the exit
@@ -26,6 +28,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO_ROOT=$PWD
 
 VENV=$REPO_ROOT/.venv
+OLDEST_VENV=$REPO_ROOT/.venv-oldest
 PG_MAX_CONNECTIONS=200
 PG_START_ATTEMPTS=3
 
@@ -189,6 +192,39 @@ setup_venv() {
     export VIRTUAL_ENV=$VENV
     export PATH=$VENV/bin:$PATH
 }
+
+# The oldest supported versions (scripts/oldest.txt) in a venv of their own; poolwatch is
+# installed from the same checkout, without its own (newest) pins.
+setup_oldest_venv() {
+    header "Python environment with the oldest supported versions ($OLDEST_VENV)"
+    if [[ ! -x $OLDEST_VENV/bin/python ]] || ! "$OLDEST_VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        python3 -m venv "$OLDEST_VENV" || return 1
+    fi
+    local stamp=$OLDEST_VENV/.poolwatch-oldest-install want
+    want=$(cat pyproject.toml scripts/oldest.txt | sha256sum | cut -d' ' -f1)
+    if [[ -f $stamp && $(<"$stamp") == "$want" ]]; then
+        note "up to date"
+        return 0
+    fi
+    note "pip install -r scripts/oldest.txt"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
+        "$OLDEST_VENV/bin/python" -m pip install --quiet -r scripts/oldest.txt || return 1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
+        "$OLDEST_VENV/bin/python" -m pip install --quiet --no-deps --editable . || return 1
+    printf '%s\n' "$want" >"$stamp"
+}
+
+# What the oldest versions must pass: everything that touches an ORM, FastAPI/Starlette or
+# prometheus_client; the load tests, the fault campaign and the generated files run once,
+# on the newest.
+OLDEST_TESTS=(
+    tests/test_tortoise_adapter.py tests/test_sqlalchemy_adapter.py
+    tests/test_corpus_tortoise.py tests/test_corpus_sqlalchemy.py tests/test_never_lose.py
+    tests/test_routes.py tests/test_app_endpoints.py tests/test_middleware.py
+    tests/test_findings.py tests/test_exposition.py tests/test_exposition_promtool.py
+    tests/test_multiprocess.py tests/test_public_api.py tests/test_config.py
+    tests/test_demo.py tests/test_testing.py tests/test_pytest_plugin.py tests/test_tracing.py
+)
 
 # -- PostgreSQL -----------------------------------------------------------------------------
 
@@ -428,6 +464,15 @@ main() {
     fi
 
     step "pytest" python -m pytest "$@"
+    # The version matrix: with pytest arguments (a selection), only on request.
+    if (($# == 0)) || [[ ${POOLWATCH_TEST_MATRIX:-} == 1 ]]; then
+        if setup_oldest_venv; then
+            step "pytest on the oldest supported versions" \
+                "$OLDEST_VENV/bin/python" -m pytest -q "${OLDEST_TESTS[@]}"
+        else
+            FAILED_STEPS+=("oldest versions: install")
+        fi
+    fi
     stop_postgres
     stop_mariadb
 
