@@ -1,31 +1,43 @@
-"""pytest plugin: fail a test that runs an N+1 (installed with poolwatch, on by default).
+"""pytest plugin: N+1 and duplicate queries of the code under test (installed with poolwatch).
 
 Every test runs inside :func:`poolwatch.testing.capture`; what it finds is handled by
 ``--poolwatch-nplusone`` (or the ``poolwatch_nplusone`` ini option):
 
-* ``raise`` (default): the test fails with :class:`~poolwatch.NPlusOneError`, listing
-  each N+1 and duplicate query with its call site and the fix;
-* ``warn``: a :class:`~poolwatch.NPlusOneWarning` instead;
+* ``report`` (default): a summary section at the end of the session lists each finding
+  with the test that caused it; the exit status is left alone, as a metrics agent added
+  to an app must not turn its suite red;
+* ``raise``: the test fails with :class:`~poolwatch.NPlusOneError`, listing each N+1 and
+  duplicate query with its call site and the fix;
+* ``warn``: a :class:`~poolwatch.NPlusOneWarning` per test instead;
 * ``off``: nothing.
 
+Statements that the test's own code issues (its module, ``conftest.py``: whatever
+``python_files`` names), setting up data or checking it, are not judged; the app's are.
+``poolwatch_judge_test_code = true`` judges them too. When no statement of an instrumented
+pool ran in the whole session, the summary says so rather than passing in silence.
+
 Markers: ``@pytest.mark.max_queries(n)`` fails a test that runs more than ``n`` data
-statements; ``@pytest.mark.allow_nplusone`` accepts the N+1s of one test.
+statements (in every mode); ``@pytest.mark.allow_nplusone`` accepts the N+1s of one test.
 Only statements of instrumented pools are seen (``PoolWatch().instrument_*``).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from fnmatch import fnmatchcase
 from typing import Any
 
 import pytest
 
 from poolwatch.errors import NPlusOneError, NPlusOneWarning
-from poolwatch.events import DUPLICATE, NPLUSONE
+from poolwatch.events import DUPLICATE, NPLUSONE, Finding
 from poolwatch.testing import capture
 
-_MODES = ("off", "warn", "raise")
+_MODES = ("off", "report", "warn", "raise")
+_DEFAULT_MODE = "report"
+_FINDINGS = pytest.StashKey[list[tuple[str, Finding]]]()
+_STATEMENTS = pytest.StashKey[list[int]]()  # statements seen in the session, in one cell
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,7 +46,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--poolwatch-nplusone",
         choices=_MODES,
         default=None,
-        help="what to do when a test runs an N+1 or duplicate query (default: raise)",
+        help="what to do when a test runs an N+1 or duplicate query: report them at the "
+        "end (default), raise (fail the test), warn, or off",
     )
     group.addoption(
         "--poolwatch-threshold",
@@ -42,8 +55,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="statements from one call site that make an N+1 in a test (default: 2)",
     )
-    parser.addini("poolwatch_nplusone", "off, warn or raise (default raise)", default="raise")
+    parser.addini(
+        "poolwatch_nplusone", "off, report, warn or raise (default report)", default=_DEFAULT_MODE
+    )
     parser.addini("poolwatch_threshold", "N+1 threshold in tests (default 2)", default="2")
+    parser.addini(
+        "poolwatch_judge_test_code",
+        "also judge the statements the tests and fixtures issue themselves (default false)",
+        type="bool",
+        default=False,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,6 +80,8 @@ def pytest_configure(config: pytest.Config) -> None:
     threshold = _threshold(config)
     if threshold < 2:
         raise pytest.UsageError(f"poolwatch_threshold={threshold!r}: must be at least 2")
+    config.stash[_FINDINGS] = []
+    config.stash[_STATEMENTS] = [0]
 
 
 def _mode(config: pytest.Config) -> str:
@@ -86,14 +109,55 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
         return (yield)
     with capture(name=item.nodeid, threshold=_threshold(item.config)) as captured:
         result = yield
+    item.config.stash[_STATEMENTS][0] += len(captured.queries)
     if limit_marker is not None:
         captured.assert_max_queries(_limit(limit_marker))
-    serious = [f for f in captured.findings if f.kind in (NPLUSONE, DUPLICATE)]
-    if serious and mode == "raise":
+    judged = _judged(item.config)
+    serious = [f for f in captured.findings if f.kind in (NPLUSONE, DUPLICATE) and judged(f)]
+    if not serious or mode == "off":
+        return result
+    if mode == "raise":
         raise NPlusOneError(serious, where=item.nodeid)
-    if serious and mode == "warn":
+    if mode == "warn":
         warnings.warn(NPlusOneWarning(str(NPlusOneError(serious, where=item.nodeid))), stacklevel=1)
+    item.config.stash[_FINDINGS].extend((item.nodeid, f) for f in serious)
     return result
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if _mode(config) == "off" or _FINDINGS not in config.stash:
+        return
+    findings = config.stash[_FINDINGS]
+    if not config.stash[_STATEMENTS][0]:
+        terminalreporter.write_sep("-", "poolwatch")
+        terminalreporter.write_line(
+            "no statement of a pool instrumented by poolwatch ran in these tests, so none "
+            "was checked for N+1 or duplicate queries: instrument the app's engine or "
+            "Tortoise (PoolWatch().instrument_*) where the tests create the app"
+        )
+        return
+    if not findings:
+        return
+    terminalreporter.write_sep("-", f"poolwatch: {len(findings)} N+1 or duplicate queries")
+    for nodeid, finding in findings:
+        terminalreporter.write_line(f"{nodeid}: {finding}")
+    terminalreporter.write_line(
+        "(reported only; --poolwatch-nplusone=raise or poolwatch_nplusone = raise makes "
+        "them fail the tests that ran them, @pytest.mark.allow_nplusone accepts one test's)"
+    )
+
+
+def _judged(config: pytest.Config) -> Callable[[Finding], bool]:
+    """Whether a finding is the app's: not issued by the test's own files."""
+    if config.getini("poolwatch_judge_test_code"):
+        return lambda finding: True
+    patterns = [*config.getini("python_files"), "conftest.py"]
+
+    def judged(finding: Finding) -> bool:
+        file = finding.call_site.split(":", 1)[0].replace("\\", "/").rsplit("/", 1)[-1]
+        return not any(fnmatchcase(file, pattern) for pattern in patterns)
+
+    return judged
 
 
 def _limit(marker: pytest.Mark) -> int:

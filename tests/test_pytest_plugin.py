@@ -1,26 +1,19 @@
-"""The pytest plugin, run on a small user suite: it fails a test that runs an N+1."""
+"""The pytest plugin, run on a small user suite: it reports (or, asked, fails) the app's N+1s."""
 
 from __future__ import annotations
 
 import pytest
 
-USER_SUITE = """
-import pytest
+APP = """
 from sqlalchemy import create_engine, text
-from poolwatch import PoolWatch
 
 
-@pytest.fixture
-def engine():
+def make_engine():
     engine = create_engine("sqlite://")
-    watch = PoolWatch()
-    watch.instrument_sqlalchemy(engine)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)"))
         conn.execute(text("INSERT INTO item VALUES (1, 'a'), (2, 'b'), (3, 'c')"))
-    yield engine
-    watch.uninstrument()
-    engine.dispose()
+    return engine
 
 
 def names(engine, ids):
@@ -29,6 +22,28 @@ def names(engine, ids):
             conn.execute(text("SELECT name FROM item WHERE id = :id"), {"id": i}).scalar()
             for i in ids
         ]
+"""
+
+CONFTEST = """
+import pytest
+from poolwatch import PoolWatch
+from shop import make_engine
+
+
+@pytest.fixture
+def engine():
+    engine = make_engine()
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine)
+    yield engine
+    watch.uninstrument()
+    engine.dispose()
+"""
+
+USER_SUITE = """
+import pytest
+from sqlalchemy import text
+from shop import names
 
 
 def test_loop(engine):
@@ -45,6 +60,12 @@ def test_accepted_loop(engine):
     names(engine, [1, 2, 3])
 
 
+def test_checks_rows_one_by_one_itself(engine):
+    with engine.connect() as conn:  # the test's own checking, not the app's
+        for i in (1, 2, 3):
+            assert conn.execute(text("SELECT name FROM item WHERE id = :id"), {"id": i}).scalar()
+
+
 @pytest.mark.max_queries(1)
 def test_two_different_queries(engine):
     with engine.connect() as conn:
@@ -57,45 +78,77 @@ def test_own_failure_is_reported_as_such(engine):
     assert False, "the test's own assertion"
 """
 
-
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
 
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_user=USER_SUITE)
+    pytester.makepyfile(test_user=USER_SUITE, shop=APP, conftest=CONFTEST)
     pytester.makeini(INI)
+    pytester.syspathinsert()
     return pytester
 
 
-def test_default_raise_fails_the_loop_and_the_query_limit(suite: pytest.Pytester) -> None:
+def test_default_reports_at_the_end_and_fails_nothing_but_query_limits(
+    suite: pytest.Pytester,
+) -> None:
     result = suite.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, failed=3)
+    result.assert_outcomes(passed=4, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*expected at most 1 queries, got 2 queries:*",
+            "*the test's own assertion*",
+            "*- poolwatch: 1 N+1 or duplicate queries -*",
+            "test_user.py::test_loop: nplusone on test_user.py::test_loop: 2 x "
+            "'select name from item where id = ?'* at shop.py:1? in names*",
+            "(reported only; --poolwatch-nplusone=raise*",
+        ]
+    )
+    assert "test_checks_rows_one_by_one_itself:" not in result.stdout.str()
+
+
+def test_raise_fails_the_test_that_ran_the_loop(suite: pytest.Pytester) -> None:
+    result = suite.runpytest("--poolwatch-nplusone=raise")
+    result.assert_outcomes(passed=3, failed=3)
     result.stdout.fnmatch_lines(
         [
             "*NPlusOneError: 1 query finding(s) in test_user.py::test_loop:",
             "*- nplusone on test_user.py::test_loop: 2 x 'select name from item where id = ?'*"
-            " at test_user.py:2? in names*",
-            "*expected at most 1 queries, got 2 queries:*",
-            "*the test's own assertion*",
+            " at shop.py:1? in names*",
         ]
     )
 
 
+def test_the_tests_own_statements_are_judged_only_when_asked(suite: pytest.Pytester) -> None:
+    suite.makeini(INI + "poolwatch_nplusone = raise\npoolwatch_judge_test_code = true\n")
+    result = suite.runpytest()
+    result.assert_outcomes(passed=2, failed=4)
+    result.stdout.fnmatch_lines(["FAILED test_user.py::test_checks_rows_one_by_one_itself - *"])
+
+
 def test_warn_mode_warns_instead(suite: pytest.Pytester) -> None:
     result = suite.runpytest("--poolwatch-nplusone=warn", "-W", "default")
-    result.assert_outcomes(passed=3, failed=2, warnings=1)
+    result.assert_outcomes(passed=4, failed=2, warnings=1)
     result.stdout.fnmatch_lines(["*NPlusOneWarning*test_loop*"])
 
 
 def test_off_mode_and_ini_option(suite: pytest.Pytester) -> None:
-    suite.runpytest("--poolwatch-nplusone=off").assert_outcomes(passed=3, failed=2)
-    suite.makeini(INI + "poolwatch_nplusone = off\n")
-    suite.runpytest().assert_outcomes(passed=3, failed=2)
+    suite.runpytest("--poolwatch-nplusone=off").assert_outcomes(passed=4, failed=2)
+    suite.makeini(INI + "poolwatch_nplusone = raise\n")
+    suite.runpytest().assert_outcomes(passed=3, failed=3)
 
 
 def test_threshold_option(suite: pytest.Pytester) -> None:
-    suite.runpytest("--poolwatch-threshold=3").assert_outcomes(passed=3, failed=2)
+    result = suite.runpytest("--poolwatch-nplusone=raise", "--poolwatch-threshold=3")
+    result.assert_outcomes(passed=4, failed=2)
+
+
+def test_a_session_without_an_instrumented_pool_says_so(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_plain="def test_nothing_instrumented():\n    assert True\n")
+    pytester.makeini(INI)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*no statement of a pool instrumented by poolwatch ran*"])
 
 
 def test_bad_options_fail_fast(suite: pytest.Pytester) -> None:
