@@ -1,8 +1,13 @@
 """Where in the user's code a query comes from.
 
 The call site of a query is the innermost frame of the running stack that belongs to the
-application rather than to poolwatch, the ORM, the driver, asyncio, Starlette/FastAPI or
-the standard library. Walking the stack is the only way to get it without patching
+application rather than to a library. As error trackers do, where a module lives decides:
+code installed in ``site-packages`` / ``dist-packages`` and the standard library are
+libraries (SQLModel, a repository package, any ORM wrapper), and so are poolwatch, the
+well-known ORMs, drivers and frameworks by name (also when installed editable) and the
+modules in ``ignore_modules`` (an app's own data layer). Should no frame be the app's (an
+app deployed into ``site-packages`` itself), the innermost installed frame that is not a
+known library stands in. Walking the stack is the only way to get it without patching
 attribute access; it is kept cheap by deciding "library or not" once per code object.
 
 Two places hide the user's frame from a plain stack walk, and both are followed:
@@ -16,8 +21,10 @@ Two places hide the user's frame from a plain stack walk, and both are followed:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
+import sysconfig
 from collections.abc import Iterable
 from types import CodeType, FrameType
 from typing import Any, NamedTuple
@@ -42,6 +49,10 @@ _APPLICATION_PACKAGES = ("poolwatch.demo",)
 _MAX_TASK_HOPS = 8
 _MAX_CACHED_CODES = 65536
 
+# What a code object is, decided once: the application's, an installed package's (a
+# library, unless no frame is the application's), or a known library's.
+_APP, _INSTALLED, _LIBRARY = 0, 1, 2
+
 
 class CallSite(NamedTuple):
     """A line in the application: ``file:line in function``."""
@@ -63,10 +74,10 @@ class CallSiteFinder:
 
     def __init__(self, ignore_modules: Iterable[str] = ()) -> None:
         self._ignore = tuple(ignore_modules)
-        # id(code) -> is it library code? Decided once per function. Keyed by id because
-        # hashing a code object hashes its bytecode on every lookup; _seen holds each code
-        # object so that its id cannot be reused while the verdict is cached.
-        self._library: dict[int, bool] = {}
+        # id(code) -> _APP, _INSTALLED or _LIBRARY, decided once per function. Keyed by id
+        # because hashing a code object hashes its bytecode on every lookup; _seen holds
+        # each code object so that its id cannot be reused while the verdict is cached.
+        self._library: dict[int, int] = {}
         self._seen: list[CodeType] = []
         # (id(code), offset) -> (code, "file:line in function"): a loop formats one string
         self._sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
@@ -82,42 +93,56 @@ class CallSiteFinder:
             frame: FrameType | None = sys._getframe(skip)
         except ValueError:  # a shallower stack than the caller promised
             frame = sys._getframe(1)
-        frame, stopped_at_task = self._walk(frame)
+        frame, stopped_at_task, installed = self._walk(frame)
         if frame is None:
             frame = self._from_greenlet_parent()
         if frame is None and stopped_at_task:
             frame = self._from_awaiting_task()
+        if frame is None:
+            frame = installed
         if frame is None:
             return None
         return self._site(frame)
 
     # -- the walk ----------------------------------------------------------------------
 
-    def _walk(self, frame: FrameType | None) -> tuple[FrameType | None, bool]:
-        """The first application frame from ``frame`` outwards.
+    def _walk(self, frame: FrameType | None) -> tuple[FrameType | None, bool, FrameType | None]:
+        """The first application frame from ``frame`` outwards, whether the walk stopped
+        at a task's boundary, and the innermost installed-package frame seen on the way.
 
         Stops at the frame that runs an asyncio callback: below it lie the event loop and
         whatever started it, never the code that issued this query.
         """
         library = self._library
         stop = self._stop
+        installed: FrameType | None = None
         while frame is not None:
             code = frame.f_code
             verdict = library.get(id(code))
             if verdict is None:
                 verdict = self._judge(code, frame)
-            if not verdict:
-                return frame, False
+            if verdict == _APP:
+                return frame, False, installed
+            if verdict == _INSTALLED and installed is None:
+                installed = frame
             if code is stop:
-                return None, True
+                return None, True, installed
             frame = frame.f_back
-        return None, False
+        return None, False, installed
 
-    def _judge(self, code: CodeType, frame: FrameType) -> bool:
+    def _judge(self, code: CodeType, frame: FrameType) -> int:
         if len(self._library) >= _MAX_CACHED_CODES:
             self._library.clear()
             self._seen.clear()
-        verdict = is_library_module(_module_of(frame), self._ignore)
+        module = _module_of(frame)
+        if module.startswith(_APPLICATION_PACKAGES):
+            verdict = _APP
+        elif is_library_module(module, self._ignore):
+            verdict = _LIBRARY
+        elif is_installed(code.co_filename):
+            verdict = _INSTALLED
+        else:
+            verdict = _APP
         self._library[id(code)] = verdict
         self._seen.append(code)
         return verdict
@@ -144,7 +169,7 @@ class CallSiteFinder:
             return None
         current = greenlet.getcurrent()
         while (parent := current.parent) is not None:
-            frame, _ = self._walk(parent.gr_frame)
+            frame, _, _ = self._walk(parent.gr_frame)
             if frame is not None:
                 return frame
             current = parent
@@ -177,7 +202,7 @@ class CallSiteFinder:
             verdict = self._library.get(id(frame.f_code))
             if verdict is None:
                 verdict = self._judge(frame.f_code, frame)
-            if not verdict:
+            if verdict == _APP:
                 found = frame
             awaitable = getattr(awaitable, "cr_await", None) or getattr(
                 awaitable, "gi_yieldfrom", None
@@ -207,6 +232,22 @@ def is_library_module(module: str, extra: tuple[str, ...] = ()) -> bool:
     if top in LIBRARY_PACKAGES or top in sys.stdlib_module_names:
         return True
     return any(module == prefix or module.startswith(prefix + ".") for prefix in extra)
+
+
+def is_installed(filename: str) -> bool:
+    """Whether ``filename`` is installed code: a package in ``site-packages`` or
+    ``dist-packages``, the standard library, or frozen into the interpreter."""
+    if filename.startswith("<frozen"):
+        return True
+    if f"{os.sep}site-packages{os.sep}" in filename or f"{os.sep}dist-packages{os.sep}" in filename:
+        return True
+    return filename.startswith(_stdlib_dirs())
+
+
+@functools.cache
+def _stdlib_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple({os.path.join(paths[key], "") for key in ("stdlib", "platstdlib") if key in paths})
 
 
 def awaiting_task(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:

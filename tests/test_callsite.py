@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
+import threading
+from typing import Any
+
+import pytest
 
 from poolwatch.callsite import CallSiteFinder, display_path, is_library_module
 from tests import callsite_lib
@@ -101,3 +106,53 @@ def test_library_modules() -> None:
 def test_paths_are_shown_relative_to_the_working_directory() -> None:
     assert display_path(__file__) == "tests/test_callsite.py"
     assert display_path("<string>") == "<string>"
+
+
+WRAPPER = """
+def query(finder, where):
+    return where(finder)
+
+
+def deeper(finder, where):
+    return query(finder, where)
+
+
+def collect(into, finder, where):
+    into.append(deeper(finder, where))
+"""
+
+
+def _installed(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, name: str) -> Any:
+    """A module installed in a ``site-packages`` directory, as pip would."""
+    site = tmp_path / "venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    (site / f"{name}.py").write_text(WRAPPER)
+    monkeypatch.syspath_prepend(str(site))
+    return importlib.import_module(name)
+
+
+def test_an_installed_wrapper_of_the_orm_is_library_code_by_where_it_lives(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLModel, a shared repository package...: on no list, but installed.
+    wrapper = _installed(tmp_path, monkeypatch, "poolwatch_test_wrapper")
+    finder = CallSiteFinder()
+    site = wrapper.deeper(finder, CallSiteFinder.find)
+    line = here(-1)
+    name = "test_an_installed_wrapper_of_the_orm_is_library_code_by_where_it_lives"
+    assert site == f"tests/test_callsite.py:{line} in {name}"
+
+
+def test_with_no_application_frame_the_innermost_installed_frame_stands_in(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An app deployed into site-packages itself: its own frames are all "installed". A
+    # thread started on its function holds no frame of this test.
+    wrapper = _installed(tmp_path, monkeypatch, "poolwatch_test_deployed")
+    sites: list[str | None] = []
+    thread = threading.Thread(
+        target=wrapper.collect, args=(sites, CallSiteFinder(), CallSiteFinder.find)
+    )
+    thread.start()
+    thread.join()
+    assert sites == ["poolwatch_test_deployed.py:3 in query"]
