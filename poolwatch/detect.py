@@ -76,12 +76,15 @@ class Policy:
 class _Group:
     """Statements of one fingerprint from one call site."""
 
-    __slots__ = ("batched", "count", "operation", "pool", "seconds")
+    __slots__ = ("again", "batched", "count", "operation", "pool", "seconds")
 
     def __init__(self, operation: str, pool: str) -> None:
         self.count = 0
         self.seconds = 0.0
         self.batched = 0
+        # Reads that repeated an earlier one of this group exactly (same parameters):
+        # a loop over rows runs with different parameters, a repeat is a duplicate.
+        self.again = 0
         self.operation = operation
         self.pool = pool
 
@@ -129,21 +132,28 @@ class ScopeQueries:
         if event.in_list > 1:
             group.batched += 1
         identity = event.identity
-        if identity is not None and operation in _READS:
-            repeat = self.repeats.get(identity)
-            if repeat is not None:
-                repeat.count += 1
-                repeat.seconds += event.seconds
-            else:
-                # Most statements run once: keep the event itself, and make the counter
-                # only when the same statement and parameters come back.
-                first = self.first.get(identity)
-                if first is None:
-                    if len(self.first) < MAX_REPEATS:
-                        self.first[identity] = event
-                elif len(self.repeats) < MAX_REPEATS:
-                    self.repeats[identity] = _Repeat(first, event)
+        if identity is not None and operation in _READS and self._repeated(identity, event):
+            group.again += 1
         return key, group
+
+    def _repeated(self, identity: int, event: QueryEvent) -> bool:
+        """Count a repeat of the same statement and parameters; True if it repeats one
+        from the same call site."""
+        repeat = self.repeats.get(identity)
+        if repeat is not None:
+            repeat.count += 1
+            repeat.seconds += event.seconds
+            return repeat.call_site == event.call_site
+        # Most statements run once: keep the event itself, and make the counter only when
+        # the same statement and parameters come back.
+        first = self.first.get(identity)
+        if first is None:
+            if len(self.first) < MAX_REPEATS:
+                self.first[identity] = event
+            return False
+        if len(self.repeats) < MAX_REPEATS:
+            self.repeats[identity] = _Repeat(first, event)
+        return first.call_site == event.call_site
 
 
 def _group_finding(
@@ -158,6 +168,11 @@ def _group_finding(
     if group.count < policy.threshold or group.seconds < policy.min_duration:
         return None
     if group.operation in _READS:
+        # N+1 is one statement run for rows: with different parameters. The very same
+        # statement and parameters, however often, is a duplicate (found below); a loop
+        # whose rows share some parameters (6 posts by 2 authors) is still the loop.
+        if group.count - group.again < 2:
+            return None
         # A chunked batch load: all but perhaps its last chunk carry many ids.
         if group.batched >= group.count - 1:
             return None

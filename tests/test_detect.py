@@ -90,6 +90,18 @@ def test_repeats_inside_an_nplusone_loop_belong_to_the_loop() -> None:
     assert kinds(judge(events)) == ["nplusone"]
 
 
+@pytest.mark.parametrize("threshold", [2, 5])
+def test_the_same_statement_and_parameters_again_is_a_duplicate_never_an_nplusone(
+    threshold: int,
+) -> None:
+    # The test threshold (2) and production's (5): one identical lookup, repeated in a
+    # loop or not, is reused or hoisted, not prefetched.
+    repeated = [event("select * from config where id = ?", identity=7) for _ in range(6)]
+    findings = judge(repeated, Policy(threshold=threshold))
+    assert kinds(findings) == ["duplicate"]
+    assert findings[0].count == 6
+
+
 def test_allow_lists_by_route_fingerprint_and_call_site() -> None:
     loop = [event(identity=i) for i in range(5)]
     assert judge(loop, Policy(allow_routes=("/r",))) == []
