@@ -53,6 +53,31 @@ def test_no_value_survives() -> None:
     assert result == "select * from users where email = ? and pin = ? and note = ? and id in (...)"
 
 
+@pytest.mark.parametrize(
+    "literal",
+    [
+        "ARRAY['s3cr3t']",
+        "ARRAY['a', 's3cr3t']",
+        "e'O\\'s3cr3t'",
+        "E'O\\'s3cr3t'",
+        "0x5EC12E7",
+        "0b1011011",
+        "X'5EC12E7'",
+        "N's3cr3t'",
+    ],
+)
+def test_no_literal_of_these_syntaxes_survives(literal: str) -> None:
+    result = fingerprint(f"SELECT * FROM t WHERE a = {literal} AND b = 1")
+    for value in ("s3cr3t", "5ec12e7", "1011011"):
+        assert value not in result.lower()
+    assert result.endswith("and b = ?")
+
+
+def test_subscripts_are_not_bracket_identifiers() -> None:
+    assert fingerprint("SELECT tags[1] FROM t") == "select tags [ ? ] from t"
+    assert fingerprint("SELECT [id] FROM [t]") == "select id from t"
+
+
 def test_readable_output() -> None:
     sql = 'SELECT "a"."id","a"."name" FROM "author" "a" WHERE "a"."id"=$1 LIMIT $2'
     assert fingerprint(sql) == "select a.id, a.name from author a where a.id = ? limit ?"
