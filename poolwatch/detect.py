@@ -105,13 +105,16 @@ class _Repeat:
 class ScopeQueries:
     """The queries of one scope, grouped for detection as they arrive."""
 
-    __slots__ = ("first", "groups", "repeats", "reported")
+    __slots__ = ("first", "groups", "repeats", "reported", "writes")
 
     def __init__(self) -> None:
         self.groups: dict[tuple[str, str], _Group] = {}
         # identity -> the first event with it; identity -> counts, once it repeats
         self.first: dict[int, QueryEvent] = {}
         self.repeats: dict[int, _Repeat] = {}
+        # pool -> writes so far: a read after a write on its pool may see other rows (exists
+        # -> INSERT -> exists, get -> UPDATE -> refresh), so it repeats nothing before it.
+        self.writes: dict[str, int] = {}
         # (recorder id, kind) already counted for this scope: the counters count scopes,
         # not findings, and each PoolWatch judging the scope counts in its own registry.
         self.reported: set[tuple[int, str]] = set()
@@ -132,8 +135,15 @@ class ScopeQueries:
         if event.in_list > 1:
             group.batched += 1
         identity = event.identity
-        if identity is not None and operation in _READS and self._repeated(identity, event):
-            group.again += 1
+        if operation in _READS:
+            if identity is not None:
+                writes = self.writes.get(event.pool)
+                if writes:
+                    identity = hash((identity, writes))
+                if self._repeated(identity, event):
+                    group.again += 1
+        else:
+            self.writes[event.pool] = self.writes.get(event.pool, 0) + 1
         return key, group
 
     def _repeated(self, identity: int, event: QueryEvent) -> bool:

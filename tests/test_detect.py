@@ -102,6 +102,17 @@ def test_the_same_statement_and_parameters_again_is_a_duplicate_never_an_npluson
     assert findings[0].count == 6
 
 
+def test_the_same_read_around_a_write_is_no_duplicate() -> None:
+    # exists -> INSERT -> exists; get -> UPDATE -> refresh: the second read may see other
+    # rows, and reusing the first result would be a bug.
+    check = event("select 1 from slot where day = ?", identity=1)
+    insert = event("insert into slot (day) values (?)", operation="INSERT", site="app.py:11")
+    assert judge([check, insert, check]) == []
+    other_pool = QueryEvent(*insert[:5], "replica", *insert[6:])
+    assert kinds(judge([check, other_pool, check])) == ["duplicate"]  # another database
+    assert kinds(judge([check, check, insert, check])) == ["duplicate"]  # before it: still
+
+
 def test_allow_lists_by_route_fingerprint_and_call_site() -> None:
     loop = [event(identity=i) for i in range(5)]
     assert judge(loop, Policy(allow_routes=("/r",))) == []
