@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -98,18 +99,22 @@ async def test_sleep_zero_inside_the_work_is_one_loop_turn() -> None:
     assert await complete(work(), keep) == 3
 
 
-async def test_shutting_the_work_task_down_unwinds_the_work() -> None:
-    keep: set[asyncio.Task[Any]] = set()
-    cleaned: list[bool] = []
-    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+def _endless_work(cleaned: list[bool]) -> Coroutine[Any, Any, None]:
+    """Work that never ends by itself and notes when it is unwound."""
 
     async def work() -> None:
         try:
-            await never
+            await asyncio.get_running_loop().create_future()
         finally:
             cleaned.append(True)
 
-    caller = asyncio.create_task(complete(work(), keep))
+    return work()
+
+
+async def test_shutting_the_work_task_down_unwinds_the_work() -> None:
+    keep: set[asyncio.Task[Any]] = set()
+    cleaned: list[bool] = []
+    caller = asyncio.create_task(complete(_endless_work(cleaned), keep))
     await asyncio.sleep(0)
     await asyncio.sleep(0)  # the task has taken its first step
     (task,) = keep
@@ -124,15 +129,7 @@ async def test_shutting_the_work_task_down_unwinds_the_work() -> None:
 async def test_a_task_shut_down_before_its_first_step_closes_the_work() -> None:
     keep: set[asyncio.Task[Any]] = set()
     cleaned: list[bool] = []
-    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def work() -> None:
-        try:
-            await never
-        finally:
-            cleaned.append(True)
-
-    caller = asyncio.create_task(complete(work(), keep))
+    caller = asyncio.create_task(complete(_endless_work(cleaned), keep))
     await asyncio.sleep(0)
     (task,) = keep
     task.cancel()

@@ -99,6 +99,14 @@ async def _assert_whole(watch: PoolWatch, client: Any) -> None:
     await asyncio.wait_for(_transaction(), 5)
 
 
+async def _assert_psycopg_whole(watch: PoolWatch, client: Any) -> None:
+    """:func:`_assert_whole`, and psycopg_pool has every connection it opened available."""
+    assert await settled(client) == 0
+    stats = client._pool.get_stats()
+    assert stats["pool_available"] == stats["pool_size"] > 0
+    await _assert_whole(watch, client)
+
+
 # -- the reported bug --------------------------------------------------------------------
 
 
@@ -246,10 +254,7 @@ async def test_a_psycopg_release_cancelled_while_the_pool_is_busy_still_returns(
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             pool._lock.release()
-            assert await settled(c) == 0
-            stats = pool.get_stats()
-            assert stats["pool_available"] == stats["pool_size"] > 0
-            await _assert_whole(watch, c)
+            await _assert_psycopg_whole(watch, c)
     finally:
         watch.uninstrument()
 
@@ -284,10 +289,7 @@ async def test_a_psycopg_acquire_cancelled_twice_still_gives_its_connection_back
             await asyncio.gather(task, return_exceptions=True)
             assert task.cancelled()
             pool._check = check
-            assert await settled(c) == 0
-            stats = pool.get_stats()
-            assert stats["pool_available"] == stats["pool_size"] > 0
-            await _assert_whole(watch, c)
+            await _assert_psycopg_whole(watch, c)
     finally:
         watch.uninstrument()
 
