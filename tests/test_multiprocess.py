@@ -87,7 +87,13 @@ class Server:
         seen: set[int] = set()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status, body = _get(self.port, "/hit")
+            try:
+                status, body = _get(self.port, "/hit")
+            except ConnectionRefusedError:
+                # uvicorn --workers binds the app's socket in the supervisor but listens
+                # only once a worker serves; poolwatch's own port may be up before that.
+                time.sleep(0.1)
+                continue
             assert status == 200
             self.requests += 1
             seen.add(json.loads(body)["pid"])
