@@ -512,5 +512,7 @@ class PoolWatch:
         except Exception as exc:
             self.faults.report("scope", exc)
 
-    def _suggest(self, kind: str, fingerprint: str, pool: str) -> str:
-        return suggestion(kind, fingerprint, pool, lambda exc: self.faults.report("hints", exc))
+    def _suggest(self, kind: str, fingerprint: str, pool: str, by_relation: bool) -> str:
+        return suggestion(
+            kind, fingerprint, pool, by_relation, lambda exc: self.faults.report("hints", exc)
+        )

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from types import CodeType, FrameType
 from typing import Any, NamedTuple
 
-__all__ = ["LIBRARY_PACKAGES", "CallSite", "CallSiteFinder"]
+__all__ = ["LIBRARY_PACKAGES", "MAX_PATH", "CallSite", "CallSiteFinder"]
 
 # Top-level packages whose frames are never the call site. Everything from the standard
 # library is added at run time (sys.stdlib_module_names).
@@ -45,13 +45,27 @@ LIBRARY_PACKAGES = frozenset(
 )  # fmt: skip
 # poolwatch's own demo is an application: its findings must point into it.
 _APPLICATION_PACKAGES = ("poolwatch.demo",)
+# Application frames in a call path: the helper, its caller, and the loop above them.
+MAX_PATH = 4
+# Library frames tolerated between two application frames (a decorator, a context
+# manager); past that the walk has reached the framework that called the endpoint.
+_MAX_GAP = 6
 # How far up the awaiting tasks to look (nested gathers) before giving up.
 _MAX_TASK_HOPS = 8
 _MAX_CACHED_CODES = 65536
 
 # What a code object is, decided once: the application's, an installed package's (a
 # library, unless no frame is the application's), or a known library's.
-_APP, _INSTALLED, _LIBRARY = 0, 1, 2
+_APP, _INSTALLED, _LIBRARY, _RELATION = 0, 1, 2, 3
+# Library functions that load an ORM relation for rows already fetched: a statement run
+# under one of them is proven to be that relation's load (its advice may name it).
+_RELATION_LOADERS = {
+    "sqlalchemy.orm.strategies": ("_load_for_state", "_emit_lazyload"),
+    "tortoise.models": ("fetch_related",),
+    "tortoise.backends.base.executor": ("_prefetch_",),
+}
+# Why a walk ended: the path is complete, the frame that runs a task, the end of a stack.
+_FULL, _AT_TASK, _END_OF_STACK = 0, 1, 2
 
 
 class CallSite(NamedTuple):
@@ -81,6 +95,8 @@ class CallSiteFinder:
         self._seen: list[CodeType] = []
         # (id(code), offset) -> (code, "file:line in function"): a loop formats one string
         self._sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
+        # the sites of a path -> (call site, path): one string per distinct path
+        self._paths: dict[tuple[str, ...], tuple[str, str]] = {}
         self._stop = _task_boundary_code()
 
     def find(self, skip: int = 1) -> str | None:
@@ -89,54 +105,93 @@ class CallSiteFinder:
         ``skip`` frames are known to be poolwatch's own: ``sys._getframe(skip)`` steps
         over them without materialising a frame object for each.
         """
+        found = self.find_path(skip + 1)
+        return None if found is None else found[0]
+
+    def find_path(self, skip: int = 1) -> tuple[str, str, bool] | None:
+        """The call site and the application call path of the code running now, and
+        whether an ORM's relation loader runs it (a lazy load, ``fetch_related``).
+
+        The path is the innermost ``MAX_PATH`` application frames, outermost first,
+        joined by ``" -> "``: ``service.py:136 in list_articles -> favorite.py:27 in
+        count``. The loop that calls a per-row helper is in it, and two callers of one
+        helper have two paths. The call site is its innermost frame.
+        """
         try:
             frame: FrameType | None = sys._getframe(skip)
         except ValueError:  # a shallower stack than the caller promised
             frame = sys._getframe(1)
-        frame, stopped_at_task, installed = self._walk(frame)
-        if frame is None:
-            frame = self._from_greenlet_parent()
-        if frame is None and stopped_at_task:
-            frame = self._from_awaiting_task()
-        if frame is None:
-            frame = installed
-        if frame is None:
+        path: list[FrameType] = []
+        ended, installed, relation = self._walk(frame, path)
+        if ended == _END_OF_STACK and len(path) < MAX_PATH:
+            relation = self._from_greenlet_parent(path) or relation
+        if not path and ended == _AT_TASK:
+            path = self._from_awaiting_task()
+        if not path and installed is not None:
+            path = [installed]
+        if not path:
             return None
-        return self._site(frame)
+        sites = tuple([self._site(frame) for frame in reversed(path)])
+        known = self._paths.get(sites)
+        if known is None:
+            if len(self._paths) >= _MAX_CACHED_CODES:
+                self._paths.clear()
+            known = self._paths[sites] = (sites[-1], " -> ".join(sites))
+        return known[0], known[1], relation
 
     # -- the walk ----------------------------------------------------------------------
 
-    def _walk(self, frame: FrameType | None) -> tuple[FrameType | None, bool, FrameType | None]:
-        """The first application frame from ``frame`` outwards, whether the walk stopped
-        at a task's boundary, and the innermost installed-package frame seen on the way.
+    def _walk(
+        self, frame: FrameType | None, path: list[FrameType]
+    ) -> tuple[int, FrameType | None, bool]:
+        """Collect application frames from ``frame`` outwards into ``path`` (innermost
+        first); returns why the walk ended, the innermost installed-package frame, and
+        whether a relation loader ran below the first application frame.
 
-        Stops at the frame that runs an asyncio callback: below it lie the event loop and
-        whatever started it, never the code that issued this query.
+        It ends with ``MAX_PATH`` frames, ``_MAX_GAP`` library frames past the last
+        application frame (the framework that called the endpoint), or at the frame that
+        runs an asyncio callback: below it lie the event loop and whatever started it,
+        never the code that issued this query.
         """
         library = self._library
         stop = self._stop
         installed: FrameType | None = None
+        relation = False
+        gap = 0
         while frame is not None:
             code = frame.f_code
             verdict = library.get(id(code))
             if verdict is None:
                 verdict = self._judge(code, frame)
             if verdict == _APP:
-                return frame, False, installed
-            if verdict == _INSTALLED and installed is None:
-                installed = frame
+                path.append(frame)
+                if len(path) >= MAX_PATH:
+                    return _FULL, installed, relation
+                gap = 0
+            else:
+                if verdict == _INSTALLED and installed is None:
+                    installed = frame
+                elif verdict == _RELATION and not path:
+                    relation = True
+                if path:
+                    gap += 1
+                    if gap > _MAX_GAP:
+                        return _FULL, installed, relation
             if code is stop:
-                return None, True, installed
+                return _AT_TASK, installed, relation
             frame = frame.f_back
-        return None, False, installed
+        return _END_OF_STACK, installed, relation
 
     def _judge(self, code: CodeType, frame: FrameType) -> int:
         if len(self._library) >= _MAX_CACHED_CODES:
             self._library.clear()
             self._seen.clear()
         module = _module_of(frame)
+        loaders = _RELATION_LOADERS.get(module)
         if module.startswith(_APPLICATION_PACKAGES):
             verdict = _APP
+        elif loaders is not None and code.co_name.startswith(loaders):
+            verdict = _RELATION
         elif is_library_module(module, self._ignore):
             verdict = _LIBRARY
         elif is_installed(code.co_filename):
@@ -163,37 +218,42 @@ class CallSiteFinder:
 
     # -- where a plain walk cannot see -------------------------------------------------
 
-    def _from_greenlet_parent(self) -> FrameType | None:
+    def _from_greenlet_parent(self, path: list[FrameType]) -> bool:
+        """Continue the walk on the greenlets that wait for this one; True if a relation
+        loader runs there below the application's frames."""
         greenlet = sys.modules.get("greenlet")
         if greenlet is None:
-            return None
+            return False
         current = greenlet.getcurrent()
+        relation = False
         while (parent := current.parent) is not None:
-            frame, _, _ = self._walk(parent.gr_frame)
-            if frame is not None:
-                return frame
+            ended, _, loads = self._walk(parent.gr_frame, path)
+            relation = relation or loads
+            if ended != _END_OF_STACK or len(path) >= MAX_PATH:
+                break
             current = parent
-        return None
+        return relation
 
-    def _from_awaiting_task(self) -> FrameType | None:
+    def _from_awaiting_task(self) -> list[FrameType]:
         try:
             task: asyncio.Task[Any] | None = asyncio.current_task()
         except RuntimeError:
-            return None
+            return []
         for _ in range(_MAX_TASK_HOPS):
             if task is None:
-                return None
+                return []
             task = awaiting_task(task)
             if task is None:
-                return None
-            frame = self._innermost_application_frame(task)
-            if frame is not None:
-                return frame
-        return None
+                return []
+            path = self._application_frames(task)
+            if path:
+                return path
+        return []
 
-    def _innermost_application_frame(self, task: asyncio.Task[Any]) -> FrameType | None:
-        """The application frame nearest to where ``task`` is suspended."""
-        found: FrameType | None = None
+    def _application_frames(self, task: asyncio.Task[Any]) -> list[FrameType]:
+        """The application frames nearest to where ``task`` is suspended, innermost
+        first, at most ``MAX_PATH``."""
+        found: list[FrameType] = []
         awaitable: Any = task.get_coro()
         while awaitable is not None:
             frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
@@ -203,11 +263,11 @@ class CallSiteFinder:
             if verdict is None:
                 verdict = self._judge(frame.f_code, frame)
             if verdict == _APP:
-                found = frame
+                found.append(frame)
             awaitable = getattr(awaitable, "cr_await", None) or getattr(
                 awaitable, "gi_yieldfrom", None
             )
-        return found
+        return found[::-1][:MAX_PATH]
 
 
 def _module_of(frame: FrameType) -> str:

@@ -7,14 +7,21 @@ the rules are tested by feeding events.
 
 The rules:
 
-* **N+1**: reads with one fingerprint from one call site, ``threshold`` times or more
-  (and ``min_duration`` seconds in total). A group whose statements carry multi-item
-  ``IN (...)`` lists is a chunked batch load, not a loop, and is left alone; one
-  ``IN (?)`` per row is still a loop.
-* **duplicate**: the same statement with the same parameters, ``duplicate_threshold``
-  times, wherever it came from.
-* **bulk write**: INSERT/UPDATE/DELETE with one fingerprint from one call site,
+* **N+1**: reads with one fingerprint from one application call path on one pool,
+  ``threshold`` times or more (and ``min_duration`` seconds in total), with at least two
+  different parameter sets. A group whose statements carry multi-item ``IN (...)`` lists
+  is a chunked batch load, not a loop, and is left alone; one ``IN (?)`` per row is
+  still a loop. Two callers of one helper (a current-user dependency and the route)
+  have two call paths, so two groups.
+* **duplicate**: the same statement with the same parameters on the same pool,
+  ``duplicate_threshold`` times, with no write on that pool and no COMMIT or ROLLBACK in
+  between (after either, a read may see other rows).
+* **bulk write**: INSERT/UPDATE/DELETE with one fingerprint from one call path,
   ``threshold`` times: a hint to batch, never an N+1.
+
+Statements that read no application table (``select 1``, ``select version()``, catalog
+reads, ``SHOW``, ``PRAGMA``, savepoints) are the driver's or the dialect's bookkeeping:
+they never count.
 """
 
 from __future__ import annotations
@@ -45,8 +52,9 @@ _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
 DATA_OPERATIONS = _READS | _WRITES
 """Statements that touch data; BEGIN, COMMIT, SET and the like are bookkeeping."""
 
-Suggest = Callable[[str, str, str], str]
-"""``suggest(kind, fingerprint, pool)`` -> what to change, in one sentence."""
+Suggest = Callable[[str, str, str, bool], str]
+"""``suggest(kind, fingerprint, pool, by_relation)`` -> what to change, in one sentence;
+``by_relation``: an ORM's relation loader ran the statements (its relation may be named)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,7 +62,8 @@ class Policy:
     """When a group of queries becomes a finding, and which findings to ignore.
 
     The allow-lists hold shell-style patterns (``fnmatch``): ``"/admin/*"`` for routes,
-    ``"select * from audit_log*"`` for fingerprints, ``"*/reports.py:*"`` for call sites.
+    ``"select ... from audit_log*"`` for fingerprints, ``"*/reports.py:*"`` for call sites
+    (any frame of a finding's call path).
     """
 
     threshold: int = 5
@@ -69,16 +78,26 @@ class Policy:
         return (
             any(fnmatchcase(finding.route, p) for p in self.allow_routes)
             or any(fnmatchcase(finding.fingerprint, p) for p in self.allow_fingerprints)
-            or any(fnmatchcase(finding.call_site, p) for p in self.allow_call_sites)
+            or any(
+                fnmatchcase(site, p)
+                for site in (finding.call_path or finding.call_site).split(" -> ")
+                for p in self.allow_call_sites
+            )
         )
 
 
+_Key = tuple[str, str, str]
+"""(fingerprint, call path, pool): what one group of statements shares."""
+
+
 class _Group:
-    """Statements of one fingerprint from one call site."""
+    """Statements of one fingerprint from one call path on one pool."""
 
-    __slots__ = ("again", "batched", "count", "operation", "pool", "seconds")
+    __slots__ = (
+        "again", "batched", "by_relation", "call_site", "count", "operation", "pool", "seconds",
+    )  # fmt: skip
 
-    def __init__(self, operation: str, pool: str) -> None:
+    def __init__(self, operation: str, pool: str, call_site: str) -> None:
         self.count = 0
         self.seconds = 0.0
         self.batched = 0
@@ -87,18 +106,21 @@ class _Group:
         self.again = 0
         self.operation = operation
         self.pool = pool
+        self.call_site = call_site
+        self.by_relation = False
 
 
 class _Repeat:
-    """One exact statement (text and parameters) and how often it ran."""
+    """One exact statement (text and parameters) on one pool and how often it ran."""
 
-    __slots__ = ("call_site", "count", "fingerprint", "pool", "seconds")
+    __slots__ = ("call_path", "call_site", "count", "fingerprint", "pool", "seconds")
 
     def __init__(self, first: QueryEvent, again: QueryEvent) -> None:
         self.count = 2
         self.seconds = first.seconds + again.seconds
         self.fingerprint = first.fingerprint
         self.call_site = first.call_site
+        self.call_path = first.call_path
         self.pool = first.pool
 
 
@@ -108,52 +130,60 @@ class ScopeQueries:
     __slots__ = ("first", "groups", "repeats", "reported", "writes")
 
     def __init__(self) -> None:
-        self.groups: dict[tuple[str, str], _Group] = {}
+        self.groups: dict[_Key, _Group] = {}
         # identity -> the first event with it; identity -> counts, once it repeats
         self.first: dict[int, QueryEvent] = {}
         self.repeats: dict[int, _Repeat] = {}
-        # pool -> writes so far: a read after a write on its pool may see other rows (exists
-        # -> INSERT -> exists, get -> UPDATE -> refresh), so it repeats nothing before it.
+        # pool -> writes and transaction ends so far: a read after a write on its pool, or
+        # after a COMMIT or ROLLBACK, may see other rows (exists -> INSERT -> exists, get ->
+        # UPDATE -> COMMIT -> refresh), so it repeats nothing before it.
         self.writes: dict[str, int] = {}
         # (recorder id, kind) already counted for this scope: the counters count scopes,
         # not findings, and each PoolWatch judging the scope counts in its own registry.
         self.reported: set[tuple[int, str]] = set()
 
-    def add(self, event: QueryEvent) -> tuple[tuple[str, str], _Group] | None:
+    def transaction_ended(self, pool: str) -> None:
+        """A COMMIT or ROLLBACK on ``pool``: later reads repeat nothing before it."""
+        self.writes[pool] = self.writes.get(pool, 0) + 1
+
+    def add(self, event: QueryEvent) -> tuple[_Key, _Group] | None:
         """Record ``event``; returns its group (``None`` for statements not grouped)."""
         operation = event.operation
         if operation not in DATA_OPERATIONS:
             return None  # BEGIN, COMMIT, SET, PRAGMA: the ORM's bookkeeping
-        key = (event.fingerprint, event.call_site)
+        path = event.call_path or event.call_site
+        key = (event.fingerprint, path, event.pool)
         group = self.groups.get(key)
         if group is None:
             if len(self.groups) >= MAX_GROUPS:
                 return None
-            group = self.groups[key] = _Group(operation, event.pool)
+            group = self.groups[key] = _Group(operation, event.pool, event.call_site)
         group.count += 1
         group.seconds += event.seconds
+        if event.by_relation:
+            group.by_relation = True
         if event.in_list > 1:
             group.batched += 1
         identity = event.identity
         if operation in _READS:
             if identity is not None:
-                writes = self.writes.get(event.pool)
-                if writes:
-                    identity = hash((identity, writes))
-                if self._repeated(identity, event):
+                # The same statement on another engine (read-write and read-only) or after
+                # a write is another read.
+                identity = hash((identity, event.pool, self.writes.get(event.pool, 0)))
+                if self._repeated(identity, event, path):
                     group.again += 1
         else:
             self.writes[event.pool] = self.writes.get(event.pool, 0) + 1
         return key, group
 
-    def _repeated(self, identity: int, event: QueryEvent) -> bool:
+    def _repeated(self, identity: int, event: QueryEvent, path: str) -> bool:
         """Count a repeat of the same statement and parameters; True if it repeats one
-        from the same call site."""
+        from the same call path."""
         repeat = self.repeats.get(identity)
         if repeat is not None:
             repeat.count += 1
             repeat.seconds += event.seconds
-            return repeat.call_site == event.call_site
+            return (repeat.call_path or repeat.call_site) == path
         # Most statements run once: keep the event itself, and make the counter only when
         # the same statement and parameters come back.
         first = self.first.get(identity)
@@ -163,11 +193,11 @@ class ScopeQueries:
             return False
         if len(self.repeats) < MAX_REPEATS:
             self.repeats[identity] = _Repeat(first, event)
-        return first.call_site == event.call_site
+        return (first.call_path or first.call_site) == path
 
 
 def _group_finding(
-    key: tuple[str, str],
+    key: _Key,
     group: _Group,
     policy: Policy,
     route: str,
@@ -189,17 +219,18 @@ def _group_finding(
         kind = NPLUSONE
     else:
         kind = BULK_WRITE
-    fingerprint, call_site = key
+    fingerprint, call_path, pool = key
     return Finding(
         kind=kind,
         route=route,
         fingerprint=fingerprint,
         count=group.count,
         duration=group.seconds,
-        call_site=call_site,
-        suggestion=suggest(kind, fingerprint, group.pool),
-        pool=group.pool,
+        call_site=group.call_site,
+        suggestion=suggest(kind, fingerprint, pool, group.by_relation),
+        pool=pool,
         method=method,
+        call_path=call_path,
     )
 
 
@@ -212,20 +243,20 @@ def detect(
     of that loop's finding, not findings of their own: one fix removes both.
     """
     findings: list[Finding] = []
-    loops: set[tuple[str, str]] = set()
+    loops: set[_Key] = set()
     for key, group in queries.groups.items():
         finding = _group_finding(key, group, policy, route, suggest, method=method)
         if finding is not None:
             findings.append(finding)
             if finding.kind == NPLUSONE:
                 loops.add(key)
-    # Several repeated statements of one fingerprint at one call site are one finding.
-    repeated: dict[tuple[str, str], list[_Repeat]] = {}
+    # Several repeated statements of one fingerprint from one call path are one finding.
+    repeated: dict[_Key, list[_Repeat]] = {}
     for repeat in queries.repeats.values():
-        key = (repeat.fingerprint, repeat.call_site)
+        key = (repeat.fingerprint, repeat.call_path or repeat.call_site, repeat.pool)
         if repeat.count >= policy.duplicate_threshold and key not in loops:
             repeated.setdefault(key, []).append(repeat)
-    for (fingerprint, call_site), repeats in repeated.items():
+    for (fingerprint, call_path, pool), repeats in repeated.items():
         findings.append(
             Finding(
                 kind=DUPLICATE,
@@ -233,10 +264,11 @@ def detect(
                 fingerprint=fingerprint,
                 count=sum(r.count for r in repeats),
                 duration=sum(r.seconds for r in repeats),
-                call_site=call_site,
-                suggestion=suggest(DUPLICATE, fingerprint, repeats[0].pool),
-                pool=repeats[0].pool,
+                call_site=repeats[0].call_site,
+                suggestion=suggest(DUPLICATE, fingerprint, pool, False),
+                pool=pool,
                 method=method,
+                call_path=call_path,
             )
         )
     findings = [f for f in findings if not policy.allows(f)]
@@ -246,7 +278,7 @@ def detect(
 
 def late_finding(
     queries: ScopeQueries,
-    added: tuple[tuple[str, str], _Group],
+    added: tuple[_Key, _Group],
     policy: Policy,
     route: str,
     suggest: Suggest,
@@ -276,7 +308,8 @@ def slow_finding(event: QueryEvent, suggest: Suggest, method: str = "") -> Findi
         count=1,
         duration=event.seconds,
         call_site=event.call_site,
-        suggestion=suggest(SLOW_QUERY, event.fingerprint, event.pool),
+        suggestion=suggest(SLOW_QUERY, event.fingerprint, event.pool, False),
         pool=event.pool,
         method=method,
+        call_path=event.call_path,
     )

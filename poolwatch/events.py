@@ -52,6 +52,9 @@ class PoolEvents(Protocol):
     """What adapters report, per pool. Implementations never raise."""
 
     name: str
+    dialect: str
+    """The SQL dialect of the pool's statements (``fingerprint.dialect_of``), for telling
+    values from names; the adapter sets it."""
 
     def acquire_started(self) -> int:
         """A task starts waiting for a connection; returns a ticket for the outcome."""
@@ -92,6 +95,11 @@ class PoolEvents(Protocol):
         first, its slot back in the pool) or ``"failed"`` if giving it back raised."""
         ...
 
+    def transaction_ended(self) -> None:
+        """The driver committed or rolled back without a statement poolwatch saw (a
+        DBAPI ``commit()``, a transaction's exit): later reads may see other rows."""
+        ...
+
     def query(
         self, sql: str, seconds: float, failed: bool, params: Any = None, continues: bool = False
     ) -> None:
@@ -121,9 +129,13 @@ class QueryEvent(NamedTuple):
     route: str
     in_list: int
     identity: int | None
+    call_path: str = ""
+    """The application frames that issued it, outermost first (``call_site`` is the last)."""
+    by_relation: bool = False
+    """An ORM's relation loader ran it (a lazy load, ``fetch_related``)."""
 
     def __str__(self) -> str:
-        return f"{self.fingerprint}  [{self.call_site}]"
+        return f"{self.fingerprint}  [{self.call_path or self.call_site}]"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,7 +147,9 @@ class Finding:
     (one INSERT/UPDATE/DELETE per row where one batched statement would do).
     ``duration`` is the total time of the ``count`` statements, in seconds. ``method``
     is the request's HTTP method (empty outside a request): a ``GET`` and a ``POST`` of
-    one route are two places to look.
+    one route are two places to look. ``call_path`` is the application's frames that ran
+    the statements, outermost first, so the loop line is in it; ``call_site`` is its
+    innermost frame.
     """
 
     kind: str
@@ -147,6 +161,7 @@ class Finding:
     suggestion: str
     pool: str
     method: str = ""
+    call_path: str = ""
 
     @property
     def where(self) -> str:
@@ -156,7 +171,8 @@ class Finding:
     def __str__(self) -> str:
         return (
             f"{self.kind} on {self.where}: {self.count} x {self.fingerprint!r} "
-            f"({self.duration * 1000:.1f} ms) at {self.call_site}. {self.suggestion}"
+            f"({self.duration * 1000:.1f} ms) at {self.call_path or self.call_site}. "
+            f"{self.suggestion}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from poolwatch.events import Finding
 
-__all__ = ["FindingsLog", "FindingsLogger"]
+__all__ = ["LINE_LIMIT", "FindingsLog", "FindingsLogger", "log_line"]
 
 logger = logging.getLogger("poolwatch.findings")
 
@@ -46,7 +46,7 @@ class FindingsLog:
 
     def add(self, finding: Finding) -> None:
         """Record one occurrence of ``finding``."""
-        key = (finding.kind, finding.method, finding.route, finding.fingerprint, finding.call_site)
+        key = (finding.kind, finding.method, finding.route, finding.fingerprint, finding.call_path)
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
@@ -84,23 +84,49 @@ def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-class FindingsLogger:
-    """One warning per finding, then at most one per ``interval`` per (kind, fingerprint).
+LINE_LIMIT = 300
+"""About how long a log line gets; the full finding is in the record's extra."""
 
-    Each line carries the finding as structured data (``record.poolwatch_finding``) for
-    JSON log formatters, and says how many were left unlogged since the last line.
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def log_line(finding: Finding) -> str:
+    """``finding`` in one line of about ``LINE_LIMIT`` characters: what, where, how much.
+
+    The call path keeps its innermost frames (the statement) and its outermost (the loop)
+    when it must be cut; the suggestion stays in the record's extra and the findings list.
+    """
+    path = finding.call_path or finding.call_site
+    if len(path) > 140:
+        frames = path.split(" -> ")
+        path = _clip(frames[0], 60) + " -> ... -> " + _clip(frames[-1], 70)
+    return (
+        f"{finding.kind} on {_clip(finding.where, 60)}: {finding.count} x "
+        f"{_clip(finding.fingerprint, 90)!r} ({finding.duration * 1000:.1f} ms) at {path}"
+    )
+
+
+class FindingsLogger:
+    """One warning per finding, then at most one per ``interval`` per kind, fingerprint
+    and route.
+
+    Each line is short (:func:`log_line`) and carries the finding as structured data
+    (``record.poolwatch_finding``) for JSON log formatters, and says how many were left
+    unlogged since the last line.
     """
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = interval
         self._clock = clock
-        self._last: dict[tuple[str, str], float] = {}
-        self._suppressed: dict[tuple[str, str], int] = {}
+        self._last: dict[tuple[str, str, str], float] = {}
+        self._suppressed: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
 
     def log(self, finding: Finding) -> bool:
         """Log ``finding`` unless one like it was logged recently; True if logged."""
-        key = (finding.kind, finding.fingerprint)
+        key = (finding.kind, finding.fingerprint, finding.where)
         now = self._clock()
         with self._lock:
             last = self._last.get(key)
@@ -112,9 +138,8 @@ class FindingsLogger:
             self._last[key] = now
             suppressed = self._suppressed.pop(key, 0)
         logger.warning(
-            "poolwatch %s: %s%s",
-            finding.kind,
-            finding,
+            "poolwatch %s%s",
+            log_line(finding),
             f" ({suppressed} more since the last report)" if suppressed else "",
             extra={"poolwatch_finding": finding.to_dict()},
         )

@@ -1,15 +1,22 @@
-"""SQL text -> fingerprint: the statement with every value and placeholder made alike.
+"""SQL text -> fingerprint: the statement's shape, with every value and placeholder made alike.
 
 Two statements that differ only in literals, placeholder style (``$1``, ``?``, ``%s``,
 ``%(name)s``, ``:name``), identifier quoting, letter case of keywords, whitespace,
-comments or the length of an ``IN (...)`` list share one fingerprint. That is what groups
-the queries of a loop together for N+1 detection, and a fingerprint never contains a
-value, so it is safe to export.
+comments, the length of an ``IN (...)`` list, or what they select share one fingerprint.
+That is what groups the queries of a loop together for N+1 detection. Select lists (and
+INSERT column lists, RETURNING lists) are collapsed to ``...``: they make fingerprints
+long, and an ORM may order them differently in each process. A fingerprint never
+contains a value, so it is safe to export and to log.
 
-Pure and cached: the same SQL text is fingerprinted once.
+What is a value depends on the SQL dialect: MySQL strings take backslash escapes and may
+be double-quoted; SQLite takes a double-quoted word that names no column as a string;
+PostgreSQL has ``E''`` and dollar-quoted strings. Unknown dialects are read with every
+rule that keeps values out.
+
+Pure and cached: the same SQL text is fingerprinted once per dialect.
 
 >>> fingerprint('SELECT "a"."id" FROM "a" WHERE "a"."id" IN ($1, $2, $3) LIMIT 10')
-'select a.id from a where a.id in (...) limit ?'
+'select ... from a where a.id in (...) limit ?'
 """
 
 from __future__ import annotations
@@ -20,25 +27,83 @@ from typing import NamedTuple
 from poolwatch.operations import operation_of
 from poolwatch.textcache import TextCache
 
-__all__ = ["SqlShape", "fingerprint", "shape"]
+__all__ = ["DIALECTS", "END", "READ", "WRITE", "SqlShape", "dialect_of", "fingerprint", "shape"]
 
-# One alternation, scanned left to right, so a quote inside a comment or a "?" inside a
-# string literal is never mistaken for something else.
-_TOKEN = re.compile(
-    r"""
-      (?P<comment>--[^\n]*|/\*.*?\*/)
-    | (?P<string>'(?:[^']|'')*'|[eE]'(?:[^'\\]|\\.|'')*')
-    | (?P<dollar>\$(?P<tag>[A-Za-z_]*)\$.*?\$(?P=tag)\$)
-    | (?P<quoted>"(?:[^"]|"")*"|`[^`]*`|(?<![\w\]])\[[^\]']*\])
-    | (?P<param>\$\d+|\?|%s|%\([^)]*\)s|(?<![:\w]):[A-Za-z_]\w*)
-    | (?P<number>(?<![\w.])-?(?:0[xX][0-9A-Fa-f]+|0[bB][01]+|\d+\.?\d*|\.\d+)
-                 (?:[eE][-+]?\d+)?(?![\w.]))
-    | (?P<space>\s+)
-    | (?P<word>[A-Za-z_][\w$]*)
-    | (?P<other>.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
+POSTGRESQL, MYSQL, SQLITE, GENERIC = "postgresql", "mysql", "sqlite", ""
+DIALECTS = (POSTGRESQL, MYSQL, SQLITE, GENERIC)
+
+# What a statement is to N+1 and duplicate detection.
+READ, WRITE, END = "read", "write", "end"
+"""A read of application data, a write, the end of a transaction; ``""`` otherwise."""
+
+_NUMBER = r"""(?<![\w.$])-?(?:0[xX][0-9A-Fa-f_]+|0[bBoO][0-7_]+|\d[\d_]*\.?[\d_]*|\.\d[\d_]*)
+              (?:[eE][-+]?\d+)?"""
+_PARAM = r"\$\d+|\?|%s|%\([^)]*\)s|(?<![:\w]):[A-Za-z_]\w*"
+# An unterminated quote takes the rest of the text: a value cut short still never shows.
+_SQ = r"'(?:[^']|'')*(?:'|$)"  # standard: '' is the only escape
+_SQ_BACKSLASH = r"'(?:[^'\\]|\\.|'')*(?:'|\\?$)"
+_DQ_BACKSLASH = r'"(?:[^"\\]|\\.|"")*(?:"|\\?$)'
+
+# One alternation per dialect, scanned left to right, so a quote inside a comment or a
+# "?" inside a string literal is never mistaken for something else. ``dq`` is a
+# double-quoted token that is an identifier unless it stands where a value does (SQLite).
+_PARTS = {
+    POSTGRESQL: (
+        r"--[^\n]*|/\*.*?\*/",
+        rf"(?<![\w$])(?:[eE]{_SQ_BACKSLASH}|(?:[uU]&|[bBxXnN])?{_SQ})",
+        r'"(?:[^"]|"")*"',
+        None,
+    ),
+    MYSQL: (
+        r"--[^\n]*|\#[^\n]*|/\*.*?\*/",
+        rf"(?<![\w$])(?:_[A-Za-z0-9]+)?[bBxXnN]?(?:{_SQ_BACKSLASH}|{_DQ_BACKSLASH})",
+        r"`(?:[^`]|``)*`",
+        None,
+    ),
+    SQLITE: (
+        r"--[^\n]*|/\*.*?\*/",
+        rf"(?<![\w$])[xX]?{_SQ}",
+        r"`(?:[^`]|``)*`|(?<![\w\]])\[[^\]']*\]",
+        r'"(?:[^"]|"")*(?:"|$)',
+    ),
+    GENERIC: (
+        r"--[^\n]*|/\*.*?\*/",
+        rf"(?<![\w$])(?:[eE]|[uU]&|[bBxXnN])?{_SQ_BACKSLASH}",
+        r"`(?:[^`]|``)*`|(?<![\w\]])\[[^\]']*\]",
+        r'"(?:[^"]|"")*(?:"|$)',
+    ),
+}
+
+
+def _scanner(dialect: str) -> re.Pattern[str]:
+    comment, string, quoted, dq = _PARTS[dialect]
+    dollar = r"|(?P<dollar>\$(?P<tag>[A-Za-z_]*)\$.*?\$(?P=tag)\$)" if dialect in (
+        POSTGRESQL,
+        GENERIC,
+    ) else ""  # fmt: skip
+    return re.compile(
+        rf"""
+          (?P<comment>{comment})
+        | (?P<string>{string})
+        {dollar}
+        | (?P<quoted>{quoted})
+        {f"| (?P<dq>{dq})" if dq else ""}
+        | (?P<param>{_PARAM})
+        | (?P<number>{_NUMBER})
+        | (?P<space>\s+)
+        | (?P<word>[^\W\d][\w$]*)
+        | (?P<other>.)
+        """,
+        re.VERBOSE | re.DOTALL,
+    )
+
+
+_SCANNERS = {dialect: _scanner(dialect) for dialect in DIALECTS}
+_IDENTIFIER = re.compile(r"[^\W\d][\w$]*\Z")
+# After these a double-quoted token stands where a value does (SQLite's "name" = "bob").
+_VALUE_BEFORE = frozenset({"=", "<", ">", "like", "glob", "then", "else"})
+_CLAUSES = frozenset({"select", "from", "where", "set", "by", "values", "into", "on", "having"})
+
 # Tokens are joined by single spaces first, so "id=?" and "id = ?" agree; these then
 # collapse "in ( ? , ? )" of any length and multi-row "values ( ? , ? ) , ( ? , ? )".
 _IN_LIST = re.compile(r"\bin \( \?(?: , \?)* \)")
@@ -47,11 +112,30 @@ _IN_LIST = re.compile(r"\bin \( \?(?: , \?)* \)")
 _PARAM_CAST = re.compile(r"\? : : [a-z_]\w*(?: \[ \])?")
 _VALUES_ROWS = re.compile(r"\bvalues (\( \?(?: , \?)* \))(?: , \( \?(?: , \?)* \))*")
 _TIDY = (("( ", "("), (" )", ")"), (" , ", ", "), (" . ", "."), (" ;", ";"), (" : : ", "::"))
+# The database's own catalogs (a table's name, or its schema's): what dialects and drivers
+# read about the schema and the server.
+_CATALOG_PREFIXES = ("pg_", "sqlite_")
+_CATALOG_SCHEMAS = frozenset({"information_schema", "performance_schema", "mysql", "sys"})
 
 
-def _tokens(sql: str) -> str:
+def dialect_of(name: str) -> str:
+    """The fingerprint dialect of a driver's or ORM's dialect name (``""``: unknown)."""
+    name = name.lower()
+    if name.startswith("postgres"):
+        return POSTGRESQL
+    if name in ("mysql", "mariadb"):
+        return MYSQL
+    if name.startswith("sqlite"):
+        return SQLITE
+    return GENERIC
+
+
+def _tokens(sql: str, dialect: str) -> list[str]:
     tokens: list[str] = []
-    for match in _TOKEN.finditer(sql):
+    in_list = 0  # depth of an open "in (" or "values (" list: its items are values
+    depth = 0
+    clause = ""  # the last clause keyword seen
+    for match in _SCANNERS[dialect].finditer(sql):
         kind = match.lastgroup
         text = match.group()
         if kind in ("comment", "space"):
@@ -59,12 +143,100 @@ def _tokens(sql: str) -> str:
         if kind in ("string", "dollar", "param", "number"):
             tokens.append("?")
         elif kind == "quoted":
-            tokens.append(text[1:-1].replace('""', '"').lower())
+            tokens.append(text[1:-1].replace(text[0] * 2, text[0]).lower())
+        elif kind == "dq":
+            name = text[1:-1].replace('""', '"')
+            follows = sql[match.end() : match.end() + 1]
+            before = tokens[-1] if tokens else ""
+            value = not _IDENTIFIER.match(name) or (
+                follows != "."
+                and (
+                    before in _VALUE_BEFORE
+                    or (in_list and in_list == depth)
+                    # a select list: collapsed when there is a FROM, a value when there is none
+                    or (clause == "select" and before in ("select", ",", "distinct"))
+                )
+            )
+            tokens.append("?" if value else name.lower())
         elif kind == "word":
-            tokens.append(text.lower())
+            word = text.lower()
+            if word in _CLAUSES:
+                clause = word
+            tokens.append(word)
+        elif text.isalnum():  # a character no rule knows: never kept, it may be a value
+            tokens.append("?")
         else:
+            if text == "(":
+                depth += 1
+                if tokens and tokens[-1] in ("in", "values"):
+                    in_list = depth
+            elif text == ")":
+                if in_list == depth:
+                    in_list = 0
+                depth -= 1
             tokens.append(text)
-    return _PARAM_CAST.sub("?", " ".join(tokens))
+    return tokens
+
+
+_LIST_ENDS = {"select": ("from",), "returning": (";",)}
+
+
+def _collapse_lists(tokens: list[str]) -> list[str]:
+    """``select a, b from`` -> ``select ... from`` (at each nesting level), ``insert into t
+    (a, b)`` -> ``insert into t (...)``, ``returning a, b`` -> ``returning ...``."""
+    out: list[str] = []
+    i, n = 0, len(tokens)
+    while i < n:
+        token = tokens[i]
+        out.append(token)
+        i += 1
+        if token in _LIST_ENDS:
+            j = _list_end(tokens, i, _LIST_ENDS[token])
+            # A select list without FROM ("select 1", "select version()") is the statement.
+            if j > i and (token == "returning" or (j < n and tokens[j] != ")")):
+                out.append("...")
+                i = j
+        elif token == "into" and out[-2:-1] == ["insert"] and tokens[i + 1 : i + 2] == ["("]:
+            j = _list_end(tokens, i + 2, ())
+            out += [tokens[i], "(", "...", ")"]
+            i = j + 1
+    return out
+
+
+def _list_end(tokens: list[str], start: int, ends: tuple[str, ...]) -> int:
+    """Where the list from ``start`` ends: at one of ``ends`` or an unmatched ``)``."""
+    depth = 0
+    for j in range(start, len(tokens)):
+        token = tokens[j]
+        if token == "(":
+            depth += 1
+        elif token == ")":
+            if depth == 0:
+                return j
+            depth -= 1
+        elif depth == 0 and token in ends:
+            return j
+    return len(tokens)
+
+
+def _role(tokens: list[str], operation: str) -> str:
+    first = tokens[0] if tokens else ""
+    if first in ("commit", "rollback", "end", "abort"):
+        return END
+    if operation in ("INSERT", "UPDATE", "DELETE"):
+        return WRITE
+    if operation != "SELECT" or first in ("show", "explain", "values", "describe", "desc"):
+        return ""
+    tables = [
+        tokens[i + 1]
+        for i, token in enumerate(tokens[:-1])
+        if token in ("from", "join") and _IDENTIFIER.match(tokens[i + 1])
+    ]
+    # "select pg_catalog.version()", "select 1", reads of the catalogs: the dialect's or
+    # the driver's bookkeeping (first-connect probes, health checks), not the app's data.
+    if not tables or all(t.startswith(_CATALOG_PREFIXES) or t in _CATALOG_SCHEMAS for t in tables):
+        return ""
+    return READ
 
 
 def _collapse(text: str) -> str:
@@ -83,30 +255,39 @@ class SqlShape(NamedTuple):
     """``SELECT``, ``INSERT``, ``UPDATE``, ``DELETE`` or ``OTHER`` (see :mod:`operations`)."""
     in_list: int
     """Items in the longest ``IN (...)`` list: more than one makes the query a batch."""
+    role: str = ""
+    """``READ``, ``WRITE``, ``END`` (COMMIT, ROLLBACK) or ``""`` (bookkeeping)."""
 
 
-def _shape(sql: str) -> SqlShape:
-    text = _tokens(sql)
-    longest = max((m.group().count("?") for m in _IN_LIST.finditer(text)), default=0)
-    return SqlShape(_collapse(text), operation_of(sql), longest)
+def _shaper(dialect: str) -> TextCache[SqlShape]:
+    def compute(sql: str) -> SqlShape:
+        tokens = _tokens(sql, dialect)
+        operation = operation_of(sql)
+        text = _PARAM_CAST.sub("?", " ".join(_collapse_lists(tokens)))
+        longest = max((m.group().count("?") for m in _IN_LIST.finditer(text)), default=0)
+        return SqlShape(_collapse(text), operation, longest, _role(tokens, operation))
+
+    return TextCache(compute)
 
 
-_memo = TextCache(_shape)
+_memos = {dialect: _shaper(dialect) for dialect in DIALECTS}
 
 
-def fingerprint(sql: str) -> str:
+def fingerprint(sql: str, dialect: str = GENERIC) -> str:
     """The fingerprint of ``sql`` (lower-case, values replaced by ``?``).
 
-    >>> fingerprint("select * from t where id = 5") == fingerprint("SELECT * FROM t WHERE id=?")
+    >>> fingerprint("select * from t where id = 5") == fingerprint("SELECT a FROM t WHERE id=?")
     True
     """
-    return _memo.get(sql).fingerprint
+    return _memos.get(dialect, _memos[GENERIC]).get(sql).fingerprint
 
 
-def shape(sql: str) -> SqlShape:
-    """Fingerprint, operation and ``IN``-list length of ``sql``, computed once per text.
+def shape(sql: str, dialect: str = GENERIC) -> SqlShape:
+    """Fingerprint, operation, ``IN``-list length and role of ``sql``, once per text.
 
-    >>> shape("SELECT * FROM t WHERE id IN (?, ?)")
-    SqlShape(fingerprint='select * from t where id in (...)', operation='SELECT', in_list=2)
+    >>> shape("SELECT * FROM t WHERE id IN (?, ?)").fingerprint
+    'select ... from t where id in (...)'
+    >>> shape("SELECT * FROM t WHERE id IN (?, ?)")[1:]
+    ('SELECT', 2, 'read')
     """
-    return _memo.get(sql)
+    return _memos.get(dialect, _memos[GENERIC]).get(sql)

@@ -100,25 +100,33 @@ def _prefetch(relation: Relation) -> str:
     return f"`{loader}({relation.model}.{relation.attribute})`"
 
 
-def _nplusone(fingerprint: str, relations: Sequence[Relation]) -> str:
-    found = _matches(fingerprint, relations)
+_GENERIC_NPLUSONE = {
+    TORTOISE: (
+        "The same query runs once per row of an earlier result: fetch the related rows "
+        'with that query (`prefetch_related("<relation>")` or `select_related("<relation>")`), '
+        "or all at once with `.filter(<field>__in=ids)`."
+    ),
+    SQLALCHEMY: (
+        "The same query runs once per row of an earlier result: load the related rows with "
+        "that query (`selectinload(<Model.relationship>)` or `joinedload(...)` in its "
+        "`.options()`), or all at once with `select(...).where(<column>.in_(ids))`."
+    ),
+}
+_ANY_NPLUSONE = (
+    "The same query runs once per row of an earlier result: load those rows together with "
+    "the query that fetched the rows, or all at once with one `IN (...)` query."
+)
+
+
+def _nplusone(fingerprint: str, relations: Sequence[Relation], orm: str | None) -> str:
+    found = [r for r in _matches(fingerprint, relations) if orm is None or r.orm == orm]
     if not found:
-        return (
-            "The same query runs once per row: load the rows together, with "
-            "prefetch_related()/select_related() (Tortoise) or selectinload()/joinedload() "
-            "(SQLAlchemy) on the query that fetched them, or with one IN (...) query."
-        )
+        return _GENERIC_NPLUSONE.get(orm or "", _ANY_NPLUSONE)
     first = found[0]
     verb = "use" if first.orm == TORTOISE else "add"
     options = " or ".join(_prefetch(r) for r in found[:3])
     text = f"Load {first.target} with the rows that need it: {verb} {options}"
     text += " on the query that fetched them" if first.orm == TORTOISE else " to that query"
-    if first.kind == FORWARD:
-        text += "; for a loop over ids, fetch them in one query: " + (
-            f"`{first.target}.filter(id__in=ids)`"
-            if first.orm == TORTOISE
-            else f"`select({first.target}).where({first.target}.id.in_(ids))`"
-        )
     return text + "."
 
 
@@ -139,11 +147,12 @@ def suggest(
 ) -> str:
     """One sentence saying what to change for a finding of ``kind`` on ``fingerprint``."""
     if kind == NPLUSONE:
-        return _nplusone(fingerprint, relations)
+        return _nplusone(fingerprint, relations, orm)
     if kind == DUPLICATE:
         return (
-            "The same query with the same parameters ran more than once in this request: "
-            "keep the first result and reuse it."
+            "The same query with the same parameters ran more than once in this request, "
+            "with no write or commit in between: keep the first result and reuse it (or "
+            "hoist the query out of the loop)."
         )
     if kind == BULK_WRITE:
         return _bulk_write(fingerprint, orm)

@@ -96,6 +96,8 @@ class PoolObserver:
         self.statements: deque[tuple[int, float]] | None = None
         self.holders: Holders | None = None
         self.call_site: Callable[[], str] | None = None
+        # The SQL dialect of its statements (see fingerprint.dialect_of), set by the adapter.
+        self.dialect = ""
 
     # -- read at scrape time ---------------------------------------------------------
 
@@ -222,6 +224,16 @@ class PoolObserver:
         recorder = self._recorder
         if recorder is not None and recorder.active and not continues:
             try:
-                recorder.record(work, sql, seconds, failed, params, pool=self.name)
+                recorder.record(
+                    work, sql, seconds, failed, params, pool=self.name, dialect=self.dialect
+                )
+            except Exception as exc:
+                self._faults.report("detection", exc)
+
+    def transaction_ended(self) -> None:
+        recorder = self._recorder
+        if recorder is not None and recorder.active:
+            try:
+                recorder.transaction_ended(current_scope(), self.name)
             except Exception as exc:
                 self._faults.report("detection", exc)

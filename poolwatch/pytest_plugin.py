@@ -148,14 +148,23 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def _judged(config: pytest.Config) -> Callable[[Finding], bool]:
-    """Whether a finding is the app's: not issued by the test's own files."""
+    """Whether a finding is the app's: its call path is not only the test's own files.
+
+    A statement a test or a fixture issues itself (setting up or checking data) is the
+    test's; one that runs through the app's code (a request, a service the test calls)
+    is the app's.
+    """
     if config.getini("poolwatch_judge_test_code"):
         return lambda finding: True
     patterns = [*config.getini("python_files"), "conftest.py"]
 
+    def test_file(site: str) -> bool:
+        file = site.split(":", 1)[0].replace("\\", "/").rsplit("/", 1)[-1]
+        return any(fnmatchcase(file, pattern) for pattern in patterns)
+
     def judged(finding: Finding) -> bool:
-        file = finding.call_site.split(":", 1)[0].replace("\\", "/").rsplit("/", 1)[-1]
-        return not any(fnmatchcase(file, pattern) for pattern in patterns)
+        path = finding.call_path or finding.call_site
+        return not all(test_file(site) for site in path.split(" -> "))
 
     return judged
 

@@ -26,12 +26,15 @@ from poolwatch.detect import (
 from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
 from poolwatch.findings import FindingsLog, FindingsLogger
-from poolwatch.fingerprint import shape
+from poolwatch.fingerprint import END, READ, WRITE, shape
 from poolwatch.metrics import Metrics
 
-__all__ = ["UNKNOWN_SITE", "QueryRecorder", "add_sink", "remove_sink"]
+__all__ = ["TRANSACTION_END", "UNKNOWN_SITE", "QueryRecorder", "add_sink", "remove_sink"]
 
 UNKNOWN_SITE = "unknown"
+_UNKNOWN = (UNKNOWN_SITE, UNKNOWN_SITE, False)
+TRANSACTION_END = "END"
+"""The operation of the event a capture gets for a COMMIT or ROLLBACK (never listed)."""
 
 # The open testing.capture() blocks: each sees every statement while it is open.
 _sinks: list[Callable[[QueryEvent], None]] = []
@@ -104,29 +107,39 @@ class QueryRecorder:
         params: Any,
         *,
         pool: str,
+        dialect: str = "",
     ) -> None:
         """Add one statement to its scope, and report it if it was slow."""
         grouping = work is not None and not nplusone_allowed()
         if not grouping and not _sinks and seconds < self.slow_threshold:
             return  # nothing to group it with, nobody capturing: skip the stack walk
-        sql_shape = shape(sql)
-        operation = sql_shape.operation
-        if operation == "OTHER" and seconds < self.slow_threshold:
-            return  # BEGIN, COMMIT, SET: never grouped, and captures leave them out
+        sql_shape = shape(sql, dialect)
+        role = sql_shape.role
+        if role == END:
+            self.transaction_ended(work if grouping else None, pool)
+        if role not in (READ, WRITE):
+            if seconds < self.slow_threshold:
+                return  # BEGIN, COMMIT, SET, select 1: never grouped, nor captured
+            operation = "OTHER"
+        else:
+            operation = sql_shape.operation
+        # Skip find_path, record and PoolObserver.query: they are always there.
+        site, path, by_relation = self.finder.find_path(3) or _UNKNOWN
         # tuple.__new__ directly: the NamedTuple constructor is one more Python call.
         event: QueryEvent = tuple.__new__(
             QueryEvent,
             (
                 sql_shape.fingerprint,
                 operation,
-                # Skip find, record and PoolObserver.query: they are always there.
-                self.finder.find(3) or UNKNOWN_SITE,
+                site,
                 seconds,
                 failed,
                 pool,
                 NO_ROUTE if work is None else work.route,
                 sql_shape.in_list,
-                identity(sql, params) if operation == "SELECT" else None,
+                identity(sql, params) if role == READ else None,
+                path,
+                by_relation,
             ),
         )
         if grouping and work is not None:
@@ -143,6 +156,16 @@ class QueryRecorder:
         if self.enabled and seconds >= self.slow_threshold:
             self._report_slow(event, "" if work is None else work.method)
         if _sinks:
+            for sink in tuple(_sinks):
+                sink(event)
+
+    def transaction_ended(self, work: WorkScope | None, pool: str) -> None:
+        """A COMMIT or ROLLBACK on ``pool``: reads after it repeat none before it."""
+        if work is not None and work.grouped is not None:
+            work.grouped.transaction_ended(pool)
+        if _sinks:
+            route = NO_ROUTE if work is None else work.route
+            event = QueryEvent("", TRANSACTION_END, "", 0.0, False, pool, route, 0, None)
             for sink in tuple(_sinks):
                 sink(event)
 

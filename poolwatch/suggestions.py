@@ -16,7 +16,7 @@ __all__ = ["register_pool", "suggestion"]
 RelationSource = Callable[[], list[Relation]]
 
 _pools: dict[str, tuple[str, RelationSource]] = {}
-_cache: dict[tuple[str, str, str], str] = {}
+_cache: dict[tuple[str, str, str, bool], str] = {}
 _MAX_CACHED = 4096
 
 
@@ -30,19 +30,23 @@ def suggestion(
     kind: str,
     fingerprint: str,
     pool: str,
+    by_relation: bool = False,
     on_error: Callable[[BaseException], None] | None = None,
 ) -> str:
-    """What to change for a finding of ``kind`` on ``fingerprint`` in ``pool``."""
-    key = (kind, fingerprint, pool)
+    """What to change for a finding of ``kind`` on ``fingerprint`` in ``pool``.
+
+    A relation is named only when ``by_relation`` (the ORM's relation loader ran the
+    statements) and the pool's own ORM has one that loads this shape.
+    """
+    key = (kind, fingerprint, pool, by_relation)
     text = _cache.get(key)
     if text is not None:
         return text
     orm, source = _pools.get(pool, (None, None))
-    sources = [source] if source is not None else [s for _, s in _pools.values()]
     found: list[Relation] = []
-    for relations in dict.fromkeys(sources):  # one call per distinct source
+    if by_relation and source is not None:
         try:
-            found += relations()
+            found = source()
         except Exception as exc:  # models half-configured: a generic hint will do
             if on_error is not None:
                 on_error(exc)

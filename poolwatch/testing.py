@@ -33,7 +33,7 @@ from poolwatch.context import WorkScope, current_scope, nplusone_allowed
 from poolwatch.detect import DATA_OPERATIONS, Policy, ScopeQueries, detect, slow_finding
 from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
-from poolwatch.recorder import add_sink, remove_sink
+from poolwatch.recorder import TRANSACTION_END, add_sink, remove_sink
 from poolwatch.suggestions import suggestion
 
 __all__ = ["Capture", "assert_max_queries", "capture"]
@@ -150,6 +150,10 @@ class Capture:
     # -- fed by poolwatch --------------------------------------------------------------
 
     def _on_query(self, event: QueryEvent) -> None:
+        if event.operation == TRANSACTION_END:
+            if current_scope() is self._ambient:
+                self._own.transaction_ended(event.pool)
+            return
         if event.operation not in DATA_OPERATIONS:
             return
         slow = event.seconds >= self.slow_query_threshold

@@ -8,7 +8,7 @@ from poolwatch import Finding, QueryEvent
 from poolwatch.detect import MAX_GROUPS, Policy, ScopeQueries, detect, late_finding
 
 
-def suggest(kind: str, fingerprint: str, pool: str) -> str:
+def suggest(kind: str, fingerprint: str, pool: str, by_relation: bool = False) -> str:
     return f"fix {kind}"
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, text
 
 import poolwatch
 from poolwatch import Finding, NPlusOneError, PoolWatch
-from poolwatch.findings import FindingsLog, FindingsLogger
+from poolwatch.findings import LINE_LIMIT, FindingsLog, FindingsLogger, log_line
 from tests.metrics_helpers import value
 
 SECRET = "s3cret-findings-value"
@@ -60,13 +60,14 @@ def test_findings_logger_logs_first_then_rate_limits(caplog: pytest.LogCaptureFi
     caplog.set_level(logging.WARNING, "poolwatch.findings")
     assert logger.log(finding())
     assert not logger.log(finding())
-    assert not logger.log(finding(route="/other"))  # same fingerprint: same fix
+    assert logger.log(finding(route="/other"))  # another route: another place to look
+    assert not logger.log(finding(route="/other"))
     assert logger.log(finding(kind="duplicate"))
     clock.now += 61
     assert logger.log(finding())
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 3
-    assert messages[2].endswith("(2 more since the last report)")
+    assert len(messages) == 4
+    assert messages[3].endswith("(1 more since the last report)")
     assert caplog.records[0].poolwatch_finding["call_site"] == "a.py:1 in f"  # type: ignore[attr-defined]
 
 
@@ -190,7 +191,7 @@ async def test_findings_endpoint_lists_aggregated_findings_without_values(
     ]
     nplusone = body[1]
     assert nplusone["count"] == 6
-    assert nplusone["fingerprint"] == "select name from item where id = ?"
+    assert nplusone["fingerprint"] == "select ... from item where id = ?"
     assert nplusone["call_site"].startswith("tests/test_findings.py:")
     assert nplusone["call_site"].endswith(" in loop")
     assert SECRET not in response.text
@@ -211,7 +212,7 @@ async def test_findings_name_the_method_a_get_and_a_post_are_two_places(
         ("GET", "/loop", "nplusone"),
         ("POST", "/loop", "nplusone"),
     ]
-    assert "nplusone on GET /loop: 6 x 'select name from item where id = ?'" in caplog.text
+    assert "nplusone on GET /loop: 6 x 'select ... from item where id = ?'" in caplog.text
     assert (await client.post("/poolwatch/findings")).status_code == 405
 
 
@@ -305,8 +306,38 @@ def test_log_line_per_finding(engine: Engine, caplog: pytest.LogCaptureFixture) 
             loop(engine)
     watch.uninstrument()
     (record,) = caplog.records
-    assert record.getMessage().startswith("poolwatch nplusone: nplusone on job: 6 x")
-    assert json.dumps(record.poolwatch_finding)  # type: ignore[attr-defined]
+    message = record.getMessage()
+    assert message.startswith("poolwatch nplusone on job: 6 x 'select ... from item where id")
+    assert "\n" not in message
+    assert " in test_log_line_per_finding -> tests/test_findings.py:" in message  # the caller
+    assert message.endswith(" in loop")  # the loop
+    finding = record.poolwatch_finding  # type: ignore[attr-defined]
+    assert json.dumps(finding)
+    assert finding["suggestion"].startswith("The same query runs once per row")
+
+
+def test_log_lines_stay_short_and_keep_both_ends_of_a_long_path() -> None:
+    long = Finding(
+        kind="nplusone",
+        route="/api/v1/" + "x" * 200,
+        fingerprint="select ... from t where " + " and ".join(f"c{i} = ?" for i in range(60)),
+        count=7,
+        duration=0.5,
+        call_site="app/repositories/favorite.py:27 in count",
+        suggestion="s" * 500,
+        pool="main",
+        method="GET",
+        call_path=" -> ".join(
+            ["app/services/article.py:136 in list_articles"]
+            + [f"app/services/helpers_{i}.py:{i} in helper_{i}" for i in range(6)]
+            + ["app/repositories/favorite.py:27 in count"]
+        ),
+    )
+    line = log_line(long)
+    assert len(line) <= LINE_LIMIT + 40
+    assert "app/services/article.py:136 in list_articles" in line  # the loop
+    assert line.endswith("app/repositories/favorite.py:27 in count")  # the statement
+    assert "s" * 50 not in line  # the suggestion is in the extra
 
 
 def test_each_watch_judging_a_scope_counts_it_in_its_own_registry(engine: Engine) -> None:

@@ -46,7 +46,6 @@ def test_tortoise_reverse_and_forward_relations_are_named() -> None:
         "nplusone", fingerprint('SELECT "id" FROM "author" WHERE "id"=? LIMIT ?'), TORTOISE
     )
     assert 'Book.all().prefetch_related("author")' in forward
-    assert "Author.filter(id__in=ids)" in forward  # the explicit get(id=...) loop
     m2m = suggest(
         "nplusone",
         fingerprint(
@@ -68,10 +67,19 @@ def test_sqlalchemy_relations_name_the_loader_option() -> None:
     assert "joinedload(Book.author)" in forward
 
 
-def test_unknown_tables_get_a_generic_hint_naming_both_orms() -> None:
-    text = suggest("nplusone", "select * from audit where x = ?", TORTOISE)
-    assert "prefetch_related" in text
-    assert "selectinload" in text
+def test_unknown_tables_get_the_generic_hint_of_the_orm_that_ran_them() -> None:
+    tortoise = suggest("nplusone", "select ... from audit where x = ?", [], "tortoise")
+    assert "prefetch_related" in tortoise
+    assert "selectinload" not in tortoise
+    sqlalchemy = suggest("nplusone", "select ... from audit where x = ?", [], "sqlalchemy")
+    assert "selectinload" in sqlalchemy
+    assert "prefetch_related" not in sqlalchemy
+    assert "Tortoise" not in sqlalchemy
+
+
+def test_a_relation_of_another_orm_is_never_named() -> None:
+    sql = fingerprint('SELECT "id" FROM "book" WHERE "author_id"=?')
+    assert "Author.books" not in suggest("nplusone", sql, TORTOISE, "sqlalchemy")
 
 
 def test_other_kinds() -> None:

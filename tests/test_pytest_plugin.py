@@ -100,7 +100,8 @@ def test_default_reports_at_the_end_and_fails_nothing_but_query_limits(
             "*the test's own assertion*",
             "*- poolwatch: 1 N+1 or duplicate queries -*",
             "test_user.py::test_loop: nplusone on test_user.py::test_loop: 2 x "
-            "'select name from item where id = ?'* at shop.py:1? in names*",
+            "'select ... from item where id = ?'* at test_user.py:? in test_loop -> "
+            "shop.py:1? in names*",
             "(reported only; --poolwatch-nplusone=raise*",
         ]
     )
@@ -113,8 +114,8 @@ def test_raise_fails_the_test_that_ran_the_loop(suite: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "*NPlusOneError: 1 query finding(s) in test_user.py::test_loop:",
-            "*- nplusone on test_user.py::test_loop: 2 x 'select name from item where id = ?'*"
-            " at shop.py:1? in names*",
+            "*- nplusone on test_user.py::test_loop: 2 x 'select ... from item where id = ?'*"
+            " at test_user.py:? in test_loop -> shop.py:1? in names*",
         ]
     )
 

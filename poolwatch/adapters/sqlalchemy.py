@@ -69,6 +69,7 @@ from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import PoolEvents, PoolState
+from poolwatch.fingerprint import dialect_of
 from poolwatch.safety import FaultReporter
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ logger = logging.getLogger("poolwatch")
 SUPPORTED = ((2, 0), (2, 2))  # [from, to): the versions whose internals this was tested on
 
 _EXECUTE_METHODS = ("do_execute", "do_executemany", "do_execute_no_params")
+_TRANSACTION_END_METHODS = ("do_commit", "do_rollback", "do_rollback_to_savepoint")
 _CONNECT_STARTED = "poolwatch.connect_started"  # key in a pool entry's ``info`` dict
 _COMPONENT = "sqlalchemy"
 _INSERTMANYVALUES = getattr(
@@ -309,6 +311,10 @@ class SQLAlchemyInstrumentation:
                         getattr(dialect, method), method != "do_execute_no_params"
                     ),
                 )
+            # A commit or rollback is a DBAPI call, no statement: duplicates end there.
+            for method in _TRANSACTION_END_METHODS:
+                self._shadow(dialect, method, self._transaction_end(getattr(dialect, method)))
+            self._events.dialect = dialect_of(dialect.name)
             self._hook_pool(pool, adopt_listeners=True)
         except BaseException:
             self.uninstall()
@@ -387,6 +393,18 @@ class SQLAlchemyInstrumentation:
         self._shadows.append(_Shadow(weakref.ref(target), name, id(replacement), previous))
 
     # -- wrappers (hot path) -------------------------------------------------------------
+
+    def _transaction_end(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        ended = self._events.transaction_ended
+
+        def end(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if self._active:
+                    ended()  # never raises (PoolEvents)
+
+        return end
 
     def _timed_statement(
         self, original: Callable[..., Any], has_params: bool

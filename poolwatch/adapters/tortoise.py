@@ -55,6 +55,7 @@ from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.completion import cancel_once, complete, complete_in_task
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import PoolEvents, PoolState
+from poolwatch.fingerprint import dialect_of
 
 __all__ = [
     "TortoiseInstrumentation",
@@ -345,6 +346,7 @@ class TortoiseInstrumentation:
         events = self._events.get(name)
         if events is None:
             events = self._events[name] = self._events_for(name)
+            events.dialect = dialect_of(_dialect_name(client))
         if not self._observe_pools:
             return client, events, None
         previous = self._clients.get(name)
@@ -482,6 +484,8 @@ class TortoiseInstrumentation:
             _, events, gate = instrumentation._pool(client)
             events.released(id(self))
             events.return_started()
+            if entry.transaction:
+                events.transaction_ended()
             permits = instrumentation._permits
             if gate is None or id(self) not in permits:
                 return _returning(original(self, *exc_info), events)
@@ -715,3 +719,9 @@ def _subclasses(cls: type) -> list[type]:
             found.append(current)
             stack.extend(current.__subclasses__())
     return found
+
+
+def _dialect_name(client: Any) -> str:
+    # Every Tortoise client declares its dialect ("postgres", "mysql", "sqlite", ...).
+    capabilities = getattr(client, "capabilities", None)
+    return str(getattr(capabilities, "dialect", "") or "")

@@ -206,6 +206,8 @@ class Entry:
     attributes: tuple[str, ...] = ()
     exit: Exit | None = None
     ensure: Exit | None = None
+    transaction = False
+    """Its exit commits or rolls back (reads after it may see other rows)."""
 
     def owner(self, manager: Any) -> Any:
         raise NotImplementedError
@@ -256,6 +258,8 @@ class PooledTransaction(Entry):
     """``TransactionContextPooled``: a connection in the wrapper's ``_connection``, the
     task's connection override in ``token`` (set before the wait to 0.25, after it on
     1.x: whichever of the two an entry got to, it is undone)."""
+
+    transaction = True
 
     def __init__(self, layout: Layout, init: PoolInit) -> None:
         self._layout = layout
@@ -386,6 +390,8 @@ class SqliteTransaction(Entry):
     """SQLite's transaction context: the client's lock, then the override ``token``, then
     ``BEGIN`` (to 0.23 the connection is opened before the lock is taken, from 0.24
     after)."""
+
+    transaction = True
 
     def __init__(self, layout: Layout) -> None:
         self._layout = layout
