@@ -46,7 +46,7 @@ LIBRARY_PACKAGES = frozenset(
 # poolwatch's own demo is an application: its findings must point into it.
 _APPLICATION_PACKAGES = ("poolwatch.demo",)
 # Application frames in a call path: the helper, its caller, and the loop above them.
-MAX_PATH = 4
+MAX_PATH = 5
 # Library frames tolerated between two application frames (a decorator, a context
 # manager); past that the walk has reached the framework that called the endpoint.
 _MAX_GAP = 6
@@ -56,7 +56,10 @@ _MAX_CACHED_CODES = 65536
 
 # What a code object is, decided once: the application's, an installed package's (a
 # library, unless no frame is the application's), or a known library's.
-_APP, _INSTALLED, _LIBRARY, _RELATION = 0, 1, 2, 3
+_APP, _INSTALLED, _LIBRARY, _RELATION, _INLINE = 0, 1, 2, 3, 4
+# Comprehensions have frames of their own before Python 3.12 and none after: left out of
+# paths, so a path reads the same on every Python (the line is the enclosing one's).
+_INLINED = frozenset({"<listcomp>", "<dictcomp>", "<setcomp>"})
 # Library functions that load an ORM relation for rows already fetched: a statement run
 # under one of them is proven to be that relation's load (its advice may name it).
 _RELATION_LOADERS = {
@@ -168,6 +171,8 @@ class CallSiteFinder:
                 if len(path) >= MAX_PATH:
                     return _FULL, installed, relation
                 gap = 0
+            elif verdict == _INLINE:
+                pass
             else:
                 if verdict == _INSTALLED and installed is None:
                     installed = frame
@@ -188,7 +193,9 @@ class CallSiteFinder:
             self._seen.clear()
         module = _module_of(frame)
         loaders = _RELATION_LOADERS.get(module)
-        if module.startswith(_APPLICATION_PACKAGES):
+        if code.co_name in _INLINED:
+            verdict = _INLINE
+        elif module.startswith(_APPLICATION_PACKAGES):
             verdict = _APP
         elif loaders is not None and code.co_name.startswith(loaders):
             verdict = _RELATION

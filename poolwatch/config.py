@@ -51,7 +51,7 @@ class Settings:
             duplicate finding.
         slow_query_threshold: seconds after which one statement is a slow query.
         allow_routes, allow_fingerprints, allow_call_sites: shell-style patterns of
-            findings never to report (``"/admin/*"``, ``"select * from audit*"``,
+            findings never to report (``"/admin/*"``, ``"select ... from audit*"``,
             ``"*/reports.py:*"``).
         ignore_modules: module prefixes to skip, like the ORM's, when looking for the
             call site (an application's own data-access layer).

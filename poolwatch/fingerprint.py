@@ -111,7 +111,10 @@ _IN_LIST = re.compile(r"\bin \( \?(?: , \?)* \)")
 # value; dropping it lets the IN-list rule below see "in ( ? , ? )".
 _PARAM_CAST = re.compile(r"\? : : [a-z_]\w*(?: \[ \])?")
 _VALUES_ROWS = re.compile(r"\bvalues (\( \?(?: , \?)* \))(?: , \( \?(?: , \?)* \))*")
-_TIDY = (("( ", "("), (" )", ")"), (" , ", ", "), (" . ", "."), (" ;", ";"), (" : : ", "::"))
+_TIDY = (
+    *(("( ", "("), (" )", ")"), (" , ", ", "), (" . ", "."), (" ;", ";"), (" : : ", "::")),
+    *(("! =", "!="), ("< >", "<>"), ("< =", "<="), ("> =", ">="), ("| |", "||")),
+)
 # The database's own catalogs (a table's name, or its schema's): what dialects and drivers
 # read about the schema and the server.
 _CATALOG_PREFIXES = ("pg_", "sqlite_")
@@ -130,51 +133,80 @@ def dialect_of(name: str) -> str:
     return GENERIC
 
 
+def _double_quoted_value(name: str, follows: str, before: str, listed: bool, clause: str) -> bool:
+    """Whether SQLite's ``"name"`` is a string: it is where a value stands, or not a name."""
+    if not _IDENTIFIER.match(name):
+        return True
+    if follows == ".":
+        return False  # "table"."column"
+    return (
+        before in _VALUE_BEFORE
+        or listed
+        # a select list: collapsed when there is a FROM, a value when there is none
+        or (clause == "select" and before in ("select", ",", "distinct"))
+    )
+
+
+class _Scan:
+    """The tokens of one statement, and what the next double-quoted token depends on."""
+
+    __slots__ = ("clause", "depth", "in_list", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.in_list = 0  # depth of an open "in (" or "values (" list: its items are values
+        self.depth = 0
+        self.clause = ""  # the last clause keyword seen
+
+    def double_quoted(self, text: str, follows: str) -> None:
+        name = text[1:-1].replace('""', '"')
+        before = self.tokens[-1] if self.tokens else ""
+        listed = bool(self.in_list) and self.in_list == self.depth
+        value = _double_quoted_value(name, follows, before, listed, self.clause)
+        self.tokens.append("?" if value else name.lower())
+
+    def word(self, text: str) -> None:
+        word = text.lower()
+        if word in _CLAUSES:
+            self.clause = word
+        self.tokens.append(word)
+
+    def other(self, text: str) -> None:
+        if text.isalnum():  # a character no rule knows: never kept, it may be a value
+            self.tokens.append("?")
+            return
+        if text == "(":
+            self.depth += 1
+            if self.tokens and self.tokens[-1] in ("in", "values"):
+                self.in_list = self.depth
+        elif text == ")":
+            if self.in_list == self.depth:
+                self.in_list = 0
+            self.depth -= 1
+        self.tokens.append(text)
+
+
+_VALUE_KINDS = frozenset({"string", "dollar", "param", "number"})
+
+
 def _tokens(sql: str, dialect: str) -> list[str]:
-    tokens: list[str] = []
-    in_list = 0  # depth of an open "in (" or "values (" list: its items are values
-    depth = 0
-    clause = ""  # the last clause keyword seen
+    scan = _Scan()
+    tokens = scan.tokens
     for match in _SCANNERS[dialect].finditer(sql):
         kind = match.lastgroup
         text = match.group()
         if kind in ("comment", "space"):
             continue
-        if kind in ("string", "dollar", "param", "number"):
+        if kind in _VALUE_KINDS:
             tokens.append("?")
         elif kind == "quoted":
             tokens.append(text[1:-1].replace(text[0] * 2, text[0]).lower())
         elif kind == "dq":
-            name = text[1:-1].replace('""', '"')
-            follows = sql[match.end() : match.end() + 1]
-            before = tokens[-1] if tokens else ""
-            value = not _IDENTIFIER.match(name) or (
-                follows != "."
-                and (
-                    before in _VALUE_BEFORE
-                    or (in_list and in_list == depth)
-                    # a select list: collapsed when there is a FROM, a value when there is none
-                    or (clause == "select" and before in ("select", ",", "distinct"))
-                )
-            )
-            tokens.append("?" if value else name.lower())
+            scan.double_quoted(text, sql[match.end() : match.end() + 1])
         elif kind == "word":
-            word = text.lower()
-            if word in _CLAUSES:
-                clause = word
-            tokens.append(word)
-        elif text.isalnum():  # a character no rule knows: never kept, it may be a value
-            tokens.append("?")
+            scan.word(text)
         else:
-            if text == "(":
-                depth += 1
-                if tokens and tokens[-1] in ("in", "values"):
-                    in_list = depth
-            elif text == ")":
-                if in_list == depth:
-                    in_list = 0
-                depth -= 1
-            tokens.append(text)
+            scan.other(text)
     return tokens
 
 

@@ -118,10 +118,28 @@ _ANY_NPLUSONE = (
 )
 
 
-def _nplusone(fingerprint: str, relations: Sequence[Relation], orm: str | None) -> str:
-    found = [r for r in _matches(fingerprint, relations) if orm is None or r.orm == orm]
+def _nplusone(
+    fingerprint: str, relations: Sequence[Relation], orm: str | None, by_relation: bool
+) -> str:
+    matched = [r for r in _matches(fingerprint, relations) if orm is None or r.orm == orm]
+    # Rows filtered by a relation's foreign key are that relation's rows, however the query
+    # was written. A filter on a primary key is any lookup by id (session.get(User, id)):
+    # it is a relation's only if the ORM's relation loader ran it.
+    found = [r for r in matched if by_relation or r.kind != FORWARD]
     if not found:
-        return _GENERIC_NPLUSONE.get(orm or "", _ANY_NPLUSONE)
+        keyed = next((r for r in matched if r.kind == FORWARD), None)
+        if keyed is None:
+            return _GENERIC_NPLUSONE.get(orm or "", _ANY_NPLUSONE)
+        model = keyed.target
+        one_query = (
+            f"`{model}.filter({keyed.column}__in=ids)`"
+            if keyed.orm == TORTOISE
+            else f"`select({model}).where({model}.{keyed.column}.in_(ids))`"
+        )
+        return (
+            f"One {model} is loaded per row or id: fetch them in one query, {one_query}, "
+            "before the loop (or load them with the query that fetched the rows)."
+        )
     first = found[0]
     verb = "use" if first.orm == TORTOISE else "add"
     options = " or ".join(_prefetch(r) for r in found[:3])
@@ -143,11 +161,20 @@ def _bulk_write(fingerprint: str, orm: str | None) -> str:
 
 
 def suggest(
-    kind: str, fingerprint: str, relations: Sequence[Relation], orm: str | None = None
+    kind: str,
+    fingerprint: str,
+    relations: Sequence[Relation],
+    orm: str | None = None,
+    *,
+    by_relation: bool = True,
 ) -> str:
-    """One sentence saying what to change for a finding of ``kind`` on ``fingerprint``."""
+    """One sentence saying what to change for a finding of ``kind`` on ``fingerprint``.
+
+    A relation is named only when ``by_relation`` (the ORM's relation loader ran the
+    statements) and one of ``relations`` of ``orm`` loads this shape.
+    """
     if kind == NPLUSONE:
-        return _nplusone(fingerprint, relations, orm)
+        return _nplusone(fingerprint, relations, orm, by_relation)
     if kind == DUPLICATE:
         return (
             "The same query with the same parameters ran more than once in this request, "

@@ -148,23 +148,21 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def _judged(config: pytest.Config) -> Callable[[Finding], bool]:
-    """Whether a finding is the app's: its call path is not only the test's own files.
+    """Whether a finding is the app's, not the test's own doing.
 
-    A statement a test or a fixture issues itself (setting up or checking data) is the
-    test's; one that runs through the app's code (a request, a service the test calls)
-    is the app's.
+    The outermost application frame of its call path decides. A test or a fixture that
+    calls the app's repository or service to set up or check data starts the path in a
+    test file: the test's doing. A request, or a task the app starts, starts it in the
+    app (the framework's frames between the test and the endpoint end the path).
     """
     if config.getini("poolwatch_judge_test_code"):
         return lambda finding: True
     patterns = [*config.getini("python_files"), "conftest.py"]
 
-    def test_file(site: str) -> bool:
-        file = site.split(":", 1)[0].replace("\\", "/").rsplit("/", 1)[-1]
-        return any(fnmatchcase(file, pattern) for pattern in patterns)
-
     def judged(finding: Finding) -> bool:
-        path = finding.call_path or finding.call_site
-        return not all(test_file(site) for site in path.split(" -> "))
+        outermost = (finding.call_path or finding.call_site).split(" -> ", 1)[0]
+        file = outermost.split(":", 1)[0].replace("\\", "/").rsplit("/", 1)[-1]
+        return not any(fnmatchcase(file, pattern) for pattern in patterns)
 
     return judged
 

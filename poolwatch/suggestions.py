@@ -44,13 +44,13 @@ def suggestion(
         return text
     orm, source = _pools.get(pool, (None, None))
     found: list[Relation] = []
-    if by_relation and source is not None:
+    if source is not None:  # only the pool's own ORM's models explain its statements
         try:
             found = source()
         except Exception as exc:  # models half-configured: a generic hint will do
             if on_error is not None:
                 on_error(exc)
-    text = suggest(kind, fingerprint, found, orm)
+    text = suggest(kind, fingerprint, found, orm, by_relation=by_relation)
     # Findings come from statements, so the ORM has loaded its models by now; reading
     # them again for every request of a loop would cost more than the detection.
     if len(_cache) >= _MAX_CACHED:

@@ -224,6 +224,7 @@ OLDEST_TESTS=(
     tests/test_findings.py tests/test_exposition.py tests/test_exposition_promtool.py
     tests/test_multiprocess.py tests/test_public_api.py tests/test_config.py
     tests/test_demo.py tests/test_testing.py tests/test_pytest_plugin.py tests/test_tracing.py
+    tests/test_realapp.py
 )
 
 # -- PostgreSQL -----------------------------------------------------------------------------

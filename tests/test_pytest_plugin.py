@@ -6,10 +6,14 @@ import pytest
 
 APP = """
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import StaticPool
 
 
 def make_engine():
-    engine = create_engine("sqlite://")
+    # One in-memory database for the test and the threads that serve its requests.
+    engine = create_engine(
+        "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+    )
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)"))
         conn.execute(text("INSERT INTO item VALUES (1, 'a'), (2, 'b'), (3, 'c')"))
@@ -22,22 +26,58 @@ def names(engine, ids):
             conn.execute(text("SELECT name FROM item WHERE id = :id"), {"id": i}).scalar()
             for i in ids
         ]
+
+
+def make_app(engine):
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/names")
+    def names_route(ids: str = "1,2"):
+        return names(engine, [int(i) for i in ids.split(",")])
+
+    return app
 """
 
 CONFTEST = """
+import asyncio
+
+import httpx
 import pytest
 from poolwatch import PoolWatch
-from shop import make_engine
+from shop import make_app, make_engine
 
 
 @pytest.fixture
-def engine():
-    engine = make_engine()
+def watch():
     watch = PoolWatch()
+    yield watch
+    watch.uninstrument()
+
+
+@pytest.fixture
+def engine(watch):
+    engine = make_engine()
     watch.instrument_sqlalchemy(engine)
     yield engine
-    watch.uninstrument()
     engine.dispose()
+
+
+@pytest.fixture
+def client(watch, engine):
+    app = make_app(engine)
+    watch.instrument_app(app)
+
+    def get(path, **params):
+        async def call():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
+                return (await c.get(path, params=params)).json()
+
+        return asyncio.run(call())
+
+    return get
 """
 
 USER_SUITE = """
@@ -46,8 +86,8 @@ from sqlalchemy import text
 from shop import names
 
 
-def test_loop(engine):
-    assert names(engine, [1, 2]) == ["a", "b"]
+def test_loop(client):
+    assert client("/names") == ["a", "b"]
 
 
 def test_one_query(engine):
@@ -56,8 +96,12 @@ def test_one_query(engine):
 
 
 @pytest.mark.allow_nplusone
-def test_accepted_loop(engine):
-    names(engine, [1, 2, 3])
+def test_accepted_loop(client):
+    client("/names", ids="1,2,3")
+
+
+def test_calls_the_apps_helper_itself(engine):  # the test drives it: the test's own doing
+    assert names(engine, [1, 2, 3]) == ["a", "b", "c"]
 
 
 def test_checks_rows_one_by_one_itself(engine):
@@ -73,8 +117,8 @@ def test_two_different_queries(engine):
         conn.execute(text("SELECT 2 FROM item"))
 
 
-def test_own_failure_is_reported_as_such(engine):
-    names(engine, [1, 2])
+def test_own_failure_is_reported_as_such(client):
+    client("/names")
     assert False, "the test's own assertion"
 """
 
@@ -93,29 +137,30 @@ def test_default_reports_at_the_end_and_fails_nothing_but_query_limits(
     suite: pytest.Pytester,
 ) -> None:
     result = suite.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=4, failed=2)
+    result.assert_outcomes(passed=5, failed=2)
     result.stdout.fnmatch_lines(
         [
             "*expected at most 1 queries, got 2 queries:*",
             "*the test's own assertion*",
             "*- poolwatch: 1 N+1 or duplicate queries -*",
-            "test_user.py::test_loop: nplusone on test_user.py::test_loop: 2 x "
-            "'select ... from item where id = ?'* at test_user.py:? in test_loop -> "
-            "shop.py:1? in names*",
+            "test_user.py::test_loop: nplusone on GET /names: 2 x "
+            "'select ... from item where id = ?'* at shop.py:3? in make_app.<locals>.names_route"
+            " -> shop.py:1? in names*",
             "(reported only; --poolwatch-nplusone=raise*",
         ]
     )
     assert "test_checks_rows_one_by_one_itself:" not in result.stdout.str()
+    assert "test_calls_the_apps_helper_itself:" not in result.stdout.str()
 
 
 def test_raise_fails_the_test_that_ran_the_loop(suite: pytest.Pytester) -> None:
     result = suite.runpytest("--poolwatch-nplusone=raise")
-    result.assert_outcomes(passed=3, failed=3)
+    result.assert_outcomes(passed=4, failed=3)
     result.stdout.fnmatch_lines(
         [
             "*NPlusOneError: 1 query finding(s) in test_user.py::test_loop:",
-            "*- nplusone on test_user.py::test_loop: 2 x 'select ... from item where id = ?'*"
-            " at test_user.py:? in test_loop -> shop.py:1? in names*",
+            "*- nplusone on GET /names: 2 x 'select ... from item where id = ?'*"
+            " at shop.py:3? in make_app.<locals>.names_route -> shop.py:1? in names*",
         ]
     )
 
@@ -123,25 +168,31 @@ def test_raise_fails_the_test_that_ran_the_loop(suite: pytest.Pytester) -> None:
 def test_the_tests_own_statements_are_judged_only_when_asked(suite: pytest.Pytester) -> None:
     suite.makeini(INI + "poolwatch_nplusone = raise\npoolwatch_judge_test_code = true\n")
     result = suite.runpytest()
-    result.assert_outcomes(passed=2, failed=4)
-    result.stdout.fnmatch_lines(["FAILED test_user.py::test_checks_rows_one_by_one_itself - *"])
+    result.assert_outcomes(passed=2, failed=5)
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED test_user.py::test_calls_the_apps_helper_itself - *",
+            "FAILED test_user.py::test_checks_rows_one_by_one_itself - *",
+        ],
+        consecutive=False,
+    )
 
 
 def test_warn_mode_warns_instead(suite: pytest.Pytester) -> None:
     result = suite.runpytest("--poolwatch-nplusone=warn", "-W", "default")
-    result.assert_outcomes(passed=4, failed=2, warnings=1)
+    result.assert_outcomes(passed=5, failed=2, warnings=1)
     result.stdout.fnmatch_lines(["*NPlusOneWarning*test_loop*"])
 
 
 def test_off_mode_and_ini_option(suite: pytest.Pytester) -> None:
-    suite.runpytest("--poolwatch-nplusone=off").assert_outcomes(passed=4, failed=2)
+    suite.runpytest("--poolwatch-nplusone=off").assert_outcomes(passed=5, failed=2)
     suite.makeini(INI + "poolwatch_nplusone = raise\n")
-    suite.runpytest().assert_outcomes(passed=3, failed=3)
+    suite.runpytest().assert_outcomes(passed=4, failed=3)
 
 
 def test_threshold_option(suite: pytest.Pytester) -> None:
     result = suite.runpytest("--poolwatch-nplusone=raise", "--poolwatch-threshold=3")
-    result.assert_outcomes(passed=4, failed=2)
+    result.assert_outcomes(passed=5, failed=2)
 
 
 def test_a_session_without_an_instrumented_pool_says_so(pytester: pytest.Pytester) -> None:
