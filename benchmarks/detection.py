@@ -79,9 +79,9 @@ class TimedRecorder(QueryRecorder):
     spent = 0.0
 
     def record(self, work: WorkScope | None, sql: str, seconds: float, failed: bool,
-               params: object, *, pool: str) -> None:  # fmt: skip
+               params: object, *, pool: str, dialect: str = "") -> None:  # fmt: skip
         started = perf_counter()
-        super().record(work, sql, seconds, failed, params, pool=pool)
+        super().record(work, sql, seconds, failed, params, pool=pool, dialect=dialect)
         TimedRecorder.spent += perf_counter() - started
 
     def scope_closed(self, work: WorkScope) -> list[Finding]:
