@@ -136,10 +136,18 @@ def _nplusone(
             if keyed.orm == TORTOISE
             else f"`select({model}).where({model}.{keyed.column}.in_(ids))`"
         )
+        text = f"One {model} is loaded per row or id: fetch them in one query, {one_query}, "
+        if keyed.orm != TORTOISE:
+            return text + "before the loop (or load them with the query that fetched the rows)."
+        # Tortoise runs `await post.author` as Author.filter(id=...).first(): no trace of the
+        # relation is left to prove it, so the relations that load this way are candidates.
+        candidates = [r for r in matched if r.kind == FORWARD][:3]
         return (
-            f"One {model} is loaded per row or id: fetch them in one query, {one_query}, "
-            "before the loop (or load them with the query that fetched the rows)."
-        )
+            text + "before the loop; if they are loaded through "
+            + " or ".join(f"`{r.model.lower()}.{r.attribute}`" for r in candidates)
+            + ", use " + " or ".join(_prefetch(r) for r in candidates)
+            + " on the query that fetched the rows."
+        )  # fmt: skip
     first = found[0]
     verb = "use" if first.orm == TORTOISE else "add"
     options = " or ".join(_prefetch(r) for r in found[:3])

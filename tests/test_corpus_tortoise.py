@@ -163,8 +163,12 @@ CASES: dict[str, Case] = {
     "forward_fk": Case(
         "/nplusone/forward-fk",
         # `await book.author` is a lookup by id, like Author.get(id=...): nothing proves
-        # it is the relation's load, so the advice is to fetch the ids in one query.
-        (Expect("forward_fk", endpoint("forward_fk"), "corpus_author", 24, IDS_HINT),),
+        # it is the relation's load, so the relation is offered as a candidate.
+        (
+            Expect(
+                "forward_fk", endpoint("forward_fk"), "corpus_author", 24, AUTHOR_HINT + IDS_HINT
+            ),
+        ),
     ),
     "get_by_id": Case(
         "/nplusone/get-by-id",
@@ -199,7 +203,7 @@ CASES: dict[str, Case] = {
                 endpoint("nested"),
                 "corpus_publisher",
                 24,
-                ("`Publisher.filter(id__in=ids)`",),  # a lookup by id, as forward_fk
+                ("`Publisher.filter(id__in=ids)`", '`Book.all().prefetch_related("publisher")`'),
             ),
         ),
     ),
