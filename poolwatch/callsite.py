@@ -49,7 +49,7 @@ _APPLICATION_PACKAGES = ("poolwatch.demo",)
 MAX_PATH = 5
 # Library frames tolerated between two application frames (a decorator, a context
 # manager); past that the walk has reached the framework that called the endpoint.
-_MAX_GAP = 6
+_MAX_GAP = 3
 # How far up the awaiting tasks to look (nested gathers) before giving up.
 _MAX_TASK_HOPS = 8
 _MAX_CACHED_CODES = 65536
@@ -98,8 +98,8 @@ class CallSiteFinder:
         self._seen: list[CodeType] = []
         # (id(code), offset) -> (code, "file:line in function"): a loop formats one string
         self._sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
-        # the sites of a path -> (call site, path): one string per distinct path
-        self._paths: dict[tuple[str, ...], tuple[str, str]] = {}
+        # (relation, code id and offset...) -> (call site, path, relation): one per path
+        self._paths: dict[tuple[object, ...], tuple[str, str, bool]] = {}
         self._stop = _task_boundary_code()
 
     def find(self, skip: int = 1) -> str | None:
@@ -134,13 +134,18 @@ class CallSiteFinder:
             path = [installed]
         if not path:
             return None
-        sites = tuple([self._site(frame) for frame in reversed(path)])
-        known = self._paths.get(sites)
+        # Keyed by code objects and bytecode offsets: formatting "file:line in function"
+        # (f_lineno decodes the line table) happens once per distinct path.
+        # By id: hashing a code object hashes its bytecode.
+        key = (relation, *[(id(f.f_code) << 32) | f.f_lasti for f in path])
+        known = self._paths.get(key)
         if known is None:
             if len(self._paths) >= _MAX_CACHED_CODES:
                 self._paths.clear()
-            known = self._paths[sites] = (sites[-1], " -> ".join(sites))
-        return known[0], known[1], relation
+            sites = [self._site(frame) for frame in reversed(path)]
+            self._seen.extend(frame.f_code for frame in path)  # their ids stay theirs
+            known = self._paths[key] = (sites[-1], " -> ".join(sites), relation)
+        return known
 
     # -- the walk ----------------------------------------------------------------------
 
@@ -191,6 +196,7 @@ class CallSiteFinder:
         if len(self._library) >= _MAX_CACHED_CODES:
             self._library.clear()
             self._seen.clear()
+            self._paths.clear()  # keyed by ids of code objects no longer held
         module = _module_of(frame)
         loaders = _RELATION_LOADERS.get(module)
         if code.co_name in _INLINED:

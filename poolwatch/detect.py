@@ -167,9 +167,11 @@ class ScopeQueries:
         identity = event.identity
         if operation in _READS:
             if identity is not None:
-                # The same statement on another engine (read-write and read-only) or after
-                # a write is another read.
-                identity = hash((identity, event.pool, self.writes.get(event.pool, 0)))
+                # After a write or a transaction's end on its pool, the same statement is
+                # another read (the identity already tells two pools apart).
+                writes = self.writes.get(event.pool)
+                if writes:
+                    identity = hash((identity, writes))
                 if self._repeated(identity, event, path):
                     group.again += 1
         else:

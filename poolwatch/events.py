@@ -116,8 +116,8 @@ class PoolEvents(Protocol):
 class QueryEvent(NamedTuple):
     """One statement as N+1 detection and :func:`poolwatch.testing.capture` see it.
 
-    It holds no parameter values: ``identity`` is a hash of the SQL text and its
-    parameters, only good for telling whether two statements were exactly the same.
+    It holds no parameter values: ``identity`` is a hash of the SQL text, its parameters
+    and its pool, only good for telling whether two statements were exactly the same.
     """
 
     fingerprint: str

@@ -56,17 +56,18 @@ def sinks_open() -> bool:
     return bool(_sinks)
 
 
-def identity(sql: str, params: Any) -> int:
-    """A hash of the statement and its parameters; the values themselves are not kept."""
+def identity(sql: str, params: Any, pool: str = "") -> int:
+    """A hash of the statement, its parameters and its pool (the same statement on two
+    engines is two reads); the values themselves are not kept."""
     try:
         # One flat tuple per statement: this runs for every SELECT.
         if type(params) is list or type(params) is tuple:
-            return hash((sql, *params))
+            return hash((pool, sql, *params))
         if type(params) is dict:
-            return hash((sql, *params.items()))
-        return hash((sql, params))
+            return hash((pool, sql, *params.items()))
+        return hash((pool, sql, params))
     except TypeError:  # an unhashable value (a JSON document, an array parameter)
-        return hash((sql, repr(params)))
+        return hash((pool, sql, repr(params)))
 
 
 class QueryRecorder:
@@ -137,7 +138,7 @@ class QueryRecorder:
                 pool,
                 NO_ROUTE if work is None else work.route,
                 sql_shape.in_list,
-                identity(sql, params) if role == READ else None,
+                identity(sql, params, pool) if role == READ else None,
                 path,
                 by_relation,
             ),

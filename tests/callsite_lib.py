@@ -20,3 +20,14 @@ async def async_query(finder: CallSiteFinder) -> str | None:
 def in_greenlet(work: Callable[[], str | None]) -> str | None:
     # What SQLAlchemy's asyncio layer does: run sync ORM code in a child greenlet.
     return greenlet.greenlet(work).switch()  # type: ignore[no-any-return]
+
+
+def query_path(finder: CallSiteFinder) -> tuple[str, str, bool] | None:
+    return finder.find_path()
+
+
+def framework(call: Callable[[], object], depth: int) -> object:
+    # Library frames between the application's frames, as a framework calling an endpoint.
+    if depth == 0:
+        return call()
+    return framework(call, depth - 1)

@@ -156,3 +156,71 @@ def test_with_no_application_frame_the_innermost_installed_frame_stands_in(
     thread.start()
     thread.join()
     assert sites == ["poolwatch_test_deployed.py:3 in query"]
+
+
+# -- call paths ----------------------------------------------------------------------------
+
+
+def _path(finder: CallSiteFinder) -> str:
+    found = callsite_lib.query_path(finder)
+    assert found is not None
+    site, path, relation = found
+    assert path.endswith(site)
+    assert not relation
+    return path
+
+
+def _helper(finder: CallSiteFinder) -> str:
+    return _path(finder)  # the helper's line
+
+
+def test_a_path_runs_from_the_caller_to_the_helper_outermost_first() -> None:
+    finder = CallSiteFinder(LIB)
+    paths = {_helper(finder) for _ in range(3)}  # the loop's line
+    line = here(-1)
+    (path,) = paths
+    frames = path.split(" -> ")
+    name = "test_a_path_runs_from_the_caller_to_the_helper_outermost_first"
+    # (the comprehension has no frame of its own in the path, on any Python)
+    assert frames[-3:] == [
+        f"tests/test_callsite.py:{line} in {name}",
+        f"tests/test_callsite.py:{_helper.__code__.co_firstlineno + 1} in _helper",
+        f"tests/test_callsite.py:{_path.__code__.co_firstlineno + 1} in _path",
+    ]
+
+
+def test_two_callers_of_one_helper_have_two_paths() -> None:
+    finder = CallSiteFinder(LIB)
+    first = _helper(finder)
+    second = _helper(finder)
+    assert first != second
+    assert first.rsplit(" -> ", 1)[1] == second.rsplit(" -> ", 1)[1]  # the same helper
+
+
+def test_a_path_ends_at_the_framework_that_called_the_endpoint() -> None:
+    finder = CallSiteFinder(LIB)
+
+    def endpoint() -> str:
+        return _helper(finder)
+
+    path = str(callsite_lib.framework(endpoint, depth=10))
+    assert path.split(" -> ", maxsplit=1)[0].endswith(
+        " in test_a_path_ends_at_the_framework_that_called_the_endpoint.<locals>.endpoint"
+    )
+    shallow = str(callsite_lib.framework(endpoint, depth=1))  # a decorator's frame: stepped over
+    assert shallow.split(" -> ", maxsplit=1)[0].endswith(
+        " in test_a_path_ends_at_the_framework_that_called_the_endpoint"
+    )
+
+
+def test_a_path_has_at_most_max_path_frames() -> None:
+    from poolwatch.callsite import MAX_PATH
+
+    finder = CallSiteFinder(LIB)
+
+    def nest(depth: int) -> str:
+        return _helper(finder) if depth == 0 else nest(depth - 1)
+
+    frames = nest(10).split(" -> ")
+    assert len(frames) == MAX_PATH
+    assert frames[-1].endswith(" in _path")

@@ -20,8 +20,14 @@ def event(
     seconds: float = 0.001,
     in_list: int = 0,
     identity: int | None = None,
+    path: str = "",
+    pool: str = "main",
+    by_relation: bool = False,
 ) -> QueryEvent:
-    return QueryEvent(fingerprint, operation, site, seconds, False, "main", "/r", in_list, identity)
+    return QueryEvent(
+        fingerprint, operation, site, seconds, False, pool, "/r", in_list, identity,
+        path or site, by_relation,
+    )  # fmt: skip
 
 
 def judge(events: list[QueryEvent], policy: Policy | None = None) -> list[Finding]:
@@ -154,3 +160,76 @@ def test_finding_text_carries_what_to_fix() -> None:
         "at app.py:10 in view. fix nplusone"
     )
     assert finding.to_dict()["call_site"] == "app.py:10 in view"
+
+
+# -- call paths, pools, transactions ------------------------------------------------------
+
+HELPER = "repositories/user.py:12 in UserRepository.get"
+
+
+def test_two_callers_of_one_helper_are_two_groups_not_a_loop() -> None:
+    # A current-user dependency and the route load two different users with one helper.
+    dependency = event(site=HELPER, path=f"deps.py:20 in current_user -> {HELPER}", identity=1)
+    route = event(site=HELPER, path=f"routes/users.py:31 in profile -> {HELPER}", identity=2)
+    queries = ScopeQueries()
+    for e in (dependency, route):
+        queries.add(e)
+    assert detect(queries, Policy(threshold=2), "/r", suggest) == []
+
+
+def test_a_loop_over_a_helper_is_found_with_the_loop_in_its_path() -> None:
+    path = (
+        "services/article.py:136 in list_articles -> services/article.py:258 in _info -> "
+        "repositories/favorite.py:27 in count"
+    )
+    site = "repositories/favorite.py:27 in count"
+    findings = judge([event(site=site, path=path, identity=i) for i in range(5)])
+    (finding,) = findings
+    assert (finding.kind, finding.call_site, finding.call_path) == ("nplusone", site, path)
+
+
+def test_statements_on_two_pools_are_two_groups() -> None:
+    events = [event(pool="primary", identity=i) for i in range(3)]
+    events += [event(pool="replica", identity=10 + i) for i in range(3)]
+    assert judge(events) == []  # 3 and 3, under 5
+    assert {f.pool for f in judge(events, Policy(threshold=3))} == {"primary", "replica"}
+
+
+def test_a_read_repeated_after_a_commit_or_rollback_is_no_duplicate() -> None:
+    queries = ScopeQueries()
+    queries.add(event(identity=7))
+    queries.transaction_ended("main")  # get -> COMMIT -> refresh
+    queries.add(event(identity=7))
+    assert detect(queries, Policy(), "/r", suggest) == []
+    queries.add(event(identity=7))  # and again, with nothing in between: a duplicate
+    assert kinds(detect(queries, Policy(), "/r", suggest)) == ["duplicate"]
+
+
+def test_a_commit_on_another_pool_ends_nothing_here() -> None:
+    queries = ScopeQueries()
+    queries.add(event(identity=7))
+    queries.transaction_ended("other")
+    queries.add(event(identity=7))
+    assert kinds(detect(queries, Policy(), "/r", suggest)) == ["duplicate"]
+
+
+def test_allow_call_sites_match_any_line_of_the_path() -> None:
+    path = "services/report.py:9 in build -> repositories/favorite.py:27 in count"
+    events = [event(site="repositories/favorite.py:27 in count", path=path, identity=i)
+              for i in range(5)]  # fmt: skip
+    assert judge(events, Policy(allow_call_sites=("services/report.py:*",))) == []
+    assert kinds(judge(events, Policy(allow_call_sites=("services/other.py:*",)))) == ["nplusone"]
+
+
+def test_a_relation_loader_is_passed_to_the_suggestion() -> None:
+    seen: list[bool] = []
+
+    def record(kind: str, fingerprint: str, pool: str, by_relation: bool) -> str:
+        seen.append(by_relation)
+        return ""
+
+    queries = ScopeQueries()
+    for i in range(5):
+        queries.add(event(identity=i, by_relation=True))
+    detect(queries, Policy(), "/r", record)
+    assert seen == [True]
