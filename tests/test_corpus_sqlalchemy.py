@@ -101,6 +101,8 @@ class Expect:
     count: int
     hint: str = ""
     """Text the finding's suggestion must contain."""
+    loop: str = ""
+    """A marker whose line must be in the finding's call path: the loop above the site."""
 
 
 def nplusone(marker: str, count: int, hint: str = "") -> Expect:
@@ -210,6 +212,30 @@ CASES = [
         queries=2,
     ),
     Case("same-sql-different-values", "/duplicate/different-values", queries=2),
+    # -- what real apps do
+    Case("two-callers-of-one-helper", "/real/two-callers", queries=2),
+    Case("exists-insert-exists", "/real/exists-insert-exists", method="POST", queries=3),
+    Case("read-commit-read", "/real/read-commit-read", queries=2),
+    Case(
+        "service-loop-over-a-repository-helper",
+        "/real/service-loop",
+        (
+            Expect(
+                NPLUSONE,
+                ("N+1 repository count",),
+                6,
+                "selectinload(Author.books)",
+                loop="service loop",
+            ),
+        ),
+        queries=7,
+    ),
+    Case(
+        "the-same-row-in-a-loop-is-a-duplicate",
+        "/real/repeat-in-loop",
+        (Expect(DUPLICATE, ("duplicate repository publisher",), 6, "reuse it"),),
+        queries=7,
+    ),
 ]
 
 
@@ -357,6 +383,10 @@ def assert_findings(found: list[dict[str, Any]], case: Case, flavor: str, report
         (match,) = matches
         assert match["count"] == expect.count, message
         assert expect.hint in match["suggestion"], f"{match['suggestion']!r}\n{message}"
+        if expect.loop:
+            loop = call_site(module, expect.loop)
+            assert loop in match["call_path"].split(" -> "), f"{loop} not in the path\n{message}"
+            assert match["call_path"].endswith(match["call_site"]), message
         left.remove(match)
     assert left == [], f"unexpected findings\n{message}"
 

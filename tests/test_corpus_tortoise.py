@@ -52,8 +52,8 @@ SLOW = "slow_query"  # timing noise, not what this corpus is about
 
 # -- the marker comments in the app's source -----------------------------------------------
 
-_KINDS = {"N+1": "nplusone", "DUPLICATE": "duplicate", "BULK_WRITE": "bulk_write"}
-_MARKER = re.compile(r"#\s*(N\+1|DUPLICATE|BULK_WRITE)\s+(\w+)\s*$")
+_KINDS = {"N+1": "nplusone", "DUPLICATE": "duplicate", "BULK_WRITE": "bulk_write", "LOOP": ""}
+_MARKER = re.compile(r"#\s*(N\+1|DUPLICATE|BULK_WRITE|LOOP)\s+(\w+)\s*$")
 
 
 def _markers() -> dict[str, tuple[str, int]]:
@@ -70,7 +70,6 @@ def _markers() -> dict[str, tuple[str, int]]:
 
 
 MARKERS = _markers()
-# Python 3.12 inlines comprehensions (PEP 709); before, each one is a function of its own.
 
 Row = tuple[str, str, str, int]
 """A finding as compared: (kind, call site, table it reads or writes, count)."""
@@ -98,6 +97,8 @@ class Expect:
     count: int
     hints: tuple[str, ...] = ()
     """Texts the finding's suggestion must contain (the relation to prefetch)."""
+    loop: str = ""
+    """A ``# LOOP`` marker whose line must be in the finding's call path."""
 
     @property
     def row(self) -> Row:
@@ -253,6 +254,35 @@ CASES: dict[str, Case] = {
         (Expect("same_params", endpoint("same_params"), "corpus_author", 2),),
     ),
     "different_params": Case("/clean/different-params"),
+    # -- what real apps do -------------------------------------------------------------
+    "two_callers": Case("/real/two-callers"),
+    "exists_insert_exists": Case("/real/exists-insert-exists"),
+    "read_commit_read": Case("/real/read-commit-read"),
+    "service_loop": Case(
+        "/real/service-loop",
+        (
+            Expect(
+                "repository_count",
+                "AuthorRepository.count_books",
+                "corpus_book",
+                8,
+                BOOKS_HINT,
+                loop="service_loop",
+            ),
+        ),
+    ),
+    "repeat_in_loop": Case(
+        "/real/repeat-in-loop",
+        (
+            Expect(
+                "repository_publisher",
+                "AuthorRepository.first_publisher",
+                "corpus_publisher",
+                8,
+                ("reuse it",),
+            ),
+        ),
+    ),
     # -- writes ------------------------------------------------------------------------
     # capture() picks the ORM of its hint from what is imported: with SQLAlchemy imported
     # too (the whole suite), the text is a generic one, which still names bulk_create.
@@ -378,6 +408,14 @@ async def serve(database: Database, watch: PoolWatch) -> AsyncIterator[httpx.Asy
         await Tortoise.close_connections()
 
 
+def _check_paths(case: Case, paths: dict[Row, str]) -> None:
+    for expect in case.expected:
+        if expect.loop:
+            _, line = MARKERS[expect.loop]
+            path = paths.get(expect.row, "")
+            assert f"{APP_FILE}:{line} in " in path, f"{expect.marker}: {path}"
+
+
 def _check_hints(case: Case, suggestions: dict[Row, str]) -> None:
     for expect in case.expected:
         suggestion = suggestions.get(expect.row)
@@ -407,6 +445,7 @@ async def test_production(name: str, database: Database, production_watch: PoolW
         assert (finding["occurrences"], finding["max_count"]) == (1, finding["count"])
         assert finding["pool"] == "default"
     _check_hints(case, {row: f["suggestion"] for row, f in zip(rows, findings, strict=True)})
+    _check_paths(case, {row: f["call_path"] for row, f in zip(rows, findings, strict=True)})
     assert served == watch.findings()
 
     # The counters count requests with a finding; a route that was served has them at 0.
@@ -434,6 +473,7 @@ async def test_capture(name: str, database: Database, quiet_watch: PoolWatch) ->
             rows = [_row(f.kind, f.call_site, f.fingerprint, f.count) for f in findings]
             assert sorted(rows) == case.rows(), f"threshold={threshold}\n{captured.report()}"
             _check_hints(case, {row: f.suggestion for row, f in zip(rows, findings, strict=True)})
+            _check_paths(case, {row: f.call_path for row, f in zip(rows, findings, strict=True)})
     assert quiet_watch.findings() == []  # nplusone_mode="off" judges nothing itself
 
 
@@ -464,4 +504,5 @@ async def test_markers_are_where_the_cases_point() -> None:
     """Every marker in the app is expected by some case, and vice versa."""
     assert Path(tortoise_app.__file__).as_posix().endswith(APP_FILE)
     expected = {e.marker for c in CASES.values() for e in c.expected}
+    expected |= {e.loop for c in CASES.values() for e in c.expected if e.loop}
     assert expected == set(MARKERS)

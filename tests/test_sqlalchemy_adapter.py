@@ -48,6 +48,7 @@ from poolwatch.adapters import sqlalchemy as adapter
 from poolwatch.adapters.sqlalchemy import SQLAlchemyInstrumentation
 from poolwatch.observer import PoolObserver
 from poolwatch.safety import FaultReporter
+from poolwatch.testing import capture
 
 POOL = "main"
 SEED_ROWS = 10
@@ -795,3 +796,35 @@ async def test_asyncpg_statement_cancelled_mid_flight(watch: PoolWatch, pg_dsn: 
         assert_at_rest(watch, engine.sync_engine.pool)
     finally:
         await engine.dispose()
+
+
+# -- the dialect's own statements are never findings ---------------------------------------
+
+
+async def test_first_connect_probes_of_two_fresh_engines_are_no_findings(
+    sync_url: str, async_url: str
+) -> None:
+    # Engines instrumented before their first connect: the dialect's probes (server version,
+    # schema, isolation level, standard_conforming_strings) run inside the scope, on two
+    # pools, the same statements twice. They are bookkeeping, not the app's reads.
+    engines = [create_engine(sync_url), create_engine(sync_url)]
+    async_engine = create_async_engine(async_url)
+    watch = PoolWatch(nplusone_threshold=2, duplicate_threshold=2)
+    for i, engine in enumerate(engines):
+        watch.instrument_sqlalchemy(engine, pool=f"sync{i}")
+    watch.instrument_sqlalchemy(async_engine, pool="async")
+    try:
+        with capture() as captured, poolwatch.scope("startup"):
+            for engine in engines:
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            async with async_engine.connect() as aconn:
+                await aconn.execute(text("SELECT 1"))
+    finally:
+        watch.uninstrument()
+        for engine in engines:
+            engine.dispose()
+        await async_engine.dispose()
+    assert watch.findings() == []
+    assert captured.findings == []
+    assert captured.queries == [], captured.report()

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Request
-from sqlalchemy import Engine, insert, select
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, HTTPException, Request
+from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker, subqueryload
 
 import poolwatch
@@ -295,3 +295,77 @@ def duplicate_different_values(session: SessionDep) -> dict[str, int]:
     first = session.scalars(select(Author).where(Author.name == "author-1")).all()
     second = session.scalars(select(Author).where(Author.name == "author-2")).all()
     return {"found": len(first) + len(second)}
+
+
+# -- what real apps do: a repository layer, a current-user dependency, writes, commits -----
+
+
+class AuthorRepository:
+    """The data layer between routes and the ORM, as real apps have one."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, author_id: int) -> Author | None:
+        return self.session.scalars(select(Author).where(Author.id == author_id)).first()
+
+    def exists(self, name: str) -> bool:
+        return self.session.scalar(select(Author.id).where(Author.name == name)) is not None
+
+    def count_books(self, author_id: int) -> int:
+        query = select(func.count()).select_from(Book).where(Book.author_id == author_id)
+        return self.session.scalar(query) or 0  # N+1 repository count
+
+    def publisher(self) -> Publisher | None:
+        query = select(Publisher).where(Publisher.id == 1)
+        return self.session.scalars(query).first()  # duplicate repository publisher
+
+
+def current_author(session: SessionDep, x_author: Annotated[int, Header()] = 1) -> Author:
+    author = AuthorRepository(session).get(x_author)
+    if author is None:
+        raise HTTPException(401)
+    return author
+
+
+@router.get("/real/two-callers")
+def two_callers(session: SessionDep, viewer: Annotated[Author, Depends(current_author)]) -> Any:
+    # The dependency and the route load two authors with one helper: two lookups, no loop.
+    other = AuthorRepository(session).get(2)
+    return {"viewer": viewer.id, "other": other.id if other else None}
+
+
+@router.post("/real/exists-insert-exists")
+def exists_insert_exists(session: SessionDep) -> dict[str, bool]:
+    authors = AuthorRepository(session)
+    before = authors.exists("newcomer")
+    session.add(Author(name="newcomer"))
+    session.commit()
+    return {"before": before, "after": authors.exists("newcomer")}  # another read
+
+
+@router.get("/real/read-commit-read")
+def read_commit_read(session: SessionDep) -> dict[str, bool]:
+    authors = AuthorRepository(session)
+    first = authors.get(1)
+    session.commit()  # what the first read saw may have changed since
+    return {"same": authors.get(1) is first}
+
+
+def _author_info(session: Session, author: Author) -> dict[str, Any]:
+    return {"id": author.id, "books": AuthorRepository(session).count_books(author.id)}
+
+
+def authors_with_counts(session: Session) -> list[dict[str, Any]]:
+    return [_author_info(session, author) for author in all_authors(session)]  # service loop
+
+
+@router.get("/real/service-loop")
+def service_loop(session: SessionDep) -> list[dict[str, Any]]:
+    return authors_with_counts(session)
+
+
+@router.get("/real/repeat-in-loop")
+def repeat_in_loop(session: SessionDep) -> list[str]:
+    # The same row again for every author: a duplicate to hoist, not a per-row load.
+    return [f"{a.name}/{AuthorRepository(session).publisher()}" for a in all_authors(session)]

@@ -11,8 +11,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Request
-from sqlalchemy import insert, select
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, HTTPException, Request
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import joinedload, selectinload, subqueryload
 
@@ -314,3 +314,87 @@ async def duplicate_different_values(session: SessionDep) -> dict[str, int]:
     first = (await session.scalars(select(Author).where(Author.name == "author-1"))).all()
     second = (await session.scalars(select(Author).where(Author.name == "author-2"))).all()
     return {"found": len(first) + len(second)}
+
+
+# -- what real apps do: a repository layer, a current-user dependency, writes, commits -----
+
+
+class AuthorRepository:
+    """The data layer between routes and the ORM, as real apps have one."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, author_id: int) -> Author | None:
+        return (await self.session.scalars(select(Author).where(Author.id == author_id))).first()
+
+    async def exists(self, name: str) -> bool:
+        found = await self.session.scalar(select(Author.id).where(Author.name == name))
+        return found is not None
+
+    async def count_books(self, author_id: int) -> int:
+        query = select(func.count()).select_from(Book).where(Book.author_id == author_id)
+        return await self.session.scalar(query) or 0  # N+1 repository count
+
+    async def publisher(self) -> Publisher | None:
+        query = select(Publisher).where(Publisher.id == 1)
+        return (await self.session.scalars(query)).first()  # duplicate repository publisher
+
+
+async def current_author(session: SessionDep, x_author: Annotated[int, Header()] = 1) -> Author:
+    author = await AuthorRepository(session).get(x_author)
+    if author is None:
+        raise HTTPException(401)
+    return author
+
+
+@router.get("/real/two-callers")
+async def two_callers(
+    session: SessionDep, viewer: Annotated[Author, Depends(current_author)]
+) -> Any:
+    # The dependency and the route load two authors with one helper: two lookups, no loop.
+    other = await AuthorRepository(session).get(2)
+    return {"viewer": viewer.id, "other": other.id if other else None}
+
+
+@router.post("/real/exists-insert-exists")
+async def exists_insert_exists(session: SessionDep) -> dict[str, bool]:
+    authors = AuthorRepository(session)
+    before = await authors.exists("newcomer")
+    session.add(Author(name="newcomer"))
+    await session.commit()
+    return {"before": before, "after": await authors.exists("newcomer")}  # another read
+
+
+@router.get("/real/read-commit-read")
+async def read_commit_read(session: SessionDep) -> dict[str, bool]:
+    authors = AuthorRepository(session)
+    first = await authors.get(1)
+    await session.commit()  # what the first read saw may have changed since
+    return {"same": await authors.get(1) is first}
+
+
+async def _author_info(session: AsyncSession, author: Author) -> dict[str, Any]:
+    return {"id": author.id, "books": await AuthorRepository(session).count_books(author.id)}
+
+
+async def authors_with_counts(session: AsyncSession) -> list[dict[str, Any]]:
+    infos = []
+    for author in await all_authors(session):
+        infos.append(await _author_info(session, author))  # service loop
+    return infos
+
+
+@router.get("/real/service-loop")
+async def service_loop(session: SessionDep) -> list[dict[str, Any]]:
+    return await authors_with_counts(session)
+
+
+@router.get("/real/repeat-in-loop")
+async def repeat_in_loop(session: SessionDep) -> list[str]:
+    # The same row again for every author: a duplicate to hoist, not a per-row load.
+    names = []
+    for author in await all_authors(session):
+        publisher = await AuthorRepository(session).publisher()
+        names.append(f"{author.name}/{publisher}")
+    return names

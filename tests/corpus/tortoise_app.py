@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import BackgroundTasks, FastAPI
+from fastapi import BackgroundTasks, Depends, FastAPI
 from tortoise import fields
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
@@ -168,6 +168,43 @@ async def _book_ids() -> list[int]:
     return [book.id for book in await Book.all().order_by("id").only("id")]
 
 
+# -- what real apps do: a repository layer, a current-user dependency, writes, commits -----
+
+
+class AuthorRepository:
+    """The data layer between routes and the ORM, as real apps have one."""
+
+    async def get(self, author_id: int) -> Author | None:
+        return await Author.filter(id=author_id).first()
+
+    async def count_books(self, author_id: int) -> int:
+        return await Book.filter(author_id=author_id).count()  # N+1 repository_count
+
+    async def note_exists(self, text: str) -> bool:
+        return await Note.filter(text=text).exists()
+
+    async def first_publisher(self) -> Publisher | None:
+        return await Publisher.filter(name="publisher 0").first()  # DUPLICATE repository_publisher
+
+
+async def current_author() -> tuple[Author, list[int]]:
+    ids = await _author_ids()
+    author = await AuthorRepository().get(ids[0])
+    assert author is not None
+    return author, ids
+
+
+async def _author_info(author: Author) -> dict[str, Any]:
+    return {"id": author.id, "books": await AuthorRepository().count_books(author.id)}
+
+
+async def authors_with_counts() -> list[dict[str, Any]]:
+    infos = []
+    for author in await Author.all().order_by("id"):
+        infos.append(await _author_info(author))  # LOOP service_loop
+    return infos
+
+
 # -- the app -------------------------------------------------------------------------------
 
 
@@ -306,6 +343,44 @@ def build_app() -> FastAPI:  # noqa: PLR0915 (one endpoint per case, on purpose)
         first = await Author.get(id=ids[2])
         other = await Author.get(id=ids[3])
         return {"same": first.name == other.name}
+
+    # -- what real apps do --------------------------------------------------------------
+
+    @app.get("/real/two-callers")
+    async def two_callers(viewer: Annotated[Any, Depends(current_author)]) -> dict[str, Any]:
+        # The dependency and the route load two authors with one helper: no loop.
+        author, ids = viewer
+        other = await AuthorRepository().get(ids[1])
+        return {"viewer": author.id, "other": other.id if other else None}
+
+    @app.get("/real/exists-insert-exists")
+    async def exists_insert_exists() -> dict[str, bool]:
+        authors = AuthorRepository()
+        before = await authors.note_exists("newcomer")
+        await Note.create(text="newcomer")
+        return {"before": before, "after": await authors.note_exists("newcomer")}
+
+    @app.get("/real/read-commit-read")
+    async def read_commit_read() -> dict[str, bool]:
+        ids = await _author_ids()
+        async with in_transaction():
+            first = await AuthorRepository().get(ids[0])
+        # committed: what the first read saw may have changed since
+        again = await AuthorRepository().get(ids[0])
+        return {"same": first == again}
+
+    @app.get("/real/service-loop")
+    async def service_loop() -> list[dict[str, Any]]:
+        return await authors_with_counts()
+
+    @app.get("/real/repeat-in-loop")
+    async def repeat_in_loop() -> list[str]:
+        # The same row again for every author: a duplicate to hoist, not a per-row load.
+        names = []
+        for author in await Author.all().order_by("id"):
+            publisher = await AuthorRepository().first_publisher()
+            names.append(f"{author.name}/{publisher}")
+        return names
 
     # -- writes ------------------------------------------------------------------------
 
