@@ -22,12 +22,16 @@ Pure and cached: the same SQL text is fingerprinted once per dialect.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 from poolwatch.operations import operation_of
 from poolwatch.textcache import TextCache
 
-__all__ = ["DIALECTS", "END", "READ", "WRITE", "SqlShape", "dialect_of", "fingerprint", "shape"]
+__all__ = [
+    "DIALECTS", "END", "READ", "WRITE", "SqlShape", "dialect_of", "fingerprint", "shape",
+    "shaper",
+]  # fmt: skip
 
 POSTGRESQL, MYSQL, SQLITE, GENERIC = "postgresql", "mysql", "sqlite", ""
 DIALECTS = (POSTGRESQL, MYSQL, SQLITE, GENERIC)
@@ -312,6 +316,11 @@ def fingerprint(sql: str, dialect: str = GENERIC) -> str:
     True
     """
     return _memos.get(dialect, _memos[GENERIC]).get(sql).fingerprint
+
+
+def shaper(dialect: str = GENERIC) -> Callable[[str], SqlShape]:
+    """``shape`` for one dialect, as one bound method: the recorder's hot path."""
+    return _memos.get(dialect, _memos[GENERIC]).get
 
 
 def shape(sql: str, dialect: str = GENERIC) -> SqlShape:

@@ -26,7 +26,7 @@ from poolwatch.detect import (
 from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
 from poolwatch.findings import FindingsLog, FindingsLogger
-from poolwatch.fingerprint import END, READ, WRITE, shape
+from poolwatch.fingerprint import DIALECTS, END, READ, WRITE, SqlShape, shaper
 from poolwatch.metrics import Metrics
 
 __all__ = ["TRANSACTION_END", "UNKNOWN_SITE", "QueryRecorder", "add_sink", "remove_sink"]
@@ -91,6 +91,8 @@ class QueryRecorder:
         self._metrics = metrics
         self._suggest = suggest
         self._route_children: dict[str, tuple[Any, Any, Any]] = {}
+        self._shapers: dict[str, Callable[[str], SqlShape]] = {d: shaper(d) for d in DIALECTS}
+        self._generic = shaper()
 
     @property
     def active(self) -> bool:
@@ -114,7 +116,7 @@ class QueryRecorder:
         grouping = work is not None and not nplusone_allowed()
         if not grouping and not _sinks and seconds < self.slow_threshold:
             return  # nothing to group it with, nobody capturing: skip the stack walk
-        sql_shape = shape(sql, dialect)
+        sql_shape = self._shapers.get(dialect, self._generic)(sql)
         role = sql_shape.role
         if role == END:
             self.transaction_ended(work if grouping else None, pool)
