@@ -98,8 +98,8 @@ class CallSiteFinder:
         self._seen: list[CodeType] = []
         # (id(code), offset) -> (code, "file:line in function"): a loop formats one string
         self._sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
-        # (relation, code id and offset...) -> (call site, path, relation): one per path
-        self._paths: dict[tuple[object, ...], tuple[str, str, bool]] = {}
+        # (relation, code id and offset...) -> (call site, path, relation, origin)
+        self._paths: dict[tuple[object, ...], tuple[str, str, bool, str]] = {}
         self._stop = _task_boundary_code()
 
     def find(self, skip: int = 1) -> str | None:
@@ -111,9 +111,10 @@ class CallSiteFinder:
         found = self.find_path(skip + 1)
         return None if found is None else found[0]
 
-    def find_path(self, skip: int = 1) -> tuple[str, str, bool] | None:
-        """The call site and the application call path of the code running now, and
-        whether an ORM's relation loader runs it (a lazy load, ``fetch_related``).
+    def find_path(self, skip: int = 1) -> tuple[str, str, bool, str] | None:
+        """The call site and the application call path of the code running now, whether
+        an ORM's relation loader runs it (a lazy load, ``fetch_related``), and the path's
+        origin: its outermost function (``file in function``, no line).
 
         The path is the innermost ``MAX_PATH`` application frames, outermost first,
         joined by ``" -> "``: ``service.py:136 in list_articles -> favorite.py:27 in
@@ -144,7 +145,9 @@ class CallSiteFinder:
                 self._paths.clear()
             sites = [self._site(frame) for frame in reversed(path)]
             self._seen.extend(frame.f_code for frame in path)  # their ids stay theirs
-            known = self._paths[key] = (sites[-1], " -> ".join(sites), relation)
+            code = path[-1].f_code
+            origin = f"{display_path(code.co_filename)} in {code.co_qualname}"
+            known = self._paths[key] = (sites[-1], " -> ".join(sites), relation, origin)
         return known
 
     # -- the walk ----------------------------------------------------------------------

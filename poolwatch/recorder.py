@@ -32,7 +32,7 @@ from poolwatch.metrics import Metrics
 __all__ = ["TRANSACTION_END", "UNKNOWN_SITE", "QueryRecorder", "add_sink", "remove_sink"]
 
 UNKNOWN_SITE = "unknown"
-_UNKNOWN = (UNKNOWN_SITE, UNKNOWN_SITE, False)
+_UNKNOWN = (UNKNOWN_SITE, UNKNOWN_SITE, False, UNKNOWN_SITE)
 TRANSACTION_END = "END"
 """The operation of the event a capture gets for a COMMIT or ROLLBACK (never listed)."""
 
@@ -56,18 +56,24 @@ def sinks_open() -> bool:
     return bool(_sinks)
 
 
-def identity(sql: str, params: Any, pool: str = "") -> int:
-    """A hash of the statement, its parameters and its pool (the same statement on two
-    engines is two reads); the values themselves are not kept."""
+def identity(sql: str, params: Any, pool: str = "", origin: str = "") -> int:
+    """A hash of the statement, its parameters, its pool and the function its call path
+    starts in; the values themselves are not kept.
+
+    The same statement on two engines is two reads. So is the same row loaded by two
+    unrelated callers (a current-user dependency and the route, for the author of the
+    page): a repeat within one function's work (a loop, two lines of one endpoint) is
+    what can be reused.
+    """
     try:
         # One flat tuple per statement: this runs for every SELECT.
         if type(params) is list or type(params) is tuple:
-            return hash((pool, sql, *params))
+            return hash((pool, origin, sql, *params))
         if type(params) is dict:
-            return hash((pool, sql, *params.items()))
-        return hash((pool, sql, params))
+            return hash((pool, origin, sql, *params.items()))
+        return hash((pool, origin, sql, params))
     except TypeError:  # an unhashable value (a JSON document, an array parameter)
-        return hash((pool, sql, repr(params)))
+        return hash((pool, origin, sql, repr(params)))
 
 
 class QueryRecorder:
@@ -127,7 +133,7 @@ class QueryRecorder:
         else:
             operation = sql_shape.operation
         # Skip find_path, record and PoolObserver.query: they are always there.
-        site, path, by_relation = self.finder.find_path(3) or _UNKNOWN
+        site, path, by_relation, origin = self.finder.find_path(3) or _UNKNOWN
         # tuple.__new__ directly: the NamedTuple constructor is one more Python call.
         event: QueryEvent = tuple.__new__(
             QueryEvent,
@@ -140,7 +146,7 @@ class QueryRecorder:
                 pool,
                 NO_ROUTE if work is None else work.route,
                 sql_shape.in_list,
-                identity(sql, params, pool) if role == READ else None,
+                identity(sql, params, pool, origin) if role == READ else None,
                 path,
                 by_relation,
             ),

@@ -22,7 +22,7 @@ def in_greenlet(work: Callable[[], str | None]) -> str | None:
     return greenlet.greenlet(work).switch()  # type: ignore[no-any-return]
 
 
-def query_path(finder: CallSiteFinder) -> tuple[str, str, bool] | None:
+def query_path(finder: CallSiteFinder) -> tuple[str, str, bool, str] | None:
     return finder.find_path()
 
 

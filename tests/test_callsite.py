@@ -164,9 +164,11 @@ def test_with_no_application_frame_the_innermost_installed_frame_stands_in(
 def _path(finder: CallSiteFinder) -> str:
     found = callsite_lib.query_path(finder)
     assert found is not None
-    site, path, relation = found
+    site, path, relation, origin = found
     assert path.endswith(site)
     assert not relation
+    outermost = path.split(" -> ", 1)[0]
+    assert origin == outermost.split(":", 1)[0] + " in " + outermost.split(" in ", 1)[1]
     return path
 
 

@@ -30,7 +30,7 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
 
 def test_the_honest_suite_passes_in_raise_mode(project: pytest.Pytester) -> None:
     result = project.runpytest_subprocess("--poolwatch-nplusone=raise", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=8)
+    result.assert_outcomes(passed=9)
     assert "N+1 or duplicate" not in result.stdout.str()
 
 

@@ -58,6 +58,11 @@ def test_another_users_profile(call: Any) -> None:
     assert call("GET", "/api/v1/users/3") == {"id": 3, "name": "user 3", "viewer": 1}
 
 
+def test_my_own_profile(call: Any) -> None:
+    # The dependency and the route load the same user: two callers, no loop to hoist.
+    assert call("GET", "/api/v1/users/1") == {"id": 1, "name": "user 1", "viewer": 1}
+
+
 def test_register_checks_the_email_before_and_after(call: Any) -> None:
     assert call("POST", "/api/v1/users", name="new", email="new@example.com")["taken"]
 
