@@ -828,3 +828,12 @@ async def test_first_connect_probes_of_two_fresh_engines_are_no_findings(
     assert watch.findings() == []
     assert captured.findings == []
     assert captured.queries == [], captured.report()
+
+
+def test_an_engines_statements_are_read_in_its_dialect(
+    watch: PoolWatch, make_engine: Callable[..., Engine]
+) -> None:
+    engine = make_engine()
+    watch.instrument_sqlalchemy(engine, pool="main")
+    assert engine.dialect.name in ("sqlite", "postgresql")
+    assert watch.pool_events("main").dialect == engine.dialect.name

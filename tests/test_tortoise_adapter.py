@@ -360,3 +360,26 @@ async def test_mysql_pool_and_queries_against_the_server(
         assert SECRET not in generate_latest(watch.registry).decode()
     finally:
         await Tortoise.close_connections()
+
+
+async def test_a_pools_statements_are_read_in_its_dialect(watch: PoolWatch) -> None:
+    # SQLite reads a double-quoted word where a value stands as a string: the pool says so.
+    async with tortoise_on("sqlite://:memory:"):
+        await Author.filter(name="x").first()
+        assert watch.pool_events("default").dialect == "sqlite"
+
+
+async def test_a_transactions_end_separates_repeated_reads(watch: PoolWatch) -> None:
+    from poolwatch.testing import capture
+
+    async with tortoise_on("sqlite://:memory:"):
+        await _seed(2)
+        with capture() as captured:
+            async with in_transaction():
+                await Author.filter(name="a0").first()
+            await Author.filter(name="a0").first()  # after the COMMIT: another read
+        assert captured.duplicates == [], captured.report()
+        with capture() as captured:
+            await Author.filter(name="a0").first()
+            await Author.filter(name="a0").first()  # nothing in between: a duplicate
+        assert len(captured.duplicates) == 1, captured.report()
