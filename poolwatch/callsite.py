@@ -268,8 +268,8 @@ class CallSiteFinder:
 
     def _application_frames(self, task: asyncio.Task[Any]) -> list[FrameType]:
         """The application frames nearest to where ``task`` is suspended, innermost
-        first, at most ``MAX_PATH``."""
-        found: list[FrameType] = []
+        first, ended as a walk is (``MAX_PATH`` frames, or a gap of library frames)."""
+        chain: list[tuple[FrameType, int]] = []  # outermost first: the awaits, in order
         awaitable: Any = task.get_coro()
         while awaitable is not None:
             frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
@@ -278,12 +278,23 @@ class CallSiteFinder:
             verdict = self._library.get(id(frame.f_code))
             if verdict is None:
                 verdict = self._judge(frame.f_code, frame)
-            if verdict == _APP:
-                found.append(frame)
+            chain.append((frame, verdict))
             awaitable = getattr(awaitable, "cr_await", None) or getattr(
                 awaitable, "gi_yieldfrom", None
             )
-        return found[::-1][:MAX_PATH]
+        found: list[FrameType] = []
+        gap = 0
+        for frame, verdict in reversed(chain):
+            if verdict == _APP:
+                found.append(frame)
+                gap = 0
+                if len(found) >= MAX_PATH:
+                    break
+            elif found and verdict != _INLINE:
+                gap += 1
+                if gap > _MAX_GAP:
+                    break
+        return found
 
 
 def _module_of(frame: FrameType) -> str:

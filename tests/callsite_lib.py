@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 
 import greenlet
 
@@ -31,3 +32,15 @@ def framework(call: Callable[[], object], depth: int) -> object:
     if depth == 0:
         return call()
     return framework(call, depth - 1)
+
+
+async def aframework(call: Callable[[], Awaitable[object]], depth: int) -> object:
+    # An async framework's frames between the test and an endpoint coroutine.
+    if depth == 0:
+        return await call()
+    return await aframework(call, depth - 1)
+
+
+async def async_query_path(finder: CallSiteFinder) -> tuple[str, str, bool, str] | None:
+    await asyncio.sleep(0)  # run as a task of its own, as a driver's gathered query would
+    return finder.find_path()

@@ -226,3 +226,20 @@ def test_a_path_has_at_most_max_path_frames() -> None:
     frames = nest(10).split(" -> ")
     assert len(frames) == MAX_PATH
     assert frames[-1].endswith(" in _path")
+
+
+async def test_a_gathered_querys_path_ends_at_the_framework_too() -> None:
+    finder = CallSiteFinder(LIB)
+
+    async def endpoint() -> list[tuple[str, str, bool, str] | None]:
+        return await asyncio.gather(*(callsite_lib.async_query_path(finder) for _ in range(2)))
+
+    found = await callsite_lib.aframework(endpoint, depth=10)
+    assert isinstance(found, list)
+    for item in found:
+        assert item is not None
+        _, path, _, _ = item
+        assert " -> " not in path  # the endpoint alone: not the test behind the framework
+        assert path.endswith(
+            " in test_a_gathered_querys_path_ends_at_the_framework_too.<locals>.endpoint"
+        )

@@ -395,14 +395,18 @@ class SQLAlchemyInstrumentation:
     # -- wrappers (hot path) -------------------------------------------------------------
 
     def _transaction_end(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        ended = self._events.transaction_ended
+        events = self._events
+        report = self._faults.report
 
         def end(*args: Any, **kwargs: Any) -> Any:
             try:
                 return original(*args, **kwargs)
             finally:
                 if self._active:
-                    ended()  # never raises (PoolEvents)
+                    try:
+                        events.transaction_ended()
+                    except Exception as err:
+                        report(_COMPONENT, err)
 
         return end
 
