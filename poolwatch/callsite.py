@@ -46,7 +46,7 @@ LIBRARY_PACKAGES = frozenset(
 # poolwatch's own demo is an application: its findings must point into it.
 _APPLICATION_PACKAGES = ("poolwatch.demo",)
 # Application frames in a call path: the helper, its caller, and the loop above them.
-MAX_PATH = 5
+MAX_PATH = 4
 # Library frames tolerated between two application frames (a decorator, a context
 # manager); past that the walk has reached the framework that called the endpoint.
 _MAX_GAP = 3
@@ -126,19 +126,23 @@ class CallSiteFinder:
         except ValueError:  # a shallower stack than the caller promised
             frame = sys._getframe(1)
         path: list[FrameType] = []
-        ended, installed, relation = self._walk(frame, path)
-        if ended == _END_OF_STACK and len(path) < MAX_PATH:
+        # Each path frame's code and bytecode offset (by id: hashing a code object hashes
+        # its bytecode): formatting "file:line in function" (f_lineno decodes the line
+        # table) happens once per distinct path.
+        keys: list[object] = []
+        ended, installed, relation = self._walk(frame, path, keys)
+        if ended is _END_OF_STACK and len(path) < MAX_PATH:
             relation = self._from_greenlet_parent(path) or relation
-        if not path and ended == _AT_TASK:
+        if not path and ended is _AT_TASK:
             path = self._from_awaiting_task()
         if not path and installed is not None:
             path = [installed]
         if not path:
             return None
-        # Keyed by code objects and bytecode offsets: formatting "file:line in function"
-        # (f_lineno decodes the line table) happens once per distinct path.
-        # By id: hashing a code object hashes its bytecode.
-        key = (relation, *[(id(f.f_code) << 32) | f.f_lasti for f in path])
+        if len(keys) != len(path):  # frames found beyond the walk: keyed here
+            keys = [(id(f.f_code) << 32) | f.f_lasti for f in path]
+        keys.append(relation)
+        key = tuple(keys)
         known = self._paths.get(key)
         if known is None:
             if len(self._paths) >= _MAX_CACHED_CODES:
@@ -153,7 +157,7 @@ class CallSiteFinder:
     # -- the walk ----------------------------------------------------------------------
 
     def _walk(
-        self, frame: FrameType | None, path: list[FrameType]
+        self, frame: FrameType | None, path: list[FrameType], keys: list[object] | None = None
     ) -> tuple[int, FrameType | None, bool]:
         """Collect application frames from ``frame`` outwards into ``path`` (innermost
         first); returns why the walk ended, the innermost installed-package frame, and
@@ -169,27 +173,30 @@ class CallSiteFinder:
         installed: FrameType | None = None
         relation = False
         gap = 0
+        # Most frames are a library's, below the first application frame: their way
+        # through the loop is kept to the fewest tests (a hot loop: ~25 frames a query).
         while frame is not None:
             code = frame.f_code
             verdict = library.get(id(code))
             if verdict is None:
                 verdict = self._judge(code, frame)
-            if verdict == _APP:
+            if verdict is _APP:
                 path.append(frame)
+                if keys is not None:
+                    keys.append((id(code) << 32) | frame.f_lasti)
                 if len(path) >= MAX_PATH:
                     return _FULL, installed, relation
                 gap = 0
-            elif verdict == _INLINE:
-                pass
-            else:
-                if verdict == _INSTALLED and installed is None:
-                    installed = frame
-                elif verdict == _RELATION and not path:
-                    relation = True
-                if path:
+            elif path:
+                if verdict is not _INLINE:
                     gap += 1
                     if gap > _MAX_GAP:
                         return _FULL, installed, relation
+            elif verdict is not _LIBRARY:
+                if verdict is _INSTALLED:
+                    installed = installed or frame
+                elif verdict is _RELATION:
+                    relation = True
             if code is stop:
                 return _AT_TASK, installed, relation
             frame = frame.f_back
