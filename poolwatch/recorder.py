@@ -33,6 +33,7 @@ __all__ = ["TRANSACTION_END", "UNKNOWN_SITE", "QueryRecorder", "add_sink", "remo
 
 UNKNOWN_SITE = "unknown"
 _UNKNOWN = (UNKNOWN_SITE, UNKNOWN_SITE, False, UNKNOWN_SITE)
+_JUDGED = frozenset({READ, WRITE})  # what detection groups: the app's reads and writes
 TRANSACTION_END = "END"
 """The operation of the event a capture gets for a COMMIT or ROLLBACK (never listed)."""
 
@@ -126,7 +127,7 @@ class QueryRecorder:
         role = sql_shape.role
         if role == END:
             self.transaction_ended(work if grouping else None, pool)
-        if role not in (READ, WRITE):
+        if role not in _JUDGED:
             if seconds < self.slow_threshold:
                 return  # BEGIN, COMMIT, SET, select 1: never grouped, nor captured
             operation = "OTHER"
