@@ -216,6 +216,7 @@ CASES = [
     Case("two-callers-of-one-helper", "/real/two-callers", queries=2),
     Case("exists-insert-exists", "/real/exists-insert-exists", method="POST", queries=3),
     Case("read-commit-read", "/real/read-commit-read", queries=2),
+    Case("merge-graph", "/real/merge-graph", method="POST"),
     Case(
         "service-loop-over-a-repository-helper",
         "/real/service-loop",

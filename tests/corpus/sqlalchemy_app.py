@@ -369,3 +369,13 @@ def service_loop(session: SessionDep) -> list[dict[str, Any]]:
 def repeat_in_loop(session: SessionDep) -> list[str]:
     # The same row again for every author: a duplicate to hoist, not a per-row load.
     return [f"{a.name}/{AuthorRepository(session).publisher()}" for a in all_authors(session)]
+
+
+@router.post("/real/merge-graph")
+def merge_graph(session: SessionDep) -> dict[str, int]:
+    # A detached author with its two books, merged back in one call: the author, then its
+    # books, each loaded once; a book the collection brought is not loaded again.
+    books = [Book(id=i, title=f"book-{i}", author_id=1, publisher_id=i) for i in (1, 2)]
+    merged = session.merge(Author(id=1, name="author-1", books=books))
+    session.rollback()
+    return {"books": len(books), "merged": int(merged is not None)}

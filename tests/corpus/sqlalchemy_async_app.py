@@ -398,3 +398,13 @@ async def repeat_in_loop(session: SessionDep) -> list[str]:
         publisher = await AuthorRepository(session).publisher()
         names.append(f"{author.name}/{publisher}")
     return names
+
+
+@router.post("/real/merge-graph")
+async def merge_graph(session: SessionDep) -> dict[str, int]:
+    # A detached author with its two books, merged back in one call: the author, then its
+    # books, each loaded once; a book the collection brought is not loaded again.
+    books = [Book(id=i, title=f"book-{i}", author_id=1, publisher_id=i) for i in (1, 2)]
+    merged = await session.merge(Author(id=1, name="author-1", books=books))
+    await session.rollback()
+    return {"books": len(books), "merged": int(merged is not None)}
