@@ -169,12 +169,6 @@ class _Scan:
         value = _double_quoted_value(name, follows, before, listed, self.clause)
         self.tokens.append("?" if value else name.lower())
 
-    def word(self, text: str) -> None:
-        word = text.lower()
-        if word in _CLAUSES:
-            self.clause = word
-        self.tokens.append(word)
-
     def other(self, text: str) -> None:
         if text.isalnum():  # a character no rule knows: never kept, it may be a value
             self.tokens.append("?")
@@ -191,6 +185,8 @@ class _Scan:
 
 
 _VALUE_KINDS = frozenset({"string", "dollar", "param", "number"})
+# Punctuation that changes no state of the scan (parentheses do).
+_PLAIN = frozenset(",.=<>!;:*+-/%|&~^[]")
 
 
 def _tokens(sql: str, dialect: str) -> list[str]:
@@ -207,8 +203,13 @@ def _tokens(sql: str, dialect: str) -> list[str]:
             tokens.append(text[1:-1].replace(text[0] * 2, text[0]).lower())
         elif kind == "dq":
             scan.double_quoted(text, sql[match.end() : match.end() + 1])
-        elif kind == "word":
-            scan.word(text)
+        elif kind == "word":  # the commonest token: handled here, not in a method
+            word = text.lower()
+            if word in _CLAUSES:
+                scan.clause = word
+            tokens.append(word)
+        elif text in _PLAIN:
+            tokens.append(text)
         else:
             scan.other(text)
     return tokens
