@@ -189,6 +189,24 @@ class Alert:
     # The promtool test data for ``m`` minutes: a firing case, or one just under.
     case: Callable[[Config, int, bool], Case]
     value_format: str = "{{ $value }}"
+    # More cases in which it must stay quiet, by name (a limit autosize holds, say).
+    quiet: Callable[[Config, int], Mapping[str, Case]] | None = None
+
+
+# Autosize holds the pool's limit below the most it may use: statements slowed as
+# connections were added, so the database, not the pool, is what requests wait for.
+_HELD_BELOW_MAX = (
+    "(max by (job, instance, pool) (poolwatch_pool_limit_target)\n"
+    "< max by (job, instance, pool) (poolwatch_pool_limit_max))"
+)
+
+
+def _held_below_max(m: int) -> list[dict[str, str]]:
+    """Series of a pool whose autosize holds its limit at 3 of a max of 40."""
+    return [
+        series("poolwatch_pool_limit_target", POOL, f"3+0x{m}"),
+        series("poolwatch_pool_limit_max", POOL, f"40+0x{m}"),
+    ]
 
 
 def _recording(config: Config) -> list[dict[str, str]]:
@@ -272,11 +290,11 @@ def counter_alert(
 
 
 def _alerts() -> list[Alert]:
-    return [*_traffic_alerts(), *_health_alerts()]
+    return [*_capacity_alerts(), *_traffic_alerts(), *_health_alerts()]
 
 
-def _traffic_alerts() -> list[Alert]:
-    """Alerts on what the app's traffic does to its pools and statements."""
+def _capacity_alerts() -> list[Alert]:
+    """Alerts on a pool that is full: too small, or in front of a saturated database."""
     a: list[Alert] = []
 
     def saturated(c: Config, m: int, fires: bool) -> Case:
@@ -287,18 +305,24 @@ def _traffic_alerts() -> list[Alert]:
         ]
         return Case(data, POOL if fires else None, humanize_percentage(used / 100))
 
+    def saturated_by_design(c: Config, m: int) -> Mapping[str, Case]:
+        full = saturated(c, m, True).series
+        return {"while autosize holds the limit": Case(full + _held_below_max(m))}
+
     a.append(
         Alert(
             "PoolwatchPoolSaturated",
             "warning",
             lambda c: (
-                f"poolwatch:pool_utilisation:ratio >= {c.threshold('PoolwatchPoolSaturated')}"
+                f"poolwatch:pool_utilisation:ratio >= {c.threshold('PoolwatchPoolSaturated')}\n"
+                f"unless on (job, instance, pool)\n{_HELD_BELOW_MAX}"
             ),
             "Pool {{ $labels.pool }} on {{ $labels.instance }} is nearly exhausted",
             "{{ $value | humanizePercentage }} of the connections of pool {{ $labels.pool }} "
             "({{ $labels.job }}, {{ $labels.instance }}) are in use.",
             saturated,
             "{{ $value | humanizePercentage }}",
+            quiet=saturated_by_design,
         )
     )
 
@@ -308,20 +332,64 @@ def _traffic_alerts() -> list[Alert]:
             "db_client_connection_pending_requests", POOL, level, m, value=f"{level:g}", fires=fires
         )
 
+    def waiting_by_design(c: Config, m: int) -> Mapping[str, Case]:
+        full = waiting(c, m, True).series
+        return {"while autosize holds the limit": Case(full + _held_below_max(m))}
+
     a.append(
         Alert(
             "PoolwatchRequestsWaiting",
             "warning",
             lambda c: (
                 "sum by (job, instance, pool) (db_client_connection_pending_requests) "
-                f">= {c.threshold('PoolwatchRequestsWaiting'):g}"
+                f">= {c.threshold('PoolwatchRequestsWaiting'):g}\n"
+                f"unless on (job, instance, pool)\n{_HELD_BELOW_MAX}"
             ),
             "Requests are waiting for connections of pool {{ $labels.pool }}",
             "{{ $value }} requests wait for a connection of pool {{ $labels.pool }} "
             "({{ $labels.job }}, {{ $labels.instance }}), and have for a while.",
             waiting,
+            quiet=waiting_by_design,
         )
     )
+
+    def database_bound(c: Config, m: int, fires: bool) -> Case:
+        level = c.threshold("PoolwatchDatabaseSaturated") + (2 if fires else -1)
+        data = [series("db_client_connection_pending_requests", POOL, f"{level:g}+0x{m}")]
+        return Case(data + _held_below_max(m), POOL if fires else None, f"{level:g}")
+
+    def pool_bound(c: Config, m: int) -> Mapping[str, Case]:
+        # Waiting at the pool's own max: the pool is too small, not the database.
+        at_max = [
+            series("db_client_connection_pending_requests", POOL, f"5+0x{m}"),
+            series("poolwatch_pool_limit_target", POOL, f"40+0x{m}"),
+            series("poolwatch_pool_limit_max", POOL, f"40+0x{m}"),
+        ]
+        return {"at the pool's max": Case(at_max)}
+
+    a.append(
+        Alert(
+            "PoolwatchDatabaseSaturated",
+            "warning",
+            lambda c: (
+                "sum by (job, instance, pool) (db_client_connection_pending_requests) "
+                f">= {c.threshold('PoolwatchDatabaseSaturated'):g}\n"
+                f"and on (job, instance, pool)\n{_HELD_BELOW_MAX}"
+            ),
+            "The database behind pool {{ $labels.pool }} is the bottleneck",
+            "{{ $value }} requests wait for pool {{ $labels.pool }} ({{ $labels.job }}, "
+            "{{ $labels.instance }}) while autosize holds its limit below its max: statements "
+            "slowed as connections were added, so more connections would not help.",
+            database_bound,
+            quiet=pool_bound,
+        )
+    )
+    return a
+
+
+def _traffic_alerts() -> list[Alert]:
+    """Alerts on what the app's traffic does to its pools and statements."""
+    a: list[Alert] = []
 
     def wait_p99(c: Config, m: int, fires: bool) -> Case:
         t = c.threshold("PoolwatchAcquireWaitHigh")
@@ -627,8 +695,11 @@ def build_tests(config: Config) -> dict[str, Any]:
         minutes = span  # when the rule is evaluated
         if alert.name == "PoolwatchQueriesPerRequestJump":
             minutes += _jump_lead(config)
-        for kind, fires in (("fires", True), ("stays quiet", False)):
-            case = alert.case(config, span, fires)
+        cases = [("fires", alert.case(config, span, True))]
+        cases.append(("stays quiet", alert.case(config, span, False)))
+        if alert.quiet is not None:
+            cases += [(f"stays quiet {why}", c) for why, c in alert.quiet(config, span).items()]
+        for kind, case in cases:
             expected = []
             if case.labels is not None:
                 labels = {**case.labels, "severity": alert.severity}

@@ -12,6 +12,7 @@ The extra endpoints, under ``/load``:
 * ``/load/hold?seconds=`` takes a connection and keeps it inside a transaction;
 * ``/load/slow?seconds=`` runs one slow statement;
 * ``/load/io`` runs a short statement that waits in the database (I/O-bound);
+* ``/load/cpu`` runs a short statement that computes in the database (CPU-bound);
 * ``/load/error`` runs a statement the database rejects.
 """
 
@@ -44,6 +45,10 @@ def _sleep_sql(seconds: float) -> str:
     return f"SELECT pg_sleep({seconds:.3f})"
 
 
+# About 20 ms of one PostgreSQL core: a count over a generated series.
+_CPU_SQL = "SELECT count(*) AS n FROM generate_series(1, 400000)"
+
+
 def _is_sqlite() -> bool:
     return os.environ.get("DATABASE_URL", "sqlite").startswith("sqlite")
 
@@ -72,6 +77,13 @@ def create_app() -> FastAPI:
         """A statement that waits in the database for 50 ms."""
         await connections.get("default").execute_query(_sleep_sql(0.05))
         return {"ok": "waited"}
+
+    @app.get("/load/cpu")
+    async def cpu_bound() -> dict[str, int]:
+        """A statement that keeps a database core busy for about 20 ms: past as many
+        connections as the database has cores, more connections only slow each other."""
+        rows = await connections.get("default").execute_query_dict(_CPU_SQL)
+        return {"counted": int(rows[0]["n"])}
 
     @app.get("/load/error", response_model=None)
     async def error() -> JSONResponse:

@@ -109,6 +109,18 @@ class OutageUser(HealthyUser):
                 response.success()
 
 
+class CPUUser(FastHttpUser):
+    """Short statements that compute in the database: more connections do not help."""
+
+    wait_time = between(0.0, 0.02)
+
+    @task
+    def cpu(self) -> None:
+        with self.client.get("/load/cpu", catch_response=True) as response:
+            if response.status_code >= 500:
+                response.failure(f"status {response.status_code}")
+
+
 class IOUser(FastHttpUser):
     """Short statements that wait in the database: more connections help."""
 

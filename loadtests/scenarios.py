@@ -97,6 +97,7 @@ SCENARIOS: dict[str, Scenario] = {
                 "PoolwatchTargetDown",
                 "PoolwatchInternalErrors",
                 "PoolwatchAutosizeAtCeiling",
+                "PoolwatchDatabaseSaturated",
             ),
             may_be_empty=(_RESIZES, _LIMITS),
             description="24 users holding connections 2.5 s on a pool of 4",
@@ -180,6 +181,7 @@ SCENARIOS: dict[str, Scenario] = {
             },
             must_fire=("PoolwatchAutosizeAtCeiling",),
             must_not_fire=(
+                "PoolwatchDatabaseSaturated",  # waiting at the ceiling: the pool is too small
                 "PoolwatchAcquireTimeouts",
                 "PoolwatchQueryErrors",
                 "PoolwatchNPlusOne",
@@ -189,6 +191,32 @@ SCENARIOS: dict[str, Scenario] = {
             may_be_empty=(_LEAKS,),
             shape=True,
             description="I/O-bound load stepping 5 -> 60 -> 5 users, autosize up to 8",
+        ),
+        Scenario(
+            name="autosize_database_bound",
+            user="CPUUser",
+            users=40,
+            spawn_rate=40,
+            seconds=(60, 180),
+            env={
+                "DATABASE_URL_PARAMS": "minsize=1&maxsize=30",
+                "POOLWATCH_ACQUIRE_TIMEOUT": "20",
+                "POOLWATCH_LOADTEST_AUTOSIZE": '{"min": 2, "max": 30, "interval": 0.5}',
+            },
+            must_fire=("PoolwatchDatabaseSaturated",),
+            must_not_fire=(
+                "PoolwatchPoolSaturated",
+                "PoolwatchRequestsWaiting",
+                "PoolwatchAutosizeAtCeiling",
+                "PoolwatchAcquireTimeouts",
+                "PoolwatchQueryErrors",
+                "PoolwatchNPlusOne",
+                "PoolwatchTargetDown",
+                "PoolwatchInternalErrors",
+            ),
+            may_be_empty=(_LEAKS,),
+            description="CPU-bound statements from 40 users, autosize up to 30: the database "
+            "is the bottleneck, not the pool",
         ),
     )
 }

@@ -45,6 +45,7 @@ def test_every_required_scenario_exists() -> None:
         "error_burst",
         "database_outage",
         "autosize_step",
+        "autosize_database_bound",
     } <= set(SCENARIOS)
 
 
