@@ -49,6 +49,10 @@ SAMPLE_EVERY = 0.1  # seconds between two samples of in-use and waiting
 LEAK_SCAN_EVERY = 1.0
 STATEMENT_SAMPLE = 512  # statements kept per pool between two decisions (the latest)
 BUDGET_TRIES = 3  # failed budget reads before growing without one
+# While requests wait and the budget's ceiling (not the pool's max) holds the limit, the
+# budget is read again this soon instead of after budget_interval: each read takes a share
+# of what is free, so a lone instance reaches what it may use in a few reads, not minutes.
+BUDGET_BLOCKED_EVERY = 0.5
 TRIM_AFTER = 3.0  # seconds after a shrink before connections above the limit are closed
 UNKNOWN_ROUTE = "unknown"  # the route of a leaked connection nobody was seen taking
 
@@ -402,6 +406,16 @@ class PoolSizer:
             )
         return decision
 
+    def budget_blocked(self) -> bool:
+        """Whether requests wait with the limit at the budget's ceiling, below ``upper``."""
+        ceiling = self.ceiling
+        return (
+            ceiling is not None
+            and ceiling < self.upper
+            and self.limiter.limit >= self.effective_max()
+            and self.observer.pending() > 0
+        )
+
     def effective_max(self) -> int:
         """The most the limit may be now: ``upper``, or the budget's ceiling if lower."""
         if self.ceiling is None:
@@ -513,6 +527,7 @@ class Maintenance:
         now = perf_counter()
         next_decision: dict[str, float] = {}
         next_budget: dict[str, float] = {}
+        last_budget: dict[str, float] = {}
         next_leak_scan = now + LEAK_SCAN_EVERY
         budget_reads: dict[str, asyncio.Task[None]] = {}
         while True:
@@ -525,12 +540,15 @@ class Maintenance:
                         next_decision[name] = now + sizer.settings.interval
                         sizer.decide()
                     due = next_budget.setdefault(name, now)
+                    if name in last_budget and sizer.budget_blocked():
+                        due = min(due, last_budget[name] + BUDGET_BLOCKED_EVERY)
                     reading = budget_reads.get(name)
                     if (
                         sizer.read_limits is not None
                         and now >= due
                         and (reading is None or reading.done())
                     ):
+                        last_budget[name] = now
                         next_budget[name] = now + sizer.settings.budget_interval
                         budget_reads[name] = asyncio.create_task(self._read_budget(sizer))
                 except Exception as exc:

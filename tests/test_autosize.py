@@ -19,6 +19,7 @@ from tortoise.transactions import in_transaction
 
 import poolwatch
 from poolwatch import Autosize, ConfigError, PoolTimeoutError, PoolWatch
+from poolwatch.budget import ServerLimits
 from poolwatch.sizing import Tuning
 from tests.metrics_helpers import value
 
@@ -320,6 +321,46 @@ async def test_budget_read_from_the_server(pg_database: str, make_watch: Any) ->
     usable, open_now = rows[0]["usable"], rows[0]["open"]
     # Its own connections plus half of what is free, give or take the test's own.
     assert 2 <= sizer.ceiling <= (usable - open_now) // 2 + 4
+
+
+async def test_waiting_at_the_budgets_ceiling_reads_the_budget_again_early(
+    pg_database: str, make_watch: Any
+) -> None:
+    # budget_interval is an hour: after the read at start, only the early read (requests
+    # waiting with the limit at the budget's ceiling) can read it again within the test.
+    watch = make_watch()
+    watch.instrument_tortoise(
+        autosize=Autosize(min=2, max=40, interval=3600, budget_interval=3600, budget_share=0.5)
+    )
+    async with tortoise_on(_url(pg_database, maxsize=40)) as client:
+        await client.execute_query("SELECT 1")
+        sizer = watch.guards.sizers["default"]
+        reads: list[ServerLimits] = []
+        real = sizer.read_limits
+        assert real is not None
+
+        async def counted() -> ServerLimits:
+            limits = await real()
+            reads.append(limits)
+            return limits
+
+        sizer.read_limits = counted
+        await asyncio.sleep(1.0)  # the read at start is over
+        before = len(reads)
+        sizer.ceiling = sizer.limiter.limit  # as after a read that left no room to grow
+        assert not sizer.budget_blocked()  # nobody waits: no reason to read early
+        holders = [
+            asyncio.create_task(client.execute_query("SELECT pg_sleep(2)"))
+            for _ in range(sizer.limiter.limit + 3)
+        ]
+        try:
+            for _ in range(30):
+                if len(reads) > before:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await asyncio.gather(*holders)
+    assert len(reads) > before, "no budget read while requests waited at its ceiling"
 
 
 async def test_a_budget_that_cannot_be_read_is_a_warning_not_a_fault(
