@@ -98,8 +98,10 @@ class CallSiteFinder:
         self._seen: list[CodeType] = []
         # (id(code), offset) -> (code, "file:line in function"): a loop formats one string
         self._sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
-        # (relation, code id and offset...) -> (call site, path, relation, origin)
-        self._paths: dict[tuple[object, ...], tuple[str, str, bool, str]] = {}
+        # (code id and offset..., relation) -> ((call site, path, relation, origin), codes)
+        self._paths: dict[
+            tuple[object, ...], tuple[tuple[str, str, bool, str], tuple[CodeType, ...]]
+        ] = {}
         self._stop = _task_boundary_code()
 
     def find(self, skip: int = 1) -> str | None:
@@ -108,15 +110,15 @@ class CallSiteFinder:
         ``skip`` frames are known to be poolwatch's own: ``sys._getframe(skip)`` steps
         over them without materialising a frame object for each.
         """
-        found = self.find_path(skip + 1)
+        found = self.find_path(skip + 1, depth=1)  # one frame: the walk ends there
         return None if found is None else found[0]
 
-    def find_path(self, skip: int = 1) -> tuple[str, str, bool, str] | None:
+    def find_path(self, skip: int = 1, depth: int = MAX_PATH) -> tuple[str, str, bool, str] | None:
         """The call site and the application call path of the code running now, whether
         an ORM's relation loader runs it (a lazy load, ``fetch_related``), and the path's
         origin: its outermost function (``file in function``, no line).
 
-        The path is the innermost ``MAX_PATH`` application frames, outermost first,
+        The path is the innermost ``depth`` application frames, outermost first,
         joined by ``" -> "``: ``service.py:136 in list_articles -> favorite.py:27 in
         count``. The loop that calls a per-row helper is in it, and two callers of one
         helper have two paths. The call site is its innermost frame.
@@ -130,11 +132,11 @@ class CallSiteFinder:
         # its bytecode): formatting "file:line in function" (f_lineno decodes the line
         # table) happens once per distinct path.
         keys: list[object] = []
-        ended, installed, relation = self._walk(frame, path, keys)
-        if ended is _END_OF_STACK and len(path) < MAX_PATH:
-            relation = self._from_greenlet_parent(path) or relation
+        ended, installed, relation = self._walk(frame, path, depth, keys)
+        if ended is _END_OF_STACK and len(path) < depth:
+            relation = self._from_greenlet_parent(path, depth) or relation
         if not path and ended is _AT_TASK:
-            path = self._from_awaiting_task()
+            path = self._from_awaiting_task(depth)
         if not path and installed is not None:
             path = [installed]
         if not path:
@@ -148,22 +150,28 @@ class CallSiteFinder:
             if len(self._paths) >= _MAX_CACHED_CODES:
                 self._paths.clear()
             sites = [self._site(frame) for frame in reversed(path)]
-            self._seen.extend(frame.f_code for frame in path)  # their ids stay theirs
             code = path[-1].f_code
             origin = f"{display_path(code.co_filename)} in {code.co_qualname}"
-            known = self._paths[key] = (sites[-1], " -> ".join(sites), relation, origin)
-        return known
+            found = (sites[-1], " -> ".join(sites), relation, origin)
+            # The entry holds the code objects its key names by id, so no id is reused
+            # while it is cached.
+            known = self._paths[key] = (found, tuple(frame.f_code for frame in path))
+        return known[0]
 
     # -- the walk ----------------------------------------------------------------------
 
     def _walk(
-        self, frame: FrameType | None, path: list[FrameType], keys: list[object] | None = None
+        self,
+        frame: FrameType | None,
+        path: list[FrameType],
+        depth: int,
+        keys: list[object] | None = None,
     ) -> tuple[int, FrameType | None, bool]:
         """Collect application frames from ``frame`` outwards into ``path`` (innermost
         first); returns why the walk ended, the innermost installed-package frame, and
         whether a relation loader ran below the first application frame.
 
-        It ends with ``MAX_PATH`` frames, ``_MAX_GAP`` library frames past the last
+        It ends with ``depth`` frames, ``_MAX_GAP`` library frames past the last
         application frame (the framework that called the endpoint), or at the frame that
         runs an asyncio callback: below it lie the event loop and whatever started it,
         never the code that issued this query.
@@ -184,7 +192,7 @@ class CallSiteFinder:
                 path.append(frame)
                 if keys is not None:
                     keys.append((id(code) << 32) | frame.f_lasti)
-                if len(path) >= MAX_PATH:
+                if len(path) >= depth:
                     return _FULL, installed, relation
                 gap = 0
             elif path:
@@ -206,7 +214,6 @@ class CallSiteFinder:
         if len(self._library) >= _MAX_CACHED_CODES:
             self._library.clear()
             self._seen.clear()
-            self._paths.clear()  # keyed by ids of code objects no longer held
         module = _module_of(frame)
         loaders = _RELATION_LOADERS.get(module)
         if code.co_name in _INLINED:
@@ -241,7 +248,7 @@ class CallSiteFinder:
 
     # -- where a plain walk cannot see -------------------------------------------------
 
-    def _from_greenlet_parent(self, path: list[FrameType]) -> bool:
+    def _from_greenlet_parent(self, path: list[FrameType], depth: int) -> bool:
         """Continue the walk on the greenlets that wait for this one; True if a relation
         loader runs there below the application's frames."""
         greenlet = sys.modules.get("greenlet")
@@ -250,14 +257,14 @@ class CallSiteFinder:
         current = greenlet.getcurrent()
         relation = False
         while (parent := current.parent) is not None:
-            ended, _, loads = self._walk(parent.gr_frame, path)
+            ended, _, loads = self._walk(parent.gr_frame, path, depth)
             relation = relation or loads
-            if ended != _END_OF_STACK or len(path) >= MAX_PATH:
+            if ended != _END_OF_STACK or len(path) >= depth:
                 break
             current = parent
         return relation
 
-    def _from_awaiting_task(self) -> list[FrameType]:
+    def _from_awaiting_task(self, depth: int) -> list[FrameType]:
         try:
             task: asyncio.Task[Any] | None = asyncio.current_task()
         except RuntimeError:
@@ -268,14 +275,14 @@ class CallSiteFinder:
             task = awaiting_task(task)
             if task is None:
                 return []
-            path = self._application_frames(task)
+            path = self._application_frames(task, depth)
             if path:
                 return path
         return []
 
-    def _application_frames(self, task: asyncio.Task[Any]) -> list[FrameType]:
+    def _application_frames(self, task: asyncio.Task[Any], depth: int) -> list[FrameType]:
         """The application frames nearest to where ``task`` is suspended, innermost
-        first, ended as a walk is (``MAX_PATH`` frames, or a gap of library frames)."""
+        first, ended as a walk is (``depth`` frames, or a gap of library frames)."""
         chain: list[tuple[FrameType, int]] = []  # outermost first: the awaits, in order
         awaitable: Any = task.get_coro()
         while awaitable is not None:
@@ -295,7 +302,7 @@ class CallSiteFinder:
             if verdict == _APP:
                 found.append(frame)
                 gap = 0
-                if len(found) >= MAX_PATH:
+                if len(found) >= depth:
                     break
             elif found and verdict != _INLINE:
                 gap += 1
