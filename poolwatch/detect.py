@@ -80,7 +80,7 @@ class Policy:
             or any(fnmatchcase(finding.fingerprint, p) for p in self.allow_fingerprints)
             or any(
                 fnmatchcase(site, p)
-                for site in (finding.call_path or finding.call_site).split(" -> ")
+                for site in finding.path.split(" -> ")
                 for p in self.allow_call_sites
             )
         )
@@ -113,14 +113,14 @@ class _Group:
 class _Repeat:
     """One exact statement (text and parameters) on one pool and how often it ran."""
 
-    __slots__ = ("call_path", "call_site", "count", "fingerprint", "pool", "seconds")
+    __slots__ = ("call_site", "count", "fingerprint", "path", "pool", "seconds")
 
     def __init__(self, first: QueryEvent, again: QueryEvent) -> None:
         self.count = 2
         self.seconds = first.seconds + again.seconds
         self.fingerprint = first.fingerprint
         self.call_site = first.call_site
-        self.call_path = first.call_path
+        self.path = first.path
         self.pool = first.pool
 
 
@@ -151,7 +151,7 @@ class ScopeQueries:
         operation = event.operation
         if operation not in DATA_OPERATIONS:
             return None  # BEGIN, COMMIT, SET, PRAGMA: the ORM's bookkeeping
-        path = event.call_path or event.call_site
+        path = event.path
         key = (event.fingerprint, path, event.pool)
         group = self.groups.get(key)
         if group is None:
@@ -185,7 +185,7 @@ class ScopeQueries:
         if repeat is not None:
             repeat.count += 1
             repeat.seconds += event.seconds
-            return (repeat.call_path or repeat.call_site) == path
+            return repeat.path == path
         # Most statements run once: keep the event itself, and make the counter only when
         # the same statement and parameters come back.
         first = self.first.get(identity)
@@ -195,7 +195,7 @@ class ScopeQueries:
             return False
         if len(self.repeats) < MAX_REPEATS:
             self.repeats[identity] = _Repeat(first, event)
-        return (first.call_path or first.call_site) == path
+        return first.path == path
 
 
 def _group_finding(
@@ -255,7 +255,7 @@ def detect(
     # Several repeated statements of one fingerprint from one call path are one finding.
     repeated: dict[_Key, list[_Repeat]] = {}
     for repeat in queries.repeats.values():
-        key = (repeat.fingerprint, repeat.call_path or repeat.call_site, repeat.pool)
+        key = (repeat.fingerprint, repeat.path, repeat.pool)
         if repeat.count >= policy.duplicate_threshold and key not in loops:
             repeated.setdefault(key, []).append(repeat)
     for (fingerprint, call_path, pool), repeats in repeated.items():

@@ -134,8 +134,13 @@ class QueryEvent(NamedTuple):
     by_relation: bool = False
     """An ORM's relation loader ran it (a lazy load, ``fetch_related``)."""
 
+    @property
+    def path(self) -> str:
+        """The call path, or the call site where no path was recorded."""
+        return self.call_path or self.call_site
+
     def __str__(self) -> str:
-        return f"{self.fingerprint}  [{self.call_path or self.call_site}]"
+        return f"{self.fingerprint}  [{self.path}]"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -164,6 +169,11 @@ class Finding:
     call_path: str = ""
 
     @property
+    def path(self) -> str:
+        """The call path, or the call site where no path was recorded."""
+        return self.call_path or self.call_site
+
+    @property
     def where(self) -> str:
         """``GET /api/articles`` for a request, the route (or scope name) otherwise."""
         return f"{self.method} {self.route}" if self.method else self.route
@@ -171,7 +181,7 @@ class Finding:
     def __str__(self) -> str:
         return (
             f"{self.kind} on {self.where}: {self.count} x {self.fingerprint!r} "
-            f"({self.duration * 1000:.1f} ms) at {self.call_path or self.call_site}. "
+            f"({self.duration * 1000:.1f} ms) at {self.path}. "
             f"{self.suggestion}"
         )
 

@@ -98,7 +98,7 @@ def log_line(finding: Finding) -> str:
     The call path keeps its innermost frames (the statement) and its outermost (the loop)
     when it must be cut; the suggestion stays in the record's extra and the findings list.
     """
-    path = finding.call_path or finding.call_site
+    path = finding.path
     if len(path) > 140:
         frames = path.split(" -> ")
         path = _clip(frames[0], 60) + " -> ... -> " + _clip(frames[-1], 70)

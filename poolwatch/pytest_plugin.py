@@ -160,7 +160,7 @@ def _judged(config: pytest.Config) -> Callable[[Finding], bool]:
     patterns = [*config.getini("python_files"), "conftest.py"]
 
     def judged(finding: Finding) -> bool:
-        outermost = (finding.call_path or finding.call_site).split(" -> ", 1)[0]
+        outermost = finding.path.split(" -> ", 1)[0]
         file = outermost.split(":", 1)[0].replace("\\", "/").rsplit("/", 1)[-1]
         return not any(fnmatchcase(file, pattern) for pattern in patterns)
 
