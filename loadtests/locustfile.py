@@ -109,25 +109,27 @@ class OutageUser(HealthyUser):
                 response.success()
 
 
-class CPUUser(FastHttpUser):
+class _ShortStatementUser(FastHttpUser):
+    """One short statement per request, back to back; a 5xx is a failure."""
+
+    abstract = True
+    wait_time = between(0.0, 0.02)
+    path = ""
+
+    @task
+    def statement(self) -> None:
+        with self.client.get(self.path, catch_response=True) as response:
+            if response.status_code >= 500:
+                response.failure(f"status {response.status_code}")
+
+
+class CPUUser(_ShortStatementUser):
     """Short statements that compute in the database: more connections do not help."""
 
-    wait_time = between(0.0, 0.02)
-
-    @task
-    def cpu(self) -> None:
-        with self.client.get("/load/cpu", catch_response=True) as response:
-            if response.status_code >= 500:
-                response.failure(f"status {response.status_code}")
+    path = "/load/cpu"
 
 
-class IOUser(FastHttpUser):
+class IOUser(_ShortStatementUser):
     """Short statements that wait in the database: more connections help."""
 
-    wait_time = between(0.0, 0.02)
-
-    @task
-    def io(self) -> None:
-        with self.client.get("/load/io", catch_response=True) as response:
-            if response.status_code >= 500:
-                response.failure(f"status {response.status_code}")
+    path = "/load/io"
