@@ -316,7 +316,7 @@ def fingerprint(sql: str, dialect: str = GENERIC) -> str:
     >>> fingerprint("select * from t where id = 5") == fingerprint("SELECT a FROM t WHERE id=?")
     True
     """
-    return _memos.get(dialect, _memos[GENERIC]).get(sql).fingerprint
+    return shaper(dialect)(sql).fingerprint
 
 
 def shaper(dialect: str = GENERIC) -> Callable[[str], SqlShape]:
@@ -332,4 +332,4 @@ def shape(sql: str, dialect: str = GENERIC) -> SqlShape:
     >>> shape("SELECT * FROM t WHERE id IN (?, ?)")[1:]
     ('SELECT', 2, 'read')
     """
-    return _memos.get(dialect, _memos[GENERIC]).get(sql)
+    return shaper(dialect)(sql)
