@@ -17,6 +17,7 @@ from prometheus_client import (
 from prometheus_client import values as prometheus_values
 
 from poolwatch import context
+from poolwatch.appname import new_tag
 from poolwatch.autosize import Autosize, Gate
 from poolwatch.config import Settings
 from poolwatch.context import WorkScope
@@ -387,17 +388,30 @@ class PoolWatch:
         def gate_for(name: str, client: Any) -> Gate | None:
             pool_max = getattr(client, "pool_maxsize", None)
             pooled = isinstance(pool_max, int) and not isinstance(pool_max, bool)
+            reader = postgres_limits_reader(client, lambda: clients[name])
             return self.guards.gate_for(
                 self._observers[name],
                 autosize=sizing if pooled else None,
                 pool_max=pool_max if pooled else None,
                 # The latest client of that name: Tortoise may be initialised again.
                 open_connections=lambda: open_connections(clients[name]),
-                read_limits=postgres_limits_reader(client, lambda: clients[name]),
+                read_limits=reader,
+                # A pool opened before poolwatch has no tag: the first read says so.
+                tag=tag_for(name) if reader is not None else None,
                 keep=int(getattr(client, "pool_minsize", 0) or 0),
             )
 
-        instrumentation = TortoiseInstrumentation(self.pool_events, on_client, gate_for)
+        # One tag per connection name, kept when Tortoise is initialised again.
+        tags: dict[str, str] = {}
+
+        def tag_for(name: str) -> str | None:
+            if sizing is None or not sizing.peers or sizing.budget is not None:
+                return None
+            return tags.setdefault(name, new_tag())
+
+        instrumentation = TortoiseInstrumentation(
+            self.pool_events, on_client, gate_for, tag_for=tag_for
+        )
         instrumentation.install()
         self._activate()
         self._undo.append(instrumentation.uninstall)
@@ -430,6 +444,7 @@ class PoolWatch:
             pool_capacity,
             postgres_limits_reader,
             read_pool_state,
+            taggable,
         )
         from poolwatch.adapters.sqlalchemy_relations import sqlalchemy_relations
 
@@ -455,6 +470,8 @@ class PoolWatch:
         existed = pool in self._observers
         instrumentation = SQLAlchemyInstrumentation(engine, self.pool_events(pool), self.faults)
         if sizing is not None:
+            if sizing.peers and sizing.budget is None and taggable(engine):
+                instrumentation.tag = new_tag()
 
             def open_connections() -> int:
                 state = read_pool_state(sync_engine.pool)
@@ -466,6 +483,7 @@ class PoolWatch:
                 pool_max=ceiling,
                 open_connections=open_connections,
                 read_limits=postgres_limits_reader(engine),
+                tag=instrumentation.tag,
                 threads=not sync_engine.dialect.is_async,
             )
         try:

@@ -28,7 +28,7 @@ from time import perf_counter
 from typing import TypeVar
 
 from poolwatch import context
-from poolwatch.budget import ServerLimits, pool_ceiling
+from poolwatch.budget import Budget, ServerLimits, budget_for
 from poolwatch.deadline import WaitDeadline
 from poolwatch.errors import ConfigError, PoolTimeoutError
 from poolwatch.limiter import AsyncLimiter, Limiter, ThreadLimiter
@@ -74,8 +74,16 @@ class Autosize:
         budget: connections this pool may hold at most, set by hand (MySQL, PgBouncer,
             a database shared in ways poolwatch cannot see). ``None`` on PostgreSQL:
             read from the server.
-        budget_share: on PostgreSQL, the share of the connections still free that this
-            pool may take on top of its own (with N app instances, 1/N or less).
+        peers: on PostgreSQL, tag this pool's connections (``application_name`` ends
+            with ``pw-`` and 8 hex digits) and share the database with the other tagged
+            pools it sees there: a lone pool takes all that is free but the headroom, N
+            pools converge to fair shares. ``False``: take ``budget_share`` of what is
+            free, and leave ``application_name`` alone.
+        budget_headroom: connections left free for everyone else (``None``: 5% of
+            ``max_connections``, at least 2).
+        budget_share: where peers cannot be seen (PgBouncer, a role that sees no other
+            session, ``peers=False``), the share of the connections still free that
+            this pool may take on top of its own (with N app instances, 1/N or less).
         budget_interval: seconds between two reads of the server's limits.
         tuning: the controller's constants (:class:`~poolwatch.sizing.Tuning`).
     """
@@ -85,6 +93,8 @@ class Autosize:
     initial: int | None = None
     interval: float = 0.25
     budget: int | None = None
+    peers: bool = True
+    budget_headroom: int | None = None
     budget_share: float = 0.5
     budget_interval: float = 5.0
     tuning: Tuning = dataclasses.field(default_factory=Tuning)
@@ -107,6 +117,13 @@ class Autosize:
                 raise ConfigError(
                     "autosize.budget", self.budget, f"must be >= autosize.min ({self.min})"
                 )
+        if not isinstance(self.peers, bool):
+            raise ConfigError("autosize.peers", self.peers, "must be True or False")
+        headroom = self.budget_headroom
+        if headroom is not None and (
+            isinstance(headroom, bool) or not isinstance(headroom, int) or headroom < 0
+        ):
+            raise ConfigError("autosize.budget_headroom", headroom, "must be an integer >= 0")
         _positive_float("autosize.interval", self.interval, minimum=SAMPLE_EVERY)
         _positive_float("autosize.budget_interval", self.budget_interval, minimum=0.5)
         share = self.budget_share
@@ -308,6 +325,7 @@ class PoolSizer:
         on_ceiling: Callable[[str, int], None] = lambda pool, ceiling: None,
         open_connections: Callable[[], int],
         read_limits: ReadLimits | None = None,
+        tag: str | None = None,
     ) -> None:
         self.name = observer.name
         self.observer = observer
@@ -316,6 +334,9 @@ class PoolSizer:
         self.lower, self.upper = bounds
         self.controller = SizeController(self.lower, self.upper, settings.tuning)
         self.read_limits = read_limits
+        # The application_name tag of this pool's connections (None: not tagged).
+        self.tag = tag
+        self.budget: Budget | None = None  # the last read's verdict
         # Connections this pool holds open, used or idle (from the driver's own counts).
         self.open_connections = open_connections
         # Until the database's budget is first read, the limit stays where it starts.
@@ -424,11 +445,46 @@ class PoolSizer:
 
     def apply_budget(self, limits: ServerLimits) -> None:
         """Work out this pool's ceiling from the database's limits."""
-        held = self.open_connections()
-        ceiling = pool_ceiling(limits.free(), held, self.settings.budget_share)
-        if self.settings.budget is not None:
-            ceiling = min(ceiling, self.settings.budget)
+        settings = self.settings
+        budget = budget_for(
+            limits,
+            held=self.open_connections(),
+            tag=self.tag,
+            share=settings.budget_share,
+            headroom=settings.budget_headroom,
+        )
+        self._log_budget(budget)
+        self.budget = budget
+        ceiling = budget.ceiling
+        if settings.budget is not None:
+            ceiling = min(ceiling, settings.budget)
         self.ceiling = max(self.lower, ceiling)
+
+    def _log_budget(self, budget: Budget) -> None:
+        """One line when the way the budget is reached changes (and at the first read)."""
+        last = self.budget
+        if last is not None and last.peers == budget.peers:
+            return
+        if budget.peers is not None:
+            logger.info(
+                "pool %s: %d autosized pool(s) share the database; this one may hold %d "
+                "connections (tag %s)",
+                self.name,
+                budget.peers,
+                budget.ceiling,
+                self.tag,
+            )
+        elif budget.unseen:
+            logger.warning(
+                "pool %s: the database's other clients cannot be told apart (%s: a pooler "
+                "such as PgBouncer, a role that cannot see other sessions, or connections "
+                "opened before poolwatch); the budget is the pool's own connections plus "
+                "autosize.budget_share=%s of what is free. Set autosize.budget to bound it "
+                "by hand.",
+                self.name,
+                budget.unseen,
+                self.settings.budget_share,
+            )
 
 
 class Maintenance:

@@ -61,12 +61,15 @@ class Guards:
         pool_max: int | None,
         open_connections: Callable[[], int],
         read_limits: ReadLimits | None = None,
+        tag: str | None = None,
         threads: bool = False,
         keep: int = 0,
     ) -> Gate | None:
         """The gate of ``observer``'s pool (made once), or ``None`` if it needs none.
 
         ``threads``: the pool is used from threads (sync SQLAlchemy), not an event loop.
+        ``tag``: the application_name tag of the pool's connections (see
+        :mod:`poolwatch.appname`), if they carry one.
         ``keep``: the driver's minimum size (connections above the limit are closed only
         down to it; the driver would open them again).
         """
@@ -94,6 +97,7 @@ class Guards:
                 on_ceiling=self._ceiling,
                 open_connections=open_connections,
                 read_limits=read_limits if autosize.budget is None else None,
+                tag=tag,
             )
             self._metrics.pool_limit_target.labels(name).set(limiter.limit)
             self._metrics.pool_limit_max.labels(name).set(self.sizers[name].effective_max())

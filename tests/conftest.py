@@ -12,7 +12,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import psycopg
@@ -44,6 +44,21 @@ def watch() -> Iterator[PoolWatch]:
     w.instrument_tortoise()
     yield w
     w.uninstrument()
+
+
+@pytest.fixture
+def make_watch() -> Iterator[Any]:
+    """Makes PoolWatches (``make_watch(**settings)``), all undone after the test."""
+    made: list[PoolWatch] = []
+
+    def make(**settings: Any) -> PoolWatch:
+        watch = PoolWatch(**settings)
+        made.append(watch)
+        return watch
+
+    yield make
+    for watch in made:
+        watch.uninstrument()
 
 
 @pytest.fixture(scope="session")

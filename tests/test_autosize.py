@@ -47,20 +47,6 @@ def frozen() -> Autosize:
     return Autosize(min=1, max=10, initial=3, interval=3600, budget_interval=3600)
 
 
-@pytest.fixture
-def make_watch() -> Iterator[Any]:
-    made: list[PoolWatch] = []
-
-    def make(**settings: Any) -> PoolWatch:
-        watch = PoolWatch(**settings)
-        made.append(watch)
-        return watch
-
-    yield make
-    for watch in made:
-        watch.uninstrument()
-
-
 @contextlib.asynccontextmanager
 async def _watching(client: Any, peak: list[int]) -> AsyncIterator[None]:
     """Appends the driver's own count of connections in use to ``peak``, every 2 ms."""

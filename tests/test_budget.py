@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from poolwatch.budget import ServerLimits, pool_ceiling
+from poolwatch.budget import ServerLimits, budget_for, peer_ceiling, pool_ceiling
 
 
 def test_reserved_slots_and_open_connections_are_taken_off() -> None:
@@ -45,7 +45,107 @@ def test_two_instances_growing_at_once_stay_within_what_was_free() -> None:
 
 
 def test_from_row_maps_nulls_to_no_limit() -> None:
-    limits = ServerLimits.from_row((100, 3, None, -1, None, 7, 2, 5, 0))
+    limits = ServerLimits.from_row((100, 3, None, -1, None, 7, 2, 5, 0, None, None))
     assert limits == ServerLimits(100, 3, -1, -1, -1, 7, 2, 5, superuser=False)
-    with pytest.raises(ValueError, match="9 columns"):
+    with pytest.raises(ValueError, match="11 columns"):
         ServerLimits.from_row((1, 2))
+
+
+def test_from_row_reads_the_tagged_sessions() -> None:
+    row = (100, 3, 0, -1, -1, 7, 7, 7, 1, "api pw-0000beef", "pw-0000beef=4,pw-12345678=2")
+    limits = ServerLimits.from_row(row)
+    assert limits.application_name == "api pw-0000beef"
+    assert limits.tagged == {"pw-0000beef": 4, "pw-12345678": 2}
+
+
+# -- peers: tagged pools sharing one database -------------------------------------------
+
+
+def test_a_lone_pool_may_take_all_that_is_free() -> None:
+    assert peer_ceiling(free=75, tagged={"a": 10}, mine="a") == 85
+
+
+def test_n_pools_that_all_want_more_get_fair_shares() -> None:
+    tagged = {"a": 2, "b": 2, "c": 2, "d": 2}
+    ceilings = [peer_ceiling(free=82, tagged=tagged, mine=t) for t in tagged]
+    # room = 82 + 8 = 90: 22 or 23 each, never more than 90 together
+    assert all(22 <= c <= 23 for c in ceilings), ceilings
+    assert sum(ceilings) <= 90
+
+
+def test_a_pool_above_its_fair_share_is_told_to_give_back() -> None:
+    # a grew alone to 80; b arrives holding 2: a's next ceiling is its fair share
+    a = peer_ceiling(free=3, tagged={"a": 80, "b": 2}, mine="a")
+    b = peer_ceiling(free=3, tagged={"a": 80, "b": 2}, mine="b")
+    assert a == 42  # room 85: b counted at its share, 42.5
+    assert b == 5  # only what is free now: never a slot a still holds
+    assert a + b <= 85
+
+
+def test_readers_at_the_same_moment_never_count_on_the_same_slots() -> None:
+    # Exhaustive over small cases: whatever each holds, the ceilings of all pools that
+    # read the same snapshot fit in what the tagged pools may hold together.
+    for free in range(0, 30, 3):
+        for holds in [(1,), (5, 1), (12, 0, 3), (1, 1, 1, 9), (20, 2, 2, 2, 2)]:
+            tagged = {f"p{i}": h for i, h in enumerate(holds)}
+            room = free + sum(holds)
+            total = sum(peer_ceiling(free, tagged, tag) for tag in tagged)
+            assert total <= room, (free, holds, total, room)
+            for tag, held in tagged.items():  # none may grow past what is free now
+                assert peer_ceiling(free, tagged, tag) <= held + free
+
+
+def test_pools_converge_to_fair_shares_and_a_dead_ones_share_is_taken() -> None:
+    # Four pools that always want more, each growing to its ceiling (and shrinking to
+    # it) between two reads; room = 100 - 5 headroom = 95.
+    held = {"a": 2, "b": 2, "c": 2, "d": 2}
+
+    def read_all() -> None:
+        for tag in list(held):
+            free = 95 - sum(held.values())
+            held[tag] = peer_ceiling(free, held, tag)
+            assert sum(held.values()) <= 100
+
+    for _ in range(3):
+        read_all()
+    assert all(abs(h - 95 / 4) <= 95 / 4 * 0.15 for h in held.values()), held
+    del held["d"]  # its process dies: its sessions leave pg_stat_activity
+    read_all()
+    assert all(abs(h - 95 / 3) <= 95 / 3 * 0.15 for h in held.values()), held
+
+
+def _limits(tagged: dict[str, int], name: str, free: int = 50) -> ServerLimits:
+    total = 100 - free
+    return ServerLimits(max_connections=100, open_total=total, application_name=name, tagged=tagged)
+
+
+def test_budget_uses_the_tags_only_when_the_pools_own_sessions_carry_them() -> None:
+    seen = budget_for(
+        _limits({"pw-0000beef": 10}, "app pw-0000beef"), held=10, tag="pw-0000beef", share=0.5
+    )
+    assert seen.peers == 1
+    assert seen.ceiling == 10 + 50 - 5
+    # through a pooler: the session does not carry the tag, or few of the pool's do
+    pooled = budget_for(_limits({}, "app"), held=10, tag="pw-0000beef", share=0.5)
+    assert pooled.peers is None
+    assert "does not carry" in pooled.unseen
+    assert pooled.ceiling == 10 + 25
+    hidden = budget_for(_limits({}, "app pw-0000beef"), held=10, tag="pw-0000beef", share=0.5)
+    assert hidden.peers is None
+    assert "none of the pool's" in hidden.unseen
+    few = budget_for(
+        _limits({"pw-0000beef": 2}, "app pw-0000beef"), held=30, tag="pw-0000beef", share=0.5
+    )
+    assert few.peers is None
+    assert "2 of the pool's 30" in few.unseen
+    untagged = budget_for(_limits({"pw-0000beef": 9}, "app"), held=10, tag=None, share=0.5)
+    assert untagged.peers is None
+    assert untagged.unseen == ""
+
+
+def test_the_headroom_is_cut_from_the_servers_slots_only() -> None:
+    server = ServerLimits(max_connections=100, superuser_reserved=3, open_total=20)
+    assert server.free(headroom=5) == 72
+    # A role's own CONNECTION LIMIT binds: admins are not counted against it.
+    role = ServerLimits(max_connections=100, open_total=20, role_limit=12, open_role=4)
+    assert role.free(headroom=5) == role.free() == 8

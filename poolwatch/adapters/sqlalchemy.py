@@ -65,6 +65,7 @@ from sqlalchemy.pool import (
 
 from poolwatch.adapters import major_minor
 from poolwatch.adapters.timing import ConnectTime
+from poolwatch.appname import tagged_name
 from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.errors import PoolWatchError
@@ -193,6 +194,32 @@ def postgres_limits_reader(
     return read_in_thread
 
 
+# The PostgreSQL drivers whose connect() takes application_name as a keyword (libpq's
+# and pg8000's), and asyncpg, which takes it among its server_settings.
+_APPLICATION_NAME_KEYWORD = frozenset(
+    {"psycopg", "psycopg_async", "psycopg2", "psycopg2cffi", "pg8000"}
+)
+
+
+def taggable(engine: Engine | AsyncEngine) -> bool:
+    """Whether the connections of ``engine`` (on PostgreSQL) can carry a tag."""
+    sync_engine = engine if isinstance(engine, Engine) else engine.sync_engine
+    dialect = sync_engine.dialect
+    return dialect.name == "postgresql" and (
+        dialect.driver == "asyncpg" or dialect.driver in _APPLICATION_NAME_KEYWORD
+    )
+
+
+def tag_parameters(driver: str, cparams: dict[str, Any], tag: str) -> None:
+    """Put ``tag`` at the end of the application_name in a driver's connect() keywords."""
+    if driver == "asyncpg":
+        settings = dict(cparams.get("server_settings") or {})
+        settings["application_name"] = tagged_name(tag, settings.get("application_name"))
+        cparams["server_settings"] = settings
+    elif driver in _APPLICATION_NAME_KEYWORD:
+        cparams["application_name"] = tagged_name(tag, cparams.get("application_name"))
+
+
 def read_pool_state(pool: Pool) -> PoolState | None:
     """What a SQLAlchemy pool says about itself right now.
 
@@ -253,6 +280,7 @@ class SQLAlchemyInstrumentation:
         events: PoolEvents,
         faults: FaultReporter,
         gate: Gate | None = None,
+        tag: str | None = None,
     ) -> None:
         sync_engine = getattr(engine, "sync_engine", engine)
         if not isinstance(sync_engine, Engine):
@@ -265,6 +293,8 @@ class SQLAlchemyInstrumentation:
         self._faults = faults
         # Autosize's limiter and the acquire timeout, set before install; see _gated.
         self.gate = gate
+        # The application_name tag of the engine's new connections (autosize's budget).
+        self.tag = tag
         # Checkouts holding a permit of the gate's limiter (their record_info ids).
         self._permits: set[int] = set()
         self._active = False
@@ -315,6 +345,8 @@ class SQLAlchemyInstrumentation:
             for method in _TRANSACTION_END_METHODS:
                 self._shadow(dialect, method, self._transaction_end(getattr(dialect, method)))
             self._events.dialect = dialect_of(dialect.name)
+            if self.tag is not None:
+                event.listen(engine, "do_connect", self._tag_connection)
             self._hook_pool(pool, adopt_listeners=True)
         except BaseException:
             self.uninstall()
@@ -334,6 +366,8 @@ class SQLAlchemyInstrumentation:
             else:
                 setattr(target, shadow.name, shadow.previous)
         self._shadows.clear()
+        if event.contains(self._engine, "do_connect", self._tag_connection):
+            event.remove(self._engine, "do_connect", self._tag_connection)
         anchor, self._anchor = self._anchor, None
         if anchor is not None:  # removes the copies in every pool too
             for name, listener in self._pool_listeners():
@@ -346,6 +380,17 @@ class SQLAlchemyInstrumentation:
     def probe(self) -> PoolState | None:
         """The engine's current pool, read now (see :func:`read_pool_state`)."""
         return read_pool_state(self._engine.pool)
+
+    def _tag_connection(
+        self, dialect: Dialect, record: object, cargs: object, cparams: dict[str, Any]
+    ) -> None:
+        """SQLAlchemy's ``do_connect`` event: the new connection carries the tag."""
+        if self.tag is None:
+            return
+        try:
+            tag_parameters(str(dialect.driver), cparams, self.tag)
+        except Exception as exc:  # connecting untagged only costs the budget its peers
+            self._faults.report("autosize", exc)
 
     def _pool_listeners(self) -> tuple[tuple[str, Callable[..., None]], ...]:
         return (

@@ -50,6 +50,7 @@ from poolwatch.adapters.tortoise_entry import (
     resolve,
     root_client,
 )
+from poolwatch.appname import tagged_name
 from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.completion import cancel_once, complete, complete_in_task
@@ -179,10 +180,13 @@ class TortoiseInstrumentation:
         events_for: Callable[[str], PoolEvents],
         on_client: Callable[[str, Any], None],
         gate_for: Callable[[str, Any], Gate | None] | None = None,
+        tag_for: Callable[[str], str | None] = lambda name: None,
     ) -> None:
         self._events_for = events_for
         self._on_client = on_client
         self._gate_for = gate_for
+        # The application_name tag of a connection name's pool (autosize's budget), if any.
+        self._tag_for = tag_for
         self._events: dict[str, PoolEvents] = {}
         self._gates: dict[str, Gate | None] = {}
         # Checkouts (their context managers' ids) holding a permit of a gate's limiter ->
@@ -580,6 +584,9 @@ class TortoiseInstrumentation:
         async def create_pool(self: Any, **kwargs: Any) -> Any:
             root = root_client(self)
             report = functools.partial(instrumentation._connect_time, root)
+            tag = instrumentation._tag_for(str(getattr(root, "connection_name", "")))
+            if tag is not None:
+                tag_pool_parameters(kwargs, tag)
             if seam == "connect":
                 kwargs["connect"] = _timed_asyncpg_connect(kwargs.get("connect"), report)
             else:
@@ -589,6 +596,22 @@ class TortoiseInstrumentation:
             return await original(self, **kwargs)
 
         return create_pool
+
+
+def tag_pool_parameters(kwargs: dict[str, Any], tag: str) -> None:
+    """Put ``tag`` at the end of the application_name of the connections a Tortoise
+    PostgreSQL client's ``create_pool(**kwargs)`` will open: asyncpg's
+    ``server_settings``, or psycopg's ``conninfo`` string."""
+    if "server_settings" in kwargs or "conninfo" not in kwargs:  # asyncpg
+        settings = dict(kwargs.get("server_settings") or {})
+        settings["application_name"] = tagged_name(tag, settings.get("application_name"))
+        kwargs["server_settings"] = settings
+        return
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    conninfo = str(kwargs["conninfo"])
+    name = conninfo_to_dict(conninfo).get("application_name")
+    kwargs["conninfo"] = make_conninfo(conninfo, application_name=tagged_name(tag, name))
 
 
 async def _returning(release: Coroutine[Any, Any, Any], events: PoolEvents) -> Any:
