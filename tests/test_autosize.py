@@ -285,30 +285,6 @@ async def test_a_connection_held_too_long_is_reported_once_with_its_line(
     )
 
 
-async def test_budget_read_from_the_server(pg_database: str, make_watch: Any) -> None:
-    watch = make_watch()
-    watch.instrument_tortoise(
-        autosize=Autosize(min=2, max=50, interval=3600, budget_interval=0.5, budget_share=0.5)
-    )
-    async with tortoise_on(_url(pg_database, maxsize=50)) as client:
-        await client.execute_query("SELECT 1")
-        sizer = watch.guards.sizers["default"]
-        for _ in range(50):
-            if sizer.ceiling is not None:
-                break
-            await asyncio.sleep(0.1)
-        rows = await client.execute_query_dict(
-            "SELECT current_setting('max_connections')::int - "
-            "current_setting('superuser_reserved_connections')::int AS usable, "
-            "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int"
-            " AS open"
-        )
-    assert sizer.ceiling is not None
-    usable, open_now = rows[0]["usable"], rows[0]["open"]
-    # Its own connections plus half of what is free, give or take the test's own.
-    assert 2 <= sizer.ceiling <= (usable - open_now) // 2 + 4
-
-
 async def test_waiting_at_the_budgets_ceiling_reads_the_budget_again_early(
     pg_database: str, make_watch: Any
 ) -> None:
