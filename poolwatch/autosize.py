@@ -53,6 +53,10 @@ BUDGET_TRIES = 3  # failed budget reads before growing without one
 # budget is read again this soon instead of after budget_interval: each read takes a share
 # of what is free, so a lone instance reaches what it may use in a few reads, not minutes.
 BUDGET_BLOCKED_EVERY = 0.5
+# Growth past the limit in force counts on slots a read found free; another instance may
+# have taken them since (one that connected after the read, above all). So growth needs
+# a read this recent: an older one is read again first (the early read above).
+BUDGET_FRESH = 1.0
 TRIM_AFTER = 3.0  # seconds after a shrink before connections above the limit are closed
 UNKNOWN_ROUTE = "unknown"  # the route of a leaked connection nobody was seen taking
 
@@ -337,6 +341,7 @@ class PoolSizer:
         # The application_name tag of this pool's connections (None: not tagged).
         self.tag = tag
         self.budget: Budget | None = None  # the last read's verdict
+        self.budget_read_at = 0.0  # perf_counter() when it was made
         # Connections this pool holds open, used or idle (from the driver's own counts).
         self.open_connections = open_connections
         # Until the database's budget is first read, the limit stays where it starts.
@@ -384,7 +389,7 @@ class PoolSizer:
             timeouts=observer.timed_out - self._timed_out,
             refused=observer.refused - self._refused,
             statements=statements,
-            ceiling=self.ceiling,
+            ceiling=self.growth_ceiling(),
             opened=observer.opened - self._opened,
         )
         self._samples = self._in_use_sum = self._in_use_max = 0
@@ -428,14 +433,25 @@ class PoolSizer:
         return decision
 
     def budget_blocked(self) -> bool:
-        """Whether requests wait with the limit at the budget's ceiling, below ``upper``."""
-        ceiling = self.ceiling
+        """Whether requests wait with the limit held by the budget (its ceiling, or a
+        read too old to grow on), below ``upper``."""
+        ceiling = self.growth_ceiling()
         return (
             ceiling is not None
             and ceiling < self.upper
-            and self.limiter.limit >= self.effective_max()
+            and self.limiter.limit >= ceiling
             and self.observer.pending() > 0
         )
+
+    def growth_ceiling(self) -> int | None:
+        """The budget's ceiling as the controller may use it now: past the limit in
+        force only on a read younger than ``BUDGET_FRESH``."""
+        ceiling = self.ceiling
+        if ceiling is None or self.budget is None:  # none, or set by hand: never stale
+            return ceiling
+        if perf_counter() - self.budget_read_at > BUDGET_FRESH:
+            return min(ceiling, max(self.limiter.limit, self.lower))
+        return ceiling
 
     def effective_max(self) -> int:
         """The most the limit may be now: ``upper``, or the budget's ceiling if lower."""
@@ -455,6 +471,7 @@ class PoolSizer:
         )
         self._log_budget(budget)
         self.budget = budget
+        self.budget_read_at = perf_counter()
         ceiling = budget.ceiling
         if settings.budget is not None:
             ceiling = min(ceiling, settings.budget)

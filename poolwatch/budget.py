@@ -145,8 +145,8 @@ def peer_ceiling(free: int, tagged: Mapping[str, int], mine: str) -> int:
     """The most connections pool ``mine`` may hold, sharing with the other tagged pools.
 
     The tagged pools may hold, together, what they hold now plus what is ``free`` (the
-    headroom already taken off): ``room``. Each other pool is counted at what it holds or at its fair
-    share (``room`` over the number of pools), whichever is more, and this
+    headroom already taken off): ``room``. Each other pool is counted at what it holds or
+    at its fair share (``room`` over the number of pools), whichever is more, and this
     pool may have the rest. So a lone pool may have all of ``room``; N pools that all
     want more converge to fair shares (one above its share gets less than it holds, and
     shrinks); and since every pool counts each other at least at its fair share, the
