@@ -203,3 +203,31 @@ def test_tagged_names_keep_the_applications_name_within_63_bytes() -> None:
     # A pool created again under the same tag, or another's: replaced, not stacked.
     assert tagged_name("pw-0000beef", "api pw-12345678") == "api pw-0000beef"
     assert tagged_name("pw-0000beef", "café") == "caf? pw-0000beef"
+
+
+def test_growth_needs_a_fresh_read_and_a_stale_one_holds_the_limit(
+    make_watch: Any, tmp_path: Any
+) -> None:
+    from sqlalchemy import create_engine
+
+    from poolwatch.autosize import BUDGET_FRESH
+    from poolwatch.budget import ServerLimits
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}", pool_size=40, max_overflow=0)
+    watch = make_watch()
+    watch.instrument_sqlalchemy(engine, autosize=Autosize(min=2, max=40, interval=3600))
+    sizer = watch.guards.sizers["main"]
+    sizer.tag = "pw-0000beef"
+    try:
+        sizer.apply_budget(
+            ServerLimits(max_connections=100, open_total=10, tagged={"pw-0000beef": 1})
+        )
+        assert sizer.budget is not None
+        assert sizer.budget.peers == 1
+        assert sizer.growth_ceiling() == sizer.ceiling == 86  # 100 - 5 headroom - 10 + 1
+        sizer.budget_read_at -= BUDGET_FRESH + 0.1  # the read grows old
+        # The limit in force is kept, and growth past it waits for the next read.
+        assert sizer.growth_ceiling() == sizer.limiter.limit == 2
+        assert sizer.effective_max() == 40  # what is published does not flicker
+    finally:
+        engine.dispose()
