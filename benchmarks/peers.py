@@ -1,12 +1,15 @@
 """Autosize's database budget with 1, 2 and 4 app instances sharing one PostgreSQL.
 
     python benchmarks/peers.py --pg postgresql://postgres@127.0.0.1:5432/postgres [--quick]
-                               [--only 1,2,4] [--out benchmarks/out/peers]
+                               [--only 1,2,4] [--driver asyncpg|psycopg] [--transactions]
+                               [--out benchmarks/out/peers]
 
 Meant for a server with PostgreSQL's default ``max_connections = 100`` (the table says
 what the server had). Each instance is a process of its own: Tortoise-ORM on asyncpg,
 instrumented by poolwatch, its closed-loop users each running ``pg_sleep(0.02)`` one after
 another (an I/O-bound load: throughput grows with every connection), 200 users in all,
+(``--driver psycopg``: on psycopg's pool; ``--transactions``: each inside
+``in_transaction()``, where the permit goes back once the transaction's release is over),
 split evenly between the instances. They connect as an ordinary role made for the run
 (the reserved slots are not theirs), to a database made for the run.
 
@@ -80,12 +83,23 @@ async def _open(url: str, mode: str) -> tuple[Any, Any, int]:
     return watch, client, size
 
 
+async def _request(client: Any, *, transactions: bool) -> None:
+    if not transactions:
+        await client.execute_query(WAIT_SQL)
+        return
+    from tortoise.transactions import in_transaction
+
+    async with in_transaction() as connection:
+        await connection.execute_query(WAIT_SQL)
+
+
 async def instance(
-    url: str, mode: str, users: int, start_at: float, seconds: float
+    url: str, mode: str, users: int, start_at: float, seconds: float, *, transactions: bool
 ) -> dict[str, Any]:
     from tortoise import Tortoise
 
     from poolwatch import PoolTimeoutError
+    from poolwatch.adapters.tortoise import read_pool_state
 
     watch, client, size = await _open(url, mode)
     latencies: list[float] = []
@@ -100,7 +114,7 @@ async def instance(
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             try:
-                await client.execute_query(WAIT_SQL)
+                await _request(client, transactions=transactions)
             except PoolTimeoutError:
                 counts["timeouts"] += 1
                 continue
@@ -119,8 +133,9 @@ async def instance(
             sizer = watch.guards.sizers.get("default")
             now = time.perf_counter() - began
             limit = sizer.limiter.limit if sizer is not None else size
-            pool = client._pool  # asyncpg's own count of connections in use
-            trace.append((now, limit, counts["done"], pool.get_size() - pool.get_idle_size()))
+            state = read_pool_state(client)  # the driver's own count of connections in use
+            in_use = 0 if state is None else state.used or 0
+            trace.append((now, limit, counts["done"], in_use))
             if sizer is not None and sizer.budget is not last_budget:
                 last_budget = sizer.budget
                 reads.append(now)
@@ -243,7 +258,14 @@ def read_server(admin_url: str) -> Server:
 
 
 def run_instances(
-    url: str, mode: str, count: int, seconds: float, *, kill_at: float | None, logs: Path
+    url: str,
+    mode: str,
+    count: int,
+    seconds: float,
+    *,
+    kill_at: float | None,
+    logs: Path,
+    transactions: bool,
 ) -> Result:
     start_at = time.time() + 4.0  # every process imported and connected by then
     users = USERS // count
@@ -256,13 +278,12 @@ def run_instances(
         str(users),
         str(start_at),
         str(seconds),
+        "transactions" if transactions else "statements",
     ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
+    # The project root on the path (the instances import the tests' Tortoise models);
+    # each instance logs autosize's decisions and budget reads (kept in logs/).
+    path = os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "BENCH_PEERS_LOG": "1"}
     processes = [
         subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
@@ -288,7 +309,10 @@ def run_instances(
     )
 
 
-def bench(url: str, server: Server, counts: Sequence[int], quick: bool, out: Path) -> list[Result]:
+def bench(
+    url: str, server: Server, counts: Sequence[int], args: argparse.Namespace
+) -> list[Result]:
+    quick, out = args.quick, Path(args.out)
     seconds = 20.0 if quick else 30.0
     results = []
     for count in counts:
@@ -299,19 +323,27 @@ def bench(url: str, server: Server, counts: Sequence[int], quick: bool, out: Pat
         for mode, kill_at in setups:
             label = mode if kill_at is None else f"{mode}, one killed"
             print(f"[peers] {count} instance(s) / {label} ...", file=sys.stderr)
-            results.append(
-                run_instances(url, mode, count, seconds, kill_at=kill_at, logs=out / "logs")
+            run = run_instances(
+                url,
+                mode,
+                count,
+                seconds,
+                kill_at=kill_at,
+                logs=out / "logs",
+                transactions=args.transactions,
             )
+            results.append(run)
     return results
 
 
-def report(results: list[Result], server: Server, version: str) -> str:
+def report(results: list[Result], server: Server, version: str, args: argparse.Namespace) -> str:
     lines = [
         f"PostgreSQL {version}, max_connections = {server.max_connections}, "
         f"{server.reserved} reserved, the run's own sessions {server.others}: the role may "
         f"open {server.usable()}; headroom {server.headroom}, so the tagged pools may hold "
-        f"{server.room()} together. I/O-bound load ({WAIT_SQL}), {USERS} users in all, "
-        f"autosize min 2 max {CEILING}.",
+        f"{server.room()} together. I/O-bound load ({WAIT_SQL}"
+        f"{' in a transaction' if args.transactions else ''}), {USERS} users in all, "
+        f"Tortoise-ORM on {args.driver}, autosize min 2 max {CEILING}.",
         "",
         "| instances | setup | requests/s | vs static | p99 ms | p99 vs static | refused | "
         "timeouts | limits at 10 s (fair share) | reached |",
@@ -358,18 +390,28 @@ def report(results: list[Result], server: Server, version: str) -> str:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--instance":
-        url, mode, users, start_at, seconds = sys.argv[2:7]
-        if os.environ.get("POOLWATCH_BENCH_LOG"):  # poolwatch's log lines, to stderr
+        url, mode, users, start_at, seconds, what = sys.argv[2:8]
+        if os.environ.get("BENCH_PEERS_LOG"):  # poolwatch's log lines, to stderr
             import logging
 
             logging.basicConfig(level=logging.INFO)
-        result = asyncio.run(instance(url, mode, int(users), float(start_at), float(seconds)))
+        run = instance(
+            url,
+            mode,
+            int(users),
+            float(start_at),
+            float(seconds),
+            transactions=what == "transactions",
+        )
+        result = asyncio.run(run)
         print(json.dumps(result))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pg", required=True, help="postgresql://user@127.0.0.1:port/db")
     parser.add_argument("--quick", action="store_true", help="20 s runs instead of 30 s")
     parser.add_argument("--only", default="1,2,4", help="numbers of instances")
+    parser.add_argument("--driver", default="asyncpg", choices=["asyncpg", "psycopg"])
+    parser.add_argument("--transactions", action="store_true", help="in_transaction()")
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "peers"))
     args = parser.parse_args()
     from _pg import server_version
@@ -377,8 +419,8 @@ def main() -> int:
     counts = [int(n) for n in args.only.split(",") if n]
     with temporary_database(args.pg) as admin_url, bench_role(admin_url) as url:
         server = read_server(admin_url)
-        results = bench(with_scheme(url, "asyncpg"), server, counts, args.quick, Path(args.out))
-        table = report(results, server, server_version(args.pg))
+        results = bench(with_scheme(url, args.driver), server, counts, args)
+        table = report(results, server, server_version(args.pg), args)
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

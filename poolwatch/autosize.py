@@ -459,12 +459,14 @@ class PoolSizer:
             return self.upper
         return max(self.lower, min(self.upper, self.ceiling))
 
-    def apply_budget(self, limits: ServerLimits) -> None:
-        """Work out this pool's ceiling from the database's limits."""
+    def apply_budget(self, limits: ServerLimits, held: int | None = None) -> None:
+        """Work out this pool's ceiling from the database's limits, read while the pool
+        held ``held`` connections or more (counted before the read: a pool that grows
+        meanwhile must not look as if the server missed its new connections)."""
         settings = self.settings
         budget = budget_for(
             limits,
-            held=self.open_connections(),
+            held=self.open_connections() if held is None else held,
             tag=self.tag,
             share=settings.budget_share,
             headroom=settings.budget_headroom,
@@ -637,6 +639,7 @@ class Maintenance:
             # Its own scope: the statement is poolwatch's, not any route's.
             token = _own.set(True)
             try:
+                held = sizer.open_connections()
                 with context.scope("poolwatch:budget"):
                     limits = await sizer.read_limits()
             finally:
@@ -645,7 +648,7 @@ class Maintenance:
             self._budget_unread(sizer, exc)
             return
         try:
-            sizer.apply_budget(limits)
+            sizer.apply_budget(limits, held)
         except Exception as exc:
             self._faults.report("budget", exc)
             return
