@@ -23,6 +23,9 @@ For each number of instances, in turn:
 * **autosize, one killed** (2 and 4 instances): as above, and the first instance is killed
   (SIGKILL) halfway: the others should take its share within two budget reads.
 
+The full mode runs each setup twice, 30 s each, in a rotated order, and pools the rounds
+(the machine's own speed drifts by 10% and more over minutes); ``--quick`` runs once, 20 s.
+
 Reported: requests/s (all instances), p99, connections refused by the server ("too many
 clients"), acquire timeouts, each instance's limit 10 s in (and its fair share: what the
 tagged pools may hold together, over the number of instances), how long a lone instance
@@ -56,6 +59,7 @@ CEILING = 90
 ACQUIRE_TIMEOUT = 10.0
 WAIT_SQL = "SELECT pg_sleep(0.02)"
 SETTLED_SHARE = 0.85  # of the fair share, for "took its share"
+ROUNDS = 2  # in the full mode, each setup's runs, in a rotated order
 
 
 # -- one instance (a process of its own) ------------------------------------------------
@@ -314,26 +318,40 @@ def bench(
 ) -> list[Result]:
     quick, out = args.quick, Path(args.out)
     seconds = 20.0 if quick else 30.0
+    rounds = 1 if quick else ROUNDS
     results = []
     for count in counts:
         static = f"static={server.usable() // count}" if count > 1 else f"static={CEILING}"
         setups: list[tuple[str, float | None]] = [(static, None), ("autosize", None)]
         if count > 1:
             setups.append(("autosize", seconds / 2))
-        for mode, kill_at in setups:
-            label = mode if kill_at is None else f"{mode}, one killed"
-            print(f"[peers] {count} instance(s) / {label} ...", file=sys.stderr)
-            run = run_instances(
-                url,
-                mode,
-                count,
-                seconds,
-                kill_at=kill_at,
-                logs=out / "logs",
-                transactions=args.transactions,
-            )
-            results.append(run)
+        done: dict[tuple[str, float | None], list[Result]] = {setup: [] for setup in setups}
+        for round_ in range(rounds):
+            # The machine's speed drifts by 10% and more over minutes: rotate the order.
+            for mode, kill_at in setups[round_ % len(setups) :] + setups[: round_ % len(setups)]:
+                label = mode if kill_at is None else f"{mode}, one killed"
+                print(f"[peers] {count} / {label} / round {round_ + 1}", file=sys.stderr)
+                run = run_instances(
+                    url,
+                    mode,
+                    count,
+                    seconds,
+                    kill_at=kill_at,
+                    logs=out / "logs" / f"round{round_ + 1}",
+                    transactions=args.transactions,
+                )
+                done[mode, kill_at].append(run)
+        results += [pooled(done[setup]) for setup in setups]
     return results
+
+
+def pooled(rounds: list[Result]) -> Result:
+    """One setup's rounds as one result: requests over the rounds' time, every instance
+    of every round (the table shows each one's limit, and the slowest to take a share)."""
+    first = rounds[0]
+    runs = [run for result in rounds for run in result.runs]
+    seconds = sum(result.seconds for result in rounds)
+    return Result(first.instances, first.setup, runs, seconds, first.killed_at)
 
 
 def report(results: list[Result], server: Server, version: str, args: argparse.Namespace) -> str:

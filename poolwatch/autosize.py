@@ -49,9 +49,9 @@ SAMPLE_EVERY = 0.1  # seconds between two samples of in-use and waiting
 LEAK_SCAN_EVERY = 1.0
 STATEMENT_SAMPLE = 512  # statements kept per pool between two decisions (the latest)
 BUDGET_TRIES = 3  # failed budget reads before growing without one
-# While requests wait and the budget's ceiling (not the pool's max) holds the limit, the
-# budget is read again this soon instead of after budget_interval: each read takes a share
-# of what is free, so a lone instance reaches what it may use in a few reads, not minutes.
+# While requests wait and the budget (not the pool's max) holds the limit, the budget is
+# read again this soon instead of after budget_interval: growth waits for a fresh read,
+# and a peer that left (or shrank) frees its share within a second, not minutes.
 BUDGET_BLOCKED_EVERY = 0.5
 # Growth past the limit in force counts on slots a read found free; another instance may
 # have taken them since (one that connected after the read, above all). So growth needs

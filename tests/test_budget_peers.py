@@ -231,3 +231,36 @@ def test_growth_needs_a_fresh_read_and_a_stale_one_holds_the_limit(
         assert sizer.effective_max() == 40  # what is published does not flicker
     finally:
         engine.dispose()
+
+
+def test_an_ordinary_role_counts_every_session_and_sees_the_tags(pg_database: str) -> None:
+    # Without pg_read_all_stats, other roles' sessions show no backend_type: they must
+    # still count as clients, and their application_name (the tag) is still visible.
+    import uuid
+
+    from psycopg import sql
+
+    from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
+
+    role = f"poolwatch_plain_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_database, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    rest = pg_database.split("://", 1)[1].split("@", 1)[1]
+    try:
+        with (
+            psycopg.connect(pg_database, application_name="peer pw-0000beef") as other,
+            psycopg.connect(f"postgresql://{role}@{rest}", autocommit=True) as plain,
+        ):
+            row = plain.execute(POSTGRES_LIMITS_SQL).fetchone()
+            truth = other.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            ).fetchone()
+    finally:
+        with psycopg.connect(pg_database, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    assert row is not None
+    assert truth is not None
+    limits = ServerLimits.from_row(tuple(row))
+    assert not limits.superuser
+    assert abs(limits.open_total - truth[0]) <= 1  # other tests may open or close one
+    assert limits.tagged.get("pw-0000beef") == 1
