@@ -101,6 +101,13 @@ class Metrics:
             ["pool"],
             USE_BUCKETS,
         )
+        self.connection_idle_time = timed(
+            "poolwatch_connection_idle_seconds",
+            "Time a checked-out connection ran no statement (its hold less its statements' "
+            "time), by the route that took it: a connection held across other awaits.",
+            ["pool", "route"],
+            USE_BUCKETS,
+        )
         self.connection_create_time = timed(
             "db_client_connection_create_time_seconds",
             "Time taken to open a new database connection.",

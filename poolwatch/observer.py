@@ -9,6 +9,7 @@ need), no string formatting, no stack walks. Any fault in here is reported to th
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 from collections import deque
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from poolwatch.operations import operation_of
 from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
 
-__all__ = ["RECLAIM_OUTCOMES", "PoolObserver", "is_refusal"]
+__all__ = ["RECLAIM_OUTCOMES", "Checkout", "PoolObserver", "is_refusal"]
 
 # What became of a connection taken by an entry that then failed (see PoolEvents.reclaimed).
 RECLAIM_OUTCOMES = ("returned", "closed", "failed")
@@ -51,6 +52,19 @@ def _is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__
 
 
+class Checkout:
+    """One connection out of the pool: since when, for which route, and how long its
+    statements ran (the rest of the hold is the connection held while idle)."""
+
+    __slots__ = ("open", "route", "since", "statements")
+
+    def __init__(self, since: float, route: str) -> None:
+        self.since = since
+        self.route = route
+        self.statements = 0.0
+        self.open = True
+
+
 class PoolObserver:
     """The :class:`~poolwatch.events.PoolEvents` of one named pool."""
 
@@ -70,8 +84,16 @@ class PoolObserver:
         self._tickets = itertools.count()
         # ticket -> perf_counter() at the start of the wait
         self._waiting: dict[int, float] = {}
-        # holder -> perf_counter() when the connection was handed out
-        self._checked_out: dict[int, float] = {}
+        # holder -> the connection handed out
+        self._checked_out: dict[int, Checkout] = {}
+        # The checkout a task (or thread) took last from this pool: its statements add
+        # their time to it. Set in the acquiring context, which the statements share
+        # (a coroutine awaited in the task, SQLAlchemy's greenlets, a worker thread).
+        self._taken: contextvars.ContextVar[Checkout | None] = contextvars.ContextVar(
+            f"poolwatch_checkout_{name}", default=None
+        )
+        self._idle = metrics.connection_idle_time
+        self._idle_by_route: dict[str, Any] = {}
         self._wait = metrics.connection_wait_time.labels(name)
         self._use = metrics.connection_use_time.labels(name)
         self._create = metrics.connection_create_time.labels(name)
@@ -122,12 +144,14 @@ class PoolObserver:
         try:
             now = perf_counter()
             started = self._waiting.pop(ticket, None)
-            self._checked_out[holder] = now
+            route = current_route()
+            checkout = self._checked_out[holder] = Checkout(now, route)
+            self._taken.set(checkout)
             self.acquired += 1
             holders = self.holders
             if holders is not None:
                 site = self.call_site() if self.call_site is not None else ""
-                holders.taken(holder, current_route(), site, now)
+                holders.taken(holder, route, site, now)
             if started is not None:
                 self._wait.observe(max(0.0, now - started - connect_seconds))
             if connect_seconds > 0.0:
@@ -153,13 +177,24 @@ class PoolObserver:
         if self._on_change is not None:
             self._changed()
 
-    def released(self, holder: int) -> None:
+    def released(self, holder: int, in_flight: float = 0.0) -> None:
+        """``holder``'s connection is back. ``in_flight``: the time of a statement that
+        took this connection itself and is still being timed (reported after this)."""
         try:
-            since = self._checked_out.pop(holder, None)
+            checkout = self._checked_out.pop(holder, None)
             if self.holders is not None:
                 self.holders.returned(holder)
-            if since is not None:
-                self._use.observe(perf_counter() - since)
+            if checkout is not None:
+                checkout.open = False
+                held = perf_counter() - checkout.since
+                self._use.observe(held)
+                idle = max(0.0, held - checkout.statements - in_flight)
+                child = self._idle_by_route.get(checkout.route)
+                if child is None:
+                    child = self._idle_by_route[checkout.route] = self._idle.labels(
+                        self.name, checkout.route
+                    )
+                child.observe(idle)
         except Exception as exc:
             self._faults.report("pool", exc)
         if self._on_change is not None:
@@ -213,6 +248,9 @@ class PoolObserver:
                 # need a denominator before the first error.
                 self._errors.labels(self.name, *key)
             child.observe(seconds, trace_id)
+            checkout = self._taken.get()
+            if checkout is not None and checkout.open:
+                checkout.statements += seconds
             statements = self.statements
             if statements is not None and not failed:
                 statements.append((hash(sql), seconds))  # a deque with maxlen: the latest

@@ -85,12 +85,18 @@ AsyncMethod = Callable[..., Coroutine[Any, Any, Any]]
 
 
 class _Clock:
-    """Time inside the current query that was spent getting a connection, not querying."""
+    """When the current query started, and the time inside it spent getting a
+    connection, not querying."""
 
-    __slots__ = ("acquiring",)
+    __slots__ = ("acquiring", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, started: float) -> None:
+        self.started = started
         self.acquiring = 0.0
+
+    def querying(self) -> float:
+        """Seconds of the query so far, its wait for a connection left out."""
+        return perf_counter() - self.started - self.acquiring
 
 
 _query_clock: contextvars.ContextVar[_Clock | None] = contextvars.ContextVar(
@@ -379,18 +385,17 @@ class TortoiseInstrumentation:
 
         async def timed(client: Any, sql: str, args: tuple[Any, ...], kwargs: Any) -> Any:
             events = instrumentation._query_events(client)
-            clock = _Clock()
+            clock = _Clock(perf_counter())
             token = _query_clock.set(clock)
-            started = perf_counter()
             try:
                 result = await original(client, sql, *args, **kwargs)
             except BaseException as exc:
-                elapsed = perf_counter() - started - clock.acquiring
+                elapsed = clock.querying()
                 _query_clock.reset(token)
                 # A cancelled statement is not a database error; its time is still real.
                 events.query(sql, elapsed, isinstance(exc, Exception), args[0] if args else None)
                 raise
-            elapsed = perf_counter() - started - clock.acquiring
+            elapsed = clock.querying()
             _query_clock.reset(token)
             events.query(sql, elapsed, False, args[0] if args else None)
             return result
@@ -486,7 +491,10 @@ class TortoiseInstrumentation:
             if client is None:
                 return original(self, *exc_info)
             _, events, gate = instrumentation._pool(client)
-            events.released(id(self))
+            # Released inside a statement being timed: the statement's own checkout,
+            # whose time is reported after this (a transaction ends outside any).
+            clock = _query_clock.get()
+            events.released(id(self), clock.querying() if clock is not None else 0.0)
             events.return_started()
             if entry.transaction:
                 events.transaction_ended()
