@@ -384,6 +384,54 @@ def _capacity_alerts() -> list[Alert]:
             quiet=pool_bound,
         )
     )
+
+    def held_idle(c: Config, m: int, fires: bool) -> Case:
+        # Per minute, connections were held 100 s; idle for a share of it just over (or
+        # under) the threshold, while the pool is full.
+        share = c.threshold("PoolwatchConnectionsHeldIdle") + (0.1 if fires else -0.1)
+        idle = round(share * 100)
+        route = {**POOL, "route": "/orders"}
+        data = [
+            series("poolwatch_connection_idle_seconds_sum", route, f"0+{idle}x{m}"),
+            series("db_client_connection_use_time_seconds_sum", POOL, f"0+100x{m}"),
+            *saturated(c, m, True).series,
+        ]
+        return Case(data, POOL if fires else None, humanize_percentage(idle / 100))
+
+    def idle_with_room(c: Config, m: int) -> Mapping[str, Case]:
+        # Held idle as much, but the pool has room: a smell for the findings, no page.
+        idle = held_idle(c, m, True).series[:2]
+        spare = [
+            series("db_client_connection_count", {**POOL, "state": "used"}, f"50+0x{m}"),
+            series("db_client_connection_max", POOL, f"100+0x{m}"),
+        ]
+        return {"while the pool has room": Case(idle + spare)}
+
+    a.append(
+        Alert(
+            "PoolwatchConnectionsHeldIdle",
+            "warning",
+            lambda c: (
+                "sum by (job, instance, pool) "
+                f"(rate(poolwatch_connection_idle_seconds_sum[{c.rate}]))\n"
+                "/ sum by (job, instance, pool) "
+                f"(rate(db_client_connection_use_time_seconds_sum[{c.rate}]))\n"
+                f">= {c.threshold('PoolwatchConnectionsHeldIdle')}\n"
+                "and on (job, instance, pool)\n"
+                "poolwatch:pool_utilisation:ratio >= "
+                f"{c.value('PoolwatchConnectionsHeldIdle', 'saturation')}"
+            ),
+            "Pool {{ $labels.pool }} is full of connections held while idle",
+            "Connections of pool {{ $labels.pool }} ({{ $labels.job }}, {{ $labels.instance }}) "
+            "ran no statement for {{ $value | humanizePercentage }} of the time they were "
+            "held, while the pool is nearly exhausted: code holds them (often an open "
+            "transaction) across other awaits. poolwatch_connection_idle_seconds by route "
+            "says where.",
+            held_idle,
+            "{{ $value | humanizePercentage }}",
+            quiet=idle_with_room,
+        )
+    )
     return a
 
 

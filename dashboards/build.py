@@ -134,6 +134,26 @@ def pools() -> list[Panel]:
             _quantiles("db_client_connection_use_time_seconds", POOL, "pool", "{{pool}}"),
         ),
         Panel(
+            "Connections held: in statements and idle, by route",
+            "Connections held on average, split into the time their statements ran and the "
+            "time they ran none (held across another await, a sleep, an outbound call; "
+            "poolwatch_connection_idle_seconds). Idle near the pool's size while it is full: "
+            "PoolwatchConnectionsHeldIdle.",
+            "short",
+            [
+                Query(
+                    "sum by (pool, route) "
+                    f"(rate(poolwatch_connection_idle_seconds_sum{{{POOL}}}[{RATE}]))",
+                    "{{pool}} {{route}} idle",
+                ),
+                Query(
+                    "sum by (pool, route) "
+                    f"(rate(db_client_operation_duration_seconds_sum{{{POOL}}}[{RATE}]))",
+                    "{{pool}} {{route}} statements",
+                ),
+            ],
+        ),
+        Panel(
             "Creation time p50 / p95 / p99",
             "Time to open a new database connection.",
             "s",
