@@ -69,14 +69,18 @@ class Checkout:
         "last",
         "last_path",
         "open",
+        "outer",
         "route",
         "since",
         "statements",
     )
 
-    def __init__(self, since: float, route: str) -> None:
+    def __init__(self, since: float, route: str, outer: Checkout | None) -> None:
         self.since = since
         self.route = route
+        # The checkout its context held before it (a session's, while this quick read
+        # ran): its statements count there again once this one is back.
+        self.outer = outer
         self.statements = 0.0
         self.open = True
         self.last = since  # when the last statement ended
@@ -181,8 +185,9 @@ class PoolObserver:
             now = perf_counter()
             started = self._waiting.pop(ticket, None)
             route = current_route()
-            checkout = self._checked_out[holder] = Checkout(now, route)
-            self._taken.set(checkout)
+            taken = self._taken
+            checkout = self._checked_out[holder] = Checkout(now, route, taken.get())
+            taken.set(checkout)
             self.acquired += 1
             holders = self.holders
             if holders is not None:
@@ -230,6 +235,11 @@ class PoolObserver:
                     checkout.released(now - in_flight)
                     self.on_held_idle(checkout, held, idle, transaction)
                 checkout.open = False
+                outer = checkout.outer
+                if outer is not None:
+                    checkout.outer = None
+                    if outer.open and self._taken.get() is checkout:
+                        self._taken.set(outer)
                 child = self._idle_by_route.get(checkout.route)
                 if child is None:
                     child = self._idle_by_route[checkout.route] = self._idle.labels(
