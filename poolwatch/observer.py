@@ -97,7 +97,8 @@ class Checkout:
             self.gap, self.before, self.after = gap, self.last_path, path
         self.last, self.last_path = now, path
 
-    def released(self, now: float) -> None:
+    def ended(self, now: float) -> None:
+        """The connection went back ``now``: the gap since the last statement counts."""
         self.open = False
         if now - self.last > self.gap:
             self.gap, self.before, self.after = now - self.last, self.last_path, ""
@@ -232,7 +233,7 @@ class PoolObserver:
                 self._use.observe(held)
                 idle = max(0.0, held - checkout.statements - in_flight)
                 if idle >= HELD_IDLE_MIN and 2 * idle > held and self.on_held_idle is not None:
-                    checkout.released(now - in_flight)
+                    checkout.ended(now - in_flight)
                     self.on_held_idle(checkout, held, idle, transaction)
                 checkout.open = False
                 outer = checkout.outer
@@ -316,9 +317,12 @@ class PoolObserver:
                 )
             except Exception as exc:
                 self._faults.report("detection", exc)
-        checkout = self._taken.get()
-        if checkout is not None and checkout.open:
-            checkout.ran(seconds, perf_counter(), path)
+        try:
+            checkout = self._taken.get()
+            if checkout is not None and checkout.open:
+                checkout.ran(seconds, perf_counter(), path)
+        except Exception as exc:
+            self._faults.report("query", exc)
 
     def transaction_ended(self) -> None:
         recorder = self._recorder
