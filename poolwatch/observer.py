@@ -23,11 +23,7 @@ from poolwatch.operations import operation_of
 from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
 
-__all__ = ["HELD_IDLE_MIN", "RECLAIM_OUTCOMES", "Checkout", "PoolObserver", "is_refusal"]
-
-# A checkout idle this long, and for more than half its hold, is a finding (held_idle):
-# long enough that no driver round trip or event-loop turn explains it.
-HELD_IDLE_MIN = 0.1
+__all__ = ["RECLAIM_OUTCOMES", "Checkout", "PoolObserver", "is_refusal"]
 
 # What became of a connection taken by an entry that then failed (see PoolEvents.reclaimed).
 RECLAIM_OUTCOMES = ("returned", "closed", "failed")
@@ -57,23 +53,10 @@ def _is_timeout(exc: BaseException) -> bool:
 
 
 class Checkout:
-    """One connection out of the pool: since when, for which route, how long its
-    statements ran (the rest of the hold is the connection held while idle), and its
-    longest gap between two of them (or the checkout and the first, or the last and the
-    release), with the call paths on either side ("": the checkout, the release)."""
+    """One connection out of the pool: since when, for which route, and how long its
+    statements ran (the rest of the hold is the connection held while idle)."""
 
-    __slots__ = (
-        "after",
-        "before",
-        "gap",
-        "last",
-        "last_path",
-        "open",
-        "outer",
-        "route",
-        "since",
-        "statements",
-    )
+    __slots__ = ("open", "outer", "route", "since", "statements")
 
     def __init__(self, since: float, route: str, outer: Checkout | None) -> None:
         self.since = since
@@ -83,25 +66,6 @@ class Checkout:
         self.outer = outer
         self.statements = 0.0
         self.open = True
-        self.last = since  # when the last statement ended
-        self.last_path = ""
-        self.gap = 0.0
-        self.before = ""
-        self.after = ""
-
-    def ran(self, seconds: float, now: float, path: str) -> None:
-        """A statement of ``seconds`` ended ``now``, called from ``path``."""
-        self.statements += seconds
-        gap = now - seconds - self.last
-        if gap > self.gap:
-            self.gap, self.before, self.after = gap, self.last_path, path
-        self.last, self.last_path = now, path
-
-    def ended(self, now: float) -> None:
-        """The connection went back ``now``: the gap since the last statement counts."""
-        self.open = False
-        if now - self.last > self.gap:
-            self.gap, self.before, self.after = now - self.last, self.last_path, ""
 
 
 class PoolObserver:
@@ -133,8 +97,6 @@ class PoolObserver:
         )
         self._idle = metrics.connection_idle_time
         self._idle_by_route: dict[str, Any] = {}
-        # Told of a checkout held while idle past the threshold (see released).
-        self.on_held_idle: Callable[[Checkout, float, float, bool], None] | None = None
         self._wait = metrics.connection_wait_time.labels(name)
         self._use = metrics.connection_use_time.labels(name)
         self._create = metrics.connection_create_time.labels(name)
@@ -219,23 +181,18 @@ class PoolObserver:
         if self._on_change is not None:
             self._changed()
 
-    def released(self, holder: int, in_flight: float = 0.0, transaction: bool = False) -> None:
+    def released(self, holder: int, in_flight: float = 0.0) -> None:
         """``holder``'s connection is back. ``in_flight``: the time of a statement that
-        took this connection itself and is still being timed (reported after this);
-        ``transaction``: the checkout was a transaction's."""
+        took this connection itself and is still being timed (reported after this)."""
         try:
             checkout = self._checked_out.pop(holder, None)
             if self.holders is not None:
                 self.holders.returned(holder)
             if checkout is not None:
-                now = perf_counter()
-                held = now - checkout.since
+                checkout.open = False
+                held = perf_counter() - checkout.since
                 self._use.observe(held)
                 idle = max(0.0, held - checkout.statements - in_flight)
-                if idle >= HELD_IDLE_MIN and 2 * idle > held and self.on_held_idle is not None:
-                    checkout.ended(now - in_flight)
-                    self.on_held_idle(checkout, held, idle, transaction)
-                checkout.open = False
                 outer = checkout.outer
                 if outer is not None:
                     checkout.outer = None
@@ -300,6 +257,9 @@ class PoolObserver:
                 # need a denominator before the first error.
                 self._errors.labels(self.name, *key)
             child.observe(seconds, trace_id)
+            checkout = self._taken.get()
+            if checkout is not None and checkout.open:
+                checkout.statements += seconds
             statements = self.statements
             if statements is not None and not failed:
                 statements.append((hash(sql), seconds))  # a deque with maxlen: the latest
@@ -308,21 +268,14 @@ class PoolObserver:
         except Exception as exc:
             self._faults.report("query", exc)
             return
-        path = ""
         recorder = self._recorder
         if recorder is not None and recorder.active and not continues:
             try:
-                path = recorder.record(
+                recorder.record(
                     work, sql, seconds, failed, params, pool=self.name, dialect=self.dialect
                 )
             except Exception as exc:
                 self._faults.report("detection", exc)
-        try:
-            checkout = self._taken.get()
-            if checkout is not None and checkout.open:
-                checkout.ran(seconds, perf_counter(), path)
-        except Exception as exc:
-            self._faults.report("query", exc)
 
     def transaction_ended(self) -> None:
         recorder = self._recorder

@@ -494,11 +494,7 @@ class TortoiseInstrumentation:
             # Released inside a statement being timed: the statement's own checkout,
             # whose time is reported after this (a transaction ends outside any).
             clock = _query_clock.get()
-            events.released(
-                id(self),
-                clock.querying() if clock is not None else 0.0,
-                transaction=entry.transaction,
-            )
+            events.released(id(self), clock.querying() if clock is not None else 0.0)
             events.return_started()
             if entry.transaction:
                 events.transaction_ended()
