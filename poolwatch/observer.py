@@ -56,14 +56,11 @@ class Checkout:
     """One connection out of the pool: since when, for which route, and how long its
     statements ran (the rest of the hold is the connection held while idle)."""
 
-    __slots__ = ("open", "outer", "route", "since", "statements")
+    __slots__ = ("open", "route", "since", "statements")
 
-    def __init__(self, since: float, route: str, outer: Checkout | None) -> None:
+    def __init__(self, since: float, route: str) -> None:
         self.since = since
         self.route = route
-        # The checkout its context held before it (a session's, while this quick read
-        # ran): its statements count there again once this one is back.
-        self.outer = outer
         self.statements = 0.0
         self.open = True
 
@@ -148,9 +145,8 @@ class PoolObserver:
             now = perf_counter()
             started = self._waiting.pop(ticket, None)
             route = current_route()
-            taken = self._taken
-            checkout = self._checked_out[holder] = Checkout(now, route, taken.get())
-            taken.set(checkout)
+            checkout = self._checked_out[holder] = Checkout(now, route)
+            self._taken.set(checkout)
             self.acquired += 1
             holders = self.holders
             if holders is not None:
@@ -193,11 +189,6 @@ class PoolObserver:
                 held = perf_counter() - checkout.since
                 self._use.observe(held)
                 idle = max(0.0, held - checkout.statements - in_flight)
-                outer = checkout.outer
-                if outer is not None:
-                    checkout.outer = None
-                    if outer.open and self._taken.get() is checkout:
-                        self._taken.set(outer)
                 child = self._idle_by_route.get(checkout.route)
                 if child is None:
                     child = self._idle_by_route[checkout.route] = self._idle.labels(
