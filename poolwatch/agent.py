@@ -405,7 +405,7 @@ class PoolWatch:
         tags: dict[str, str] = {}
 
         def tag_for(name: str) -> str | None:
-            if sizing is None or not sizing.peers or sizing.budget is not None:
+            if sizing is None or not sizing.tags_connections:
                 return None
             return tags.setdefault(name, new_tag())
 
@@ -470,7 +470,7 @@ class PoolWatch:
         existed = pool in self._observers
         instrumentation = SQLAlchemyInstrumentation(engine, self.pool_events(pool), self.faults)
         if sizing is not None:
-            if sizing.peers and sizing.budget is None and taggable(engine):
+            if sizing.tags_connections and taggable(engine):
                 instrumentation.tag = new_tag()
 
             def open_connections() -> int:

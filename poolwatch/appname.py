@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
-__all__ = ["MAX_LENGTH", "new_tag", "tagged_name"]
+__all__ = ["MAX_LENGTH", "new_tag", "tag_server_settings", "tagged_name"]
 
 MAX_LENGTH = 63  # NAMEDATALEN - 1: PostgreSQL cuts longer names
 
@@ -35,6 +36,14 @@ def tagged_name(tag: str, name: object = None) -> str:
     # Only printable ASCII survives in application_name; the rest becomes '?'.
     base = base.encode("ascii", "replace").decode()[: MAX_LENGTH - len(tag) - 1].rstrip()
     return f"{base} {tag}" if base else tag
+
+
+def tag_server_settings(connect_kwargs: dict[str, Any], tag: str) -> None:
+    """Tag the ``application_name`` among asyncpg's ``server_settings`` in the keywords
+    of its ``connect()`` (or ``create_pool()``), copying the dict the caller passed."""
+    settings = dict(connect_kwargs.get("server_settings") or {})
+    settings["application_name"] = tagged_name(tag, settings.get("application_name"))
+    connect_kwargs["server_settings"] = settings
 
 
 def _is_tag(word: str) -> bool:

@@ -136,6 +136,12 @@ class Autosize:
         if not isinstance(self.tuning, Tuning):
             raise ConfigError("autosize.tuning", self.tuning, "must be a poolwatch.sizing.Tuning")
 
+    @property
+    def tags_connections(self) -> bool:
+        """Whether the pool's connections carry a peers tag: with ``peers`` on, unless a
+        hand-set ``budget`` makes the server's limits unread."""
+        return self.peers and self.budget is None
+
     @classmethod
     def coerce(cls, value: object) -> Autosize | None:
         """``None``/``False`` -> off; ``True`` -> defaults; a mapping -> its fields."""

@@ -23,7 +23,7 @@ from poolwatch.operations import operation_of
 from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
 
-__all__ = ["RECLAIM_OUTCOMES", "Checkout", "PoolObserver", "is_refusal"]
+__all__ = ["RECLAIM_OUTCOMES", "PoolObserver", "is_refusal"]
 
 # What became of a connection taken by an entry that then failed (see PoolEvents.reclaimed).
 RECLAIM_OUTCOMES = ("returned", "closed", "failed")

@@ -65,7 +65,7 @@ from sqlalchemy.pool import (
 
 from poolwatch.adapters import major_minor
 from poolwatch.adapters.timing import ConnectTime
-from poolwatch.appname import tagged_name
+from poolwatch.appname import tag_server_settings, tagged_name
 from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.errors import PoolWatchError
@@ -213,9 +213,7 @@ def taggable(engine: Engine | AsyncEngine) -> bool:
 def tag_parameters(driver: str, cparams: dict[str, Any], tag: str) -> None:
     """Put ``tag`` at the end of the application_name in a driver's connect() keywords."""
     if driver == "asyncpg":
-        settings = dict(cparams.get("server_settings") or {})
-        settings["application_name"] = tagged_name(tag, settings.get("application_name"))
-        cparams["server_settings"] = settings
+        tag_server_settings(cparams, tag)
     elif driver in _APPLICATION_NAME_KEYWORD:
         cparams["application_name"] = tagged_name(tag, cparams.get("application_name"))
 

@@ -50,7 +50,7 @@ from poolwatch.adapters.tortoise_entry import (
     resolve,
     root_client,
 )
-from poolwatch.appname import tagged_name
+from poolwatch.appname import tag_server_settings, tagged_name
 from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.completion import cancel_once, complete, complete_in_task
@@ -611,9 +611,7 @@ def tag_pool_parameters(kwargs: dict[str, Any], tag: str) -> None:
     PostgreSQL client's ``create_pool(**kwargs)`` will open: asyncpg's
     ``server_settings``, or psycopg's ``conninfo`` string."""
     if "server_settings" in kwargs or "conninfo" not in kwargs:  # asyncpg
-        settings = dict(kwargs.get("server_settings") or {})
-        settings["application_name"] = tagged_name(tag, settings.get("application_name"))
-        kwargs["server_settings"] = settings
+        tag_server_settings(kwargs, tag)
         return
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
