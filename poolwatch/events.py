@@ -12,9 +12,14 @@ from typing import Any, NamedTuple, Protocol
 
 __all__ = [
     "BULK_WRITE",
+    "CLOSED",
+    "COMMIT",
     "DUPLICATE",
     "NPLUSONE",
+    "ROLLBACK",
+    "ROLLED_BACK_BY_ERROR",
     "SLOW_QUERY",
+    "TRANSACTION_OUTCOMES",
     "Finding",
     "PoolEvents",
     "PoolProbe",
@@ -26,6 +31,13 @@ NPLUSONE = "nplusone"
 DUPLICATE = "duplicate"
 SLOW_QUERY = "slow_query"
 BULK_WRITE = "bulk_write"
+
+# How a transaction ended (the ``outcome`` of PoolEvents.transaction_finished).
+COMMIT = "commit"
+ROLLBACK = "rollback"  # the application rolled back
+ROLLED_BACK_BY_ERROR = "error"  # an exception left its block, or its COMMIT failed
+CLOSED = "closed"  # its connection or session closed without a commit
+TRANSACTION_OUTCOMES = (COMMIT, ROLLBACK, ROLLED_BACK_BY_ERROR, CLOSED)
 
 
 class PoolState(NamedTuple):
@@ -103,6 +115,12 @@ class PoolEvents(Protocol):
     def transaction_ended(self) -> None:
         """The driver committed or rolled back without a statement poolwatch saw (a
         DBAPI ``commit()``, a transaction's exit): later reads may see other rows."""
+        ...
+
+    def transaction_finished(self, outcome: str, seconds: float) -> None:
+        """A transaction of the calling task (or thread) ended ``seconds`` after its
+        BEGIN; ``outcome`` is one of ``TRANSACTION_OUTCOMES``. Savepoints inside it are
+        not transactions of their own."""
         ...
 
     def query(

@@ -108,6 +108,22 @@ class Metrics:
             ["pool", "route"],
             USE_BUCKETS,
         )
+        self.transactions = Counter(
+            "poolwatch_transactions",
+            "Transactions that ended, by the route that ran them and outcome: commit; "
+            "rollback (the application rolled back); error (rolled back because an "
+            "exception left the transaction's block, or its COMMIT failed); closed (ended "
+            "by closing the connection or session without a commit: SQLAlchemy's "
+            "implicit transactions, reads, or writes discarded).",
+            ["pool", "route", "outcome"],
+            registry=registry,
+        )
+        self.transaction_duration = timed(
+            "poolwatch_transaction_duration_seconds",
+            "Time from a transaction's BEGIN to its end, by route.",
+            ["pool", "route"],
+            USE_BUCKETS,
+        )
         self.connection_create_time = timed(
             "db_client_connection_create_time_seconds",
             "Time taken to open a new database connection.",

@@ -17,6 +17,7 @@ from time import perf_counter
 from typing import Any
 
 from poolwatch.context import NO_ROUTE, current_route, current_scope
+from poolwatch.events import TRANSACTION_OUTCOMES
 from poolwatch.holders import Holders
 from poolwatch.metrics import Metrics
 from poolwatch.operations import operation_of
@@ -103,6 +104,10 @@ class PoolObserver:
             outcome: metrics.connections_reclaimed.labels(name, outcome)
             for outcome in RECLAIM_OUTCOMES
         }
+        self._transactions = metrics.transactions
+        self._transaction_time = metrics.transaction_duration
+        # route -> ({outcome: counter child}, duration child)
+        self._by_route: dict[str, tuple[dict[str, Any], Any]] = {}
         self._durations = metrics.operation_duration
         self._errors = metrics.operation_errors
         # (operation, route) -> bound histogram child; labels() costs ~1 us, a dict hit 50 ns
@@ -267,6 +272,24 @@ class PoolObserver:
                 )
             except Exception as exc:
                 self._faults.report("detection", exc)
+
+    def transaction_finished(self, outcome: str, seconds: float) -> None:
+        try:
+            route = current_route()
+            children = self._by_route.get(route)
+            if children is None:
+                # Every outcome at zero beside the first: a rollback ratio needs them all.
+                children = self._by_route[route] = (
+                    {
+                        name: self._transactions.labels(self.name, route, name)
+                        for name in TRANSACTION_OUTCOMES
+                    },
+                    self._transaction_time.labels(self.name, route),
+                )
+            children[0][outcome].inc()
+            children[1].observe(seconds)
+        except Exception as exc:
+            self._faults.report("pool", exc)
 
     def transaction_ended(self) -> None:
         recorder = self._recorder

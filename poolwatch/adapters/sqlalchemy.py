@@ -45,9 +45,11 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sys
 import weakref
 from collections.abc import Callable
 from time import perf_counter
+from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import sqlalchemy
@@ -69,7 +71,14 @@ from poolwatch.appname import tag_server_settings, tagged_name
 from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.errors import PoolWatchError
-from poolwatch.events import PoolEvents, PoolState
+from poolwatch.events import (
+    CLOSED,
+    COMMIT,
+    ROLLBACK,
+    ROLLED_BACK_BY_ERROR,
+    PoolEvents,
+    PoolState,
+)
 from poolwatch.fingerprint import dialect_of
 from poolwatch.safety import FaultReporter
 
@@ -89,6 +98,9 @@ SUPPORTED = ((2, 0), (2, 2))  # [from, to): the versions whose internals this wa
 
 _EXECUTE_METHODS = ("do_execute", "do_executemany", "do_execute_no_params")
 _TRANSACTION_END_METHODS = ("do_commit", "do_rollback", "do_rollback_to_savepoint")
+# How far up from a rollback to look for why it happened (SQLAlchemy's own frames only:
+# an explicit rollback is ~6 deep, a session's close or a context's exit ~10).
+_CAUSE_DEPTH = 24
 _CONNECT_STARTED = "poolwatch.connect_started"  # key in a pool entry's ``info`` dict
 _COMPONENT = "sqlalchemy"
 _INSERTMANYVALUES = getattr(
@@ -134,6 +146,48 @@ class _Shadow(NamedTuple):
     # holds the wrapper, so the id cannot be reused.
     replacement_id: int
     previous: Any  # _MISSING when the class attribute showed through
+
+
+def rollback_cause() -> str:
+    """Why SQLAlchemy is rolling back, read from its own frames above poolwatch's.
+
+    An exception leaving a ``with``/``async with`` block of a connection, transaction or
+    session reaches the rollback through that block's ``__exit__(type_, ...)``:
+    ``"error"``. (``sys.exc_info()`` would miss it on async engines, whose rollback runs
+    in a greenlet of its own.) Otherwise a rollback on the way through a transaction's
+    ``_do_close`` is a connection or session closing without a commit, ``"closed"``; any
+    other is the application's own ``rollback()``, ``"rollback"``. One frame walk per
+    rollback, never per statement.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("poolwatch"):
+        frame = frame.f_back
+    closing = False
+    for _ in range(_CAUSE_DEPTH):
+        if frame is None or not frame.f_globals.get("__name__", "").startswith("sqlalchemy"):
+            break
+        name = frame.f_code.co_name
+        if name == "__exit__" and frame.f_locals.get("type_") is not None:
+            return ROLLED_BACK_BY_ERROR
+        if name == "_do_close":
+            closing = True
+        frame = frame.f_back
+    return CLOSED if closing else ROLLBACK
+
+
+# The dialect methods that end a transaction do_begin opened (a savepoint's rollback does
+# not), and how: a commit, or a rollback whose cause is read from the stack.
+_ENDS: dict[str, Callable[[], str]] = {
+    "do_commit": lambda: COMMIT,
+    "do_rollback": rollback_cause,
+}
+
+
+def _holder(connection: Any) -> int:
+    """The checkout a dialect method's connection belongs to: its pool entry's
+    ``record_info`` (as in ``_timed_acquire``), or the object itself (raw DBAPI)."""
+    info = getattr(connection, "record_info", None)
+    return id(connection) if info is None else id(info)
 
 
 def sqlalchemy_version() -> tuple[int, int]:
@@ -295,6 +349,8 @@ class SQLAlchemyInstrumentation:
         self.tag = tag
         # Checkouts holding a permit of the gate's limiter (their record_info ids).
         self._permits: set[int] = set()
+        # Checkouts with a transaction open (do_begin), and since when.
+        self._opened: dict[int, float] = {}
         self._active = False
         self._shadows: list[_Shadow] = []
         # The pool listeners are registered on this empty pool of ours and copied into
@@ -339,9 +395,15 @@ class SQLAlchemyInstrumentation:
                         getattr(dialect, method), method != "do_execute_no_params"
                     ),
                 )
-            # A commit or rollback is a DBAPI call, no statement: duplicates end there.
+            # A commit or rollback is a DBAPI call, no statement: duplicates end there,
+            # and so do the transactions that do_begin opened.
+            self._shadow(dialect, "do_begin", self._transaction_begin(dialect.do_begin))
             for method in _TRANSACTION_END_METHODS:
-                self._shadow(dialect, method, self._transaction_end(getattr(dialect, method)))
+                self._shadow(
+                    dialect,
+                    method,
+                    self._transaction_end(getattr(dialect, method), _ENDS.get(method)),
+                )
             self._events.dialect = dialect_of(dialect.name)
             if self.tag is not None:
                 event.listen(engine, "do_connect", self._tag_connection)
@@ -437,21 +499,61 @@ class SQLAlchemyInstrumentation:
 
     # -- wrappers (hot path) -------------------------------------------------------------
 
-    def _transaction_end(self, original: Callable[..., Any]) -> Callable[..., Any]:
+    def _transaction_begin(self, original: Callable[[Any], None]) -> Callable[[Any], None]:
+        """``do_begin``: SQLAlchemy opens a transaction on this checkout (explicitly, or
+        by autobegin on a connection's first statement)."""
+        opened = self._opened
+        clock = perf_counter
+
+        def begin(dbapi_connection: Any) -> None:
+            if self._active:
+                try:
+                    opened[_holder(dbapi_connection)] = clock()
+                except Exception as err:
+                    self._faults.report(_COMPONENT, err)
+            original(dbapi_connection)
+
+        return begin
+
+    def _transaction_end(
+        self, original: Callable[..., Any], outcome: Callable[[], str] | None
+    ) -> Callable[..., Any]:
         events = self._events
         report = self._faults.report
+        opened = self._opened
 
-        def end(*args: Any, **kwargs: Any) -> Any:
+        def end(dbapi_connection: Any, *args: Any, **kwargs: Any) -> Any:
+            # None: no transaction of SQLAlchemy's is open (a pool's reset on return, a
+            # dialect's rollback on a raw DBAPI connection at first connect).
+            since = None
+            if self._active and outcome is not None:
+                try:
+                    since = opened.pop(_holder(dbapi_connection), None)
+                except Exception as err:
+                    report(_COMPONENT, err)
             try:
-                return original(*args, **kwargs)
+                result = original(dbapi_connection, *args, **kwargs)
+            except BaseException:
+                if since is not None:  # a COMMIT that fails is rolled back by the server
+                    self._finish(ROLLED_BACK_BY_ERROR, since)
+                raise
             finally:
                 if self._active:
                     try:
                         events.transaction_ended()
                     except Exception as err:
                         report(_COMPONENT, err)
+            if since is not None and outcome is not None:
+                self._finish(outcome(), since)
+            return result
 
         return end
+
+    def _finish(self, outcome: str, since: float) -> None:
+        try:
+            self._events.transaction_finished(outcome, perf_counter() - since)
+        except Exception as err:
+            self._faults.report(_COMPONENT, err)
 
     def _timed_statement(
         self, original: Callable[..., Any], has_params: bool
@@ -521,8 +623,7 @@ class SQLAlchemyInstrumentation:
                 raise
             _acquire.reset(token)
             try:
-                info = connection.record_info
-                holder = id(connection) if info is None else id(info)
+                holder = _holder(connection)
                 if permit:
                     self._permits.add(holder)
                 events.acquire_succeeded(ticket, holder, record.connecting)
@@ -577,7 +678,11 @@ class SQLAlchemyInstrumentation:
 
     def _on_release(self, dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
         try:
-            self._events.released(id(entry.record_info))
+            holder = id(entry.record_info)
+            since = self._opened.pop(holder, None)
+            if since is not None:  # invalidated mid-transaction: SQLAlchemy never ended it
+                self._finish(ROLLED_BACK_BY_ERROR, since)
+            self._events.released(holder)
         except Exception as err:
             self._faults.report(_COMPONENT, err)
 

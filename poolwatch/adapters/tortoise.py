@@ -45,6 +45,7 @@ from poolwatch.adapters.timing import ConnectTime
 from poolwatch.adapters.tortoise_entry import (
     LAYOUTS,
     Entry,
+    Layout,
     Seam,
     layout_for,
     resolve,
@@ -55,7 +56,7 @@ from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.completion import cancel_once, complete, complete_in_task
 from poolwatch.errors import PoolWatchError
-from poolwatch.events import PoolEvents, PoolState
+from poolwatch.events import COMMIT, ROLLBACK, ROLLED_BACK_BY_ERROR, PoolEvents, PoolState
 from poolwatch.fingerprint import dialect_of
 
 __all__ = [
@@ -208,6 +209,9 @@ class TortoiseInstrumentation:
         # Checkouts are wrapped: pools are read and gated. Without them (a Tortoise whose
         # layout is unknown) a pool's gauges would show every connection as unaccounted.
         self._observe_pools = False
+        # Open transactions (their clients' ids) -> when they began, and whether the
+        # application rolled back itself (see _wrap_rollback).
+        self._began: dict[int, list[Any]] = {}
 
     # -- install / uninstall -------------------------------------------------------------
 
@@ -263,6 +267,7 @@ class TortoiseInstrumentation:
         try:
             for seam in seams:
                 self._patch_acquire(seam)
+            self._patch_rollbacks(layout)
             unwrapped = self._patch_backends()
         except Exception as exc:  # a seam not as its layout says: never fail the app
             self._unpatch(start)
@@ -294,6 +299,31 @@ class TortoiseInstrumentation:
     def _patch(self, owner: type, name: str, replacement: Any) -> None:
         self._patched.append((owner, name, owner.__dict__[name]))
         setattr(owner, name, replacement)
+
+    def _patch_rollbacks(self, layout: Layout) -> None:
+        """Wrap each transaction client's ``rollback``: a transaction the application
+        rolled back itself ends as a rollback, not as the commit of a clean exit."""
+        from tortoise.backends.base import client as base
+
+        transactional = getattr(base, layout.transactional, None)
+        if not isinstance(transactional, type):
+            return
+        for cls in _subclasses(transactional):
+            rollback = cls.__dict__.get("rollback")
+            if callable(rollback) and not getattr(rollback, "__isabstractmethod__", False):
+                self._patch(cls, "rollback", self._wrap_rollback(rollback))
+
+    def _wrap_rollback(self, original: AsyncMethod) -> AsyncMethod:
+        began = self._began
+
+        @functools.wraps(original)
+        def rollback(self: Any) -> Coroutine[Any, Any, Any]:
+            state = began.get(id(self))
+            if state is not None:  # inside the block: the application's own (an exit's
+                state[1] = True  # rollback comes after the exit took the state out)
+            return original(self)
+
+        return rollback
 
     def _patch_backends(self) -> list[str]:
         """Wrap each backend's connect seam (and psycopg's pool); returns those missing."""
@@ -458,6 +488,8 @@ class TortoiseInstrumentation:
                 raise
             _acquire.reset(token)
             events.acquire_succeeded(ticket, id(self), record.connecting)
+            if entry.transaction:
+                instrumentation._began[id(entry.client(self))] = [perf_counter(), False]
             clock = _query_clock.get()
             if clock is not None:
                 clock.acquiring += perf_counter() - started
@@ -496,14 +528,18 @@ class TortoiseInstrumentation:
             clock = _query_clock.get()
             events.released(id(self), clock.querying() if clock is not None else 0.0)
             events.return_started()
+            release = original(self, *exc_info)
             if entry.transaction:
                 events.transaction_ended()
+                state = instrumentation._began.pop(id(entry.client(self)), None)
+                if state is not None:
+                    release = _ending(release, events, _outcome(exc_info[0], state[1]), state[0])
             permits = instrumentation._permits
             if gate is None or id(self) not in permits:
-                return _returning(original(self, *exc_info), events)
+                return _returning(release, events)
             return _release_through(
                 gate,
-                original(self, *exc_info),
+                release,
                 self if trims else None,
                 instrumentation._returns,
                 permits.pop(id(self)),
@@ -618,6 +654,28 @@ def tag_pool_parameters(kwargs: dict[str, Any], tag: str) -> None:
     conninfo = str(kwargs["conninfo"])
     name = conninfo_to_dict(conninfo).get("application_name")
     kwargs["conninfo"] = make_conninfo(conninfo, application_name=tagged_name(tag, name))
+
+
+def _outcome(exc_type: Any, rolled_back: bool) -> str:
+    """How a transaction block that is exiting ends, if its exit goes through: an
+    exception rolls it back (Tortoise's rule in every version), else it commits, unless the
+    application already rolled back itself (a ``commit()`` of its own is a commit)."""
+    if exc_type is not None:
+        return ROLLED_BACK_BY_ERROR
+    return ROLLBACK if rolled_back else COMMIT
+
+
+async def _ending(
+    exit_: Coroutine[Any, Any, Any], events: PoolEvents, outcome: str, since: float
+) -> Any:
+    """A transaction block's exit, then its outcome (an error if the COMMIT failed)."""
+    try:
+        result = await exit_
+    except BaseException:
+        events.transaction_finished(ROLLED_BACK_BY_ERROR, perf_counter() - since)
+        raise
+    events.transaction_finished(outcome, perf_counter() - since)
+    return result
 
 
 async def _returning(release: Coroutine[Any, Any, Any], events: PoolEvents) -> Any:

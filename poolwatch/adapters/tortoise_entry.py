@@ -212,6 +212,11 @@ class Entry:
     def owner(self, manager: Any) -> Any:
         raise NotImplementedError
 
+    def client(self, manager: Any) -> Any:
+        """A transaction entry's transaction client (its ``_finalized`` says whether the
+        application ended it itself); ``None`` for other entries."""
+        return None
+
     def before(self, manager: Any) -> Any:
         return None
 
@@ -273,6 +278,9 @@ class PooledTransaction(Entry):
 
     def owner(self, manager: Any) -> Any:
         return root_client(getattr(manager, self._wrapper))
+
+    def client(self, manager: Any) -> Any:
+        return getattr(manager, self._wrapper)
 
     def before(self, manager: Any) -> tuple[Any, Any, Any]:
         wrapper = getattr(manager, self._wrapper)
@@ -402,6 +410,9 @@ class SqliteTransaction(Entry):
 
     def owner(self, manager: Any) -> Any:
         return root_client(manager.connection)
+
+    def client(self, manager: Any) -> Any:
+        return manager.connection
 
     def before(self, manager: Any) -> tuple[_TrackedLock | None, Any]:
         return _track_lock(manager, self._lock), getattr(manager, "token", None)
