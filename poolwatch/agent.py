@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from poolwatch.autosize import Autosize, Gate
 from poolwatch.config import Settings
 from poolwatch.context import WorkScope
 from poolwatch.errors import ConfigError, NPlusOneError, PoolWatchError
-from poolwatch.events import PoolEvents, PoolProbe, PoolState
+from poolwatch.events import HELD_IDLE, Finding, PoolEvents, PoolProbe, PoolState
 from poolwatch.exposition import Exposition
 from poolwatch.guard import Guards
 from poolwatch.metrics import Metrics, PoolSource, PoolStateCollector, read_pool
@@ -33,7 +34,7 @@ from poolwatch.multiprocess import (
     Refresher,
     multiprocess_dir,
 )
-from poolwatch.observer import PoolObserver
+from poolwatch.observer import Checkout, PoolObserver
 from poolwatch.recorder import QueryRecorder
 from poolwatch.routes import app_answers
 from poolwatch.safety import FaultReporter
@@ -41,6 +42,13 @@ from poolwatch.suggestions import register_pool, suggestion
 
 if TYPE_CHECKING:
     from poolwatch.server import MetricsServer
+
+# What a held_idle finding tells to change.
+HELD_IDLE_ADVICE = (
+    "Release the connection before awaiting something else: commit or close the session, "
+    "or end the transaction block, before the outbound call, and take a connection again "
+    "after it; do slow work before opening the transaction."
+)
 
 __all__ = ["PoolWatch"]
 
@@ -175,6 +183,7 @@ class PoolWatch:
             observer = self._observers[name] = PoolObserver(
                 name, self.metrics, self.faults, self.recorder, on_change
             )
+            observer.on_held_idle = functools.partial(self._held_idle, name)
             self.guards.observe(observer)
         return observer
 
@@ -529,6 +538,36 @@ class PoolWatch:
             raise
         except Exception as exc:
             self.faults.report("scope", exc)
+
+    def _held_idle(
+        self, pool: str, checkout: Checkout, held: float, idle: float, transaction: bool
+    ) -> None:
+        """A connection of ``pool`` was held ``held`` seconds, ``idle`` of them running no
+        statement: a finding, naming the lines either side of its longest gap."""
+        try:
+            after = checkout.after
+            if not after and self.recorder.active:  # the gap ran until the release: here
+                found = self.recorder.finder.find_path(2)
+                after = found[1] or found[0] if found is not None else ""
+            work = context.current_scope()
+            finding = Finding(
+                kind=HELD_IDLE,
+                route=checkout.route,
+                fingerprint="",
+                count=1,
+                duration=idle,
+                call_site=after.rpartition(" -> ")[2],
+                suggestion=HELD_IDLE_ADVICE,
+                pool=pool,
+                method=work.method if work is not None else "",
+                call_path=after,
+                held=held,
+                before=checkout.before,
+                transaction=transaction,
+            )
+            self.recorder.report_held_idle(finding)
+        except Exception as exc:
+            self.faults.report("detection", exc)
 
     def _suggest(self, kind: str, fingerprint: str, pool: str, by_relation: bool) -> str:
         return suggestion(

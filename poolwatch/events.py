@@ -15,6 +15,7 @@ __all__ = [
     "CLOSED",
     "COMMIT",
     "DUPLICATE",
+    "HELD_IDLE",
     "NPLUSONE",
     "ROLLBACK",
     "ROLLED_BACK_BY_ERROR",
@@ -31,6 +32,7 @@ NPLUSONE = "nplusone"
 DUPLICATE = "duplicate"
 SLOW_QUERY = "slow_query"
 BULK_WRITE = "bulk_write"
+HELD_IDLE = "held_idle"
 
 # How a transaction ended (the ``outcome`` of PoolEvents.transaction_finished).
 COMMIT = "commit"
@@ -84,12 +86,13 @@ class PoolEvents(Protocol):
         """The waiter gave up: timeout, cancellation or a connection error."""
         ...
 
-    def released(self, holder: int, in_flight: float = 0.0) -> None:
+    def released(self, holder: int, in_flight: float = 0.0, transaction: bool = False) -> None:
         """The checkout ``holder`` went back to the pool (or was discarded).
 
         ``in_flight``: where a statement took the connection itself and is reported only
         after its release (a Tortoise ``execute_query`` outside a transaction), its time
         so far, so that it does not count as the connection held while idle.
+        ``transaction``: the checkout was a transaction's (a held_idle finding says so).
         """
         ...
 
@@ -121,6 +124,11 @@ class PoolEvents(Protocol):
         """A transaction of the calling task (or thread) ended ``seconds`` after its
         BEGIN; ``outcome`` is one of ``TRANSACTION_OUTCOMES``. Savepoints inside it are
         not transactions of their own."""
+        ...
+
+    def statement_started(self) -> None:
+        """The calling task (or thread) is about to send a statement on the connection
+        it holds (``query`` follows once it is over)."""
         ...
 
     def query(
@@ -171,8 +179,11 @@ class Finding:
     """Something to fix in how a request uses the database.
 
     ``kind`` is ``"nplusone"`` (one query per row of an earlier result), ``"duplicate"``
-    (the very same query and parameters again), ``"slow_query"`` or ``"bulk_write"``
-    (one INSERT/UPDATE/DELETE per row where one batched statement would do).
+    (the very same query and parameters again), ``"slow_query"``, ``"bulk_write"``
+    (one INSERT/UPDATE/DELETE per row where one batched statement would do) or
+    ``"held_idle"`` (one checkout held ``held`` seconds, ``duration`` of them running no
+    statement; the longest gap was after ``before`` and until ``call_path``, either of
+    them empty for the checkout or the release; ``transaction``: inside one).
     ``duration`` is the total time of the ``count`` statements, in seconds. ``method``
     is the request's HTTP method (empty outside a request): a ``GET`` and a ``POST`` of
     one route are two places to look. ``call_path`` is the application's frames that ran
@@ -190,6 +201,9 @@ class Finding:
     pool: str
     method: str = ""
     call_path: str = ""
+    held: float = 0.0
+    before: str = ""
+    transaction: bool = False
 
     @property
     def path(self) -> str:
@@ -202,6 +216,14 @@ class Finding:
         return f"{self.method} {self.route}" if self.method else self.route
 
     def __str__(self) -> str:
+        if self.kind == HELD_IDLE:
+            return (
+                f"held_idle on {self.where}: a connection of pool {self.pool} held "
+                f"{self.held * 1000:.0f} ms, {self.duration * 1000:.0f} ms of it running no "
+                f"statement{' inside a transaction' if self.transaction else ''}, between "
+                f"{self.before or 'the checkout'} and {self.path or 'the release'}. "
+                f"{self.suggestion}"
+            )
         return (
             f"{self.kind} on {self.where}: {self.count} x {self.fingerprint!r} "
             f"({self.duration * 1000:.1f} ms) at {self.path}. "

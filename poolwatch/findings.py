@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from poolwatch.events import Finding
+from poolwatch.events import HELD_IDLE, Finding
 
 __all__ = ["LINE_LIMIT", "FindingsLog", "FindingsLogger", "log_line"]
 
@@ -92,16 +92,27 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _short_path(path: str) -> str:
+    if len(path) > 140:
+        frames = path.split(" -> ")
+        path = _clip(frames[0], 60) + " -> ... -> " + _clip(frames[-1], 70)
+    return path
+
+
 def log_line(finding: Finding) -> str:
     """``finding`` in one line of about ``LINE_LIMIT`` characters: what, where, how much.
 
     The call path keeps its innermost frames (the statement) and its outermost (the loop)
     when it must be cut; the suggestion stays in the record's extra and the findings list.
     """
-    path = finding.path
-    if len(path) > 140:
-        frames = path.split(" -> ")
-        path = _clip(frames[0], 60) + " -> ... -> " + _clip(frames[-1], 70)
+    path = _short_path(finding.path)
+    if finding.kind == HELD_IDLE:
+        inside = " in a transaction" if finding.transaction else ""
+        return (
+            f"held_idle on {_clip(finding.where, 60)}: held {finding.held * 1000:.0f} ms, "
+            f"idle {finding.duration * 1000:.0f} ms{inside}, between "
+            f"{_short_path(finding.before) or 'the checkout'} and {path or 'the release'}"
+        )
     return (
         f"{finding.kind} on {_clip(finding.where, 60)}: {finding.count} x "
         f"{_clip(finding.fingerprint, 90)!r} ({finding.duration * 1000:.1f} ms) at {path}"

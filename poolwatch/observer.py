@@ -13,7 +13,7 @@ import contextvars
 import itertools
 from collections import deque
 from collections.abc import Callable
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any
 
 from poolwatch.context import NO_ROUTE, current_route, current_scope
@@ -24,7 +24,35 @@ from poolwatch.operations import operation_of
 from poolwatch.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
 
-__all__ = ["RECLAIM_OUTCOMES", "PoolObserver", "is_refusal"]
+__all__ = ["HELD_IDLE_MIN", "RECLAIM_OUTCOMES", "PoolObserver", "is_refusal"]
+
+# A checkout idle this long in one gap, and for more than half its hold, is a finding
+# (held_idle): long enough that no driver round trip or event-loop turn explains it.
+HELD_IDLE_MIN = 0.1
+# A gap counts towards the finding only if its thread blocked in it (a voluntary context
+# switch: a sleep, a socket, a queue, an event loop with nothing to run) and spent less
+# than this share of it on the CPU. Work between two statements, such as an ORM's
+# first-use mapper set-up or result processing, never blocks, however far a loaded
+# machine stretches it past HELD_IDLE_MIN by preempting it (230 ms seen in a suite run
+# beside three busy processes on two cores).
+AWAITED_CPU_SHARE = 0.5
+
+
+def thread_usage() -> tuple[float, int]:
+    """The calling thread's CPU seconds, and how many times it blocked (``-1``: unknown
+    on this platform, where only the CPU time tells)."""
+    if _RUSAGE_THREAD is None:
+        return thread_time(), -1
+    usage = resource.getrusage(_RUSAGE_THREAD)
+    return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw
+
+
+try:  # Linux; macOS has no per-thread usage, Windows no resource module
+    import resource
+
+    _RUSAGE_THREAD: int | None = resource.RUSAGE_THREAD
+except (ImportError, AttributeError):
+    _RUSAGE_THREAD = None
 
 # What became of a connection taken by an entry that then failed (see PoolEvents.reclaimed).
 RECLAIM_OUTCOMES = ("returned", "closed", "failed")
@@ -54,16 +82,94 @@ def _is_timeout(exc: BaseException) -> bool:
 
 
 class Checkout:
-    """One connection out of the pool: since when, for which route, and how long its
-    statements ran (the rest of the hold is the connection held while idle)."""
+    """One connection out of the pool: since when, for which route, how long its
+    statements ran (the rest of the hold is the connection held while idle), and, where
+    held_idle findings are looked for (``cpu`` set), its longest gap spent waiting between
+    two statements (or the checkout and the first, or the last and the release), with
+    the call paths on either side ("": the checkout, the release)."""
 
-    __slots__ = ("open", "route", "since", "statements")
+    __slots__ = (
+        "after",
+        "before",
+        "cpu",
+        "gap",
+        "last",
+        "last_cpu",
+        "last_path",
+        "last_switches",
+        "naming",
+        "open",
+        "outer",
+        "owed",
+        "route",
+        "since",
+        "statements",
+    )
 
-    def __init__(self, since: float, route: str) -> None:
+    def __init__(
+        self,
+        since: float,
+        route: str,
+        cpu: Callable[[], tuple[float, int]] | None,
+        outer: Checkout | None,
+    ) -> None:
         self.since = since
         self.route = route
+        # The checkout its task (or thread) held when it took this one (a session's,
+        # while a helper's quick read ran on a second connection): once this one is
+        # back, the statements are the outer one's again (see PoolObserver._holding).
+        self.outer = outer
+        # Released while its own statement was still being timed (in_flight): that
+        # statement, reported next, is this checkout's and no other's.
+        self.owed = False
         self.statements = 0.0
         self.open = True
+        self.cpu = cpu
+        self.last = since  # when the last statement ended
+        self.last_cpu, self.last_switches = cpu() if cpu is not None else (0.0, 0)
+        self.last_path = ""
+        self.gap = 0.0
+        self.before = ""
+        self.after = ""
+        self.naming = False
+
+    def starting(self) -> None:
+        """A statement is about to be sent: the gap since the last one ends here, before
+        the statement's own wait for the database (which blocks, and would make any gap
+        look awaited)."""
+        cpu = self.cpu
+        if cpu is None:
+            return
+        now = perf_counter()
+        if now - self.last >= HELD_IDLE_MIN and self._gap(now, cpu(), ""):
+            self.naming = True  # the statement's call path, known once it ran, ends it
+
+    def ran(self, seconds: float, path: str) -> None:
+        """A statement of ``seconds`` ended just now, called from ``path``."""
+        self.statements += seconds
+        cpu = self.cpu
+        if cpu is None:
+            return
+        if self.naming:
+            self.after, self.naming = path, False
+        self.last, self.last_path = perf_counter(), path
+        self.last_cpu, self.last_switches = cpu()
+
+    def ended(self, now: float) -> None:
+        """The connection went back ``now``: the gap since the last statement counts."""
+        if self.cpu is not None:
+            self._gap(now, self.cpu(), "")
+
+    def _gap(self, until: float, usage: tuple[float, int], after: str) -> bool:
+        """Whether the gap from the last statement's end ``until`` now is the longest
+        awaited one so far (then it is kept, with ``after`` as its end)."""
+        cpu, switches = usage
+        gap = until - self.last
+        blocked = switches < 0 or switches != self.last_switches
+        if gap > self.gap and blocked and cpu - self.last_cpu < AWAITED_CPU_SHARE * gap:
+            self.gap, self.before, self.after = gap, self.last_path, after
+            return True
+        return False
 
 
 class PoolObserver:
@@ -95,6 +201,8 @@ class PoolObserver:
         )
         self._idle = metrics.connection_idle_time
         self._idle_by_route: dict[str, Any] = {}
+        # Told of a checkout held while idle past the threshold (see released).
+        self.on_held_idle: Callable[[Checkout, float, float, bool], None] | None = None
         self._wait = metrics.connection_wait_time.labels(name)
         self._use = metrics.connection_use_time.labels(name)
         self._create = metrics.connection_create_time.labels(name)
@@ -136,6 +244,15 @@ class PoolObserver:
         """Connections poolwatch saw handed out and not yet returned."""
         return len(self._checked_out)
 
+    def _holding(self) -> Checkout | None:
+        """The checkout the calling task (or thread) holds: the last it took, or, once
+        that is back, the one it held before. Read here rather than handed back at the
+        release, which may run in another context (a pool's checkin, a finaliser)."""
+        checkout = self._taken.get()
+        while checkout is not None and not checkout.open:
+            checkout = checkout.outer
+        return checkout
+
     # -- PoolEvents ------------------------------------------------------------------
 
     def acquire_started(self) -> int:
@@ -150,7 +267,11 @@ class PoolObserver:
             now = perf_counter()
             started = self._waiting.pop(ticket, None)
             route = current_route()
-            checkout = self._checked_out[holder] = Checkout(now, route)
+            recorder = self._recorder
+            finding = self.on_held_idle is not None and recorder is not None and recorder.active
+            checkout = self._checked_out[holder] = Checkout(
+                now, route, thread_usage if finding else None, self._holding()
+            )
             self._taken.set(checkout)
             self.acquired += 1
             holders = self.holders
@@ -182,18 +303,30 @@ class PoolObserver:
         if self._on_change is not None:
             self._changed()
 
-    def released(self, holder: int, in_flight: float = 0.0) -> None:
+    def released(self, holder: int, in_flight: float = 0.0, transaction: bool = False) -> None:
         """``holder``'s connection is back. ``in_flight``: the time of a statement that
-        took this connection itself and is still being timed (reported after this)."""
+        took this connection itself and is still being timed (reported after this);
+        ``transaction``: the checkout was a transaction's."""
         try:
             checkout = self._checked_out.pop(holder, None)
             if self.holders is not None:
                 self.holders.returned(holder)
             if checkout is not None:
-                checkout.open = False
-                held = perf_counter() - checkout.since
+                now = perf_counter()
+                held = now - checkout.since
                 self._use.observe(held)
                 idle = max(0.0, held - checkout.statements - in_flight)
+                checkout.open = False
+                checkout.owed = in_flight > 0.0
+                if (
+                    checkout.cpu is not None
+                    and idle >= HELD_IDLE_MIN
+                    and 2 * idle > held
+                    and self.on_held_idle is not None
+                ):
+                    checkout.ended(now - in_flight)
+                    if checkout.gap >= HELD_IDLE_MIN:
+                        self.on_held_idle(checkout, held, idle, transaction)
                 child = self._idle_by_route.get(checkout.route)
                 if child is None:
                     child = self._idle_by_route[checkout.route] = self._idle.labels(
@@ -233,6 +366,14 @@ class PoolObserver:
         except Exception as exc:
             self._faults.report("pool", exc)
 
+    def statement_started(self) -> None:
+        try:
+            checkout = self._taken.get()
+            if checkout is not None and checkout.cpu is not None and checkout.open:
+                checkout.starting()
+        except Exception as exc:
+            self._faults.report("query", exc)
+
     def query(
         self, sql: str, seconds: float, failed: bool, params: Any = None, continues: bool = False
     ) -> None:
@@ -253,9 +394,6 @@ class PoolObserver:
                 # need a denominator before the first error.
                 self._errors.labels(self.name, *key)
             child.observe(seconds, trace_id)
-            checkout = self._taken.get()
-            if checkout is not None and checkout.open:
-                checkout.statements += seconds
             statements = self.statements
             if statements is not None and not failed:
                 statements.append((hash(sql), seconds))  # a deque with maxlen: the latest
@@ -264,14 +402,25 @@ class PoolObserver:
         except Exception as exc:
             self._faults.report("query", exc)
             return
+        path = ""
         recorder = self._recorder
         if recorder is not None and recorder.active and not continues:
             try:
-                recorder.record(
+                path = recorder.record(
                     work, sql, seconds, failed, params, pool=self.name, dialect=self.dialect
                 )
             except Exception as exc:
                 self._faults.report("detection", exc)
+        try:
+            checkout = self._taken.get()
+            if checkout is not None and checkout.owed:
+                checkout.owed = False  # its own statement, after its release: counted there
+            else:
+                checkout = self._holding()
+                if checkout is not None:
+                    checkout.ran(seconds, path)
+        except Exception as exc:
+            self._faults.report("query", exc)
 
     def transaction_finished(self, outcome: str, seconds: float) -> None:
         try:

@@ -31,13 +31,14 @@ from typing import Any
 import pytest
 
 from poolwatch.errors import NPlusOneError, NPlusOneWarning
-from poolwatch.events import DUPLICATE, NPLUSONE, Finding
+from poolwatch.events import DUPLICATE, HELD_IDLE, NPLUSONE, Finding
 from poolwatch.testing import capture
 
 _MODES = ("off", "report", "warn", "raise")
 _DEFAULT_MODE = "report"
 _FINDINGS = pytest.StashKey[list[tuple[str, Finding]]]()
 _STATEMENTS = pytest.StashKey[list[int]]()  # statements seen in the session, in one cell
+_HELD = pytest.StashKey[list[tuple[str, Finding]]]()  # held_idle findings: listed only
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -81,6 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if threshold < 2:
         raise pytest.UsageError(f"poolwatch_threshold={threshold!r}: must be at least 2")
     config.stash[_FINDINGS] = []
+    config.stash[_HELD] = []
     config.stash[_STATEMENTS] = [0]
 
 
@@ -113,6 +115,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     if limit_marker is not None:
         captured.assert_max_queries(_limit(limit_marker))
     judged = _judged(item.config)
+    item.config.stash[_HELD].extend(
+        (item.nodeid, f) for f in captured.findings if f.kind == HELD_IDLE and judged(f)
+    )
     serious = [f for f in captured.findings if f.kind in (NPLUSONE, DUPLICATE) and judged(f)]
     if not serious or mode == "off":
         return result
@@ -136,6 +141,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             "Tortoise (PoolWatch().instrument_*) where the tests create the app"
         )
         return
+    held = config.stash[_HELD]
+    if held:
+        terminalreporter.write_sep("-", f"poolwatch: {len(held)} connections held while idle")
+        for nodeid, finding in held:
+            terminalreporter.write_line(f"{nodeid}: {finding}")
+        terminalreporter.write_line("(reported only: never a failure)")
     if not findings:
         return
     terminalreporter.write_sep("-", f"poolwatch: {len(findings)} N+1 or duplicate queries")

@@ -52,6 +52,21 @@ def remove_sink(sink: Callable[[QueryEvent], None]) -> None:
         _sinks.remove(sink)
 
 
+# The same blocks, for findings made outside any scope's statements (held_idle).
+_finding_sinks: list[Callable[[Finding], None]] = []
+
+
+def add_finding_sink(sink: Callable[[Finding], None]) -> None:
+    """Hand every finding made at a connection's release to ``sink`` (captures)."""
+    _finding_sinks.append(sink)
+
+
+def remove_finding_sink(sink: Callable[[Finding], None]) -> None:
+    """Undo :func:`add_finding_sink`."""
+    if sink in _finding_sinks:
+        _finding_sinks.remove(sink)
+
+
 def sinks_open() -> bool:
     """Whether a capture block is open (statements must be recorded even with mode off)."""
     return bool(_sinks)
@@ -118,18 +133,19 @@ class QueryRecorder:
         *,
         pool: str,
         dialect: str = "",
-    ) -> None:
-        """Add one statement to its scope, and report it if it was slow."""
+    ) -> str:
+        """Add one statement to its scope, and report it if it was slow; its call path
+        ("" where none was walked)."""
         grouping = work is not None and not nplusone_allowed()
         if not grouping and not _sinks and seconds < self.slow_threshold:
-            return  # nothing to group it with, nobody capturing: skip the stack walk
+            return ""  # nothing to group it with, nobody capturing: skip the stack walk
         sql_shape = self._shapers.get(dialect, self._generic)(sql)
         role = sql_shape.role
         if role == END:
             self.transaction_ended(work if grouping else None, pool)
         if role not in _JUDGED:
             if seconds < self.slow_threshold:
-                return  # BEGIN, COMMIT, SET, select 1: never grouped, nor captured
+                return ""  # BEGIN, COMMIT, SET, select 1: never grouped, nor captured
             operation = "OTHER"
         else:
             operation = sql_shape.operation
@@ -168,6 +184,7 @@ class QueryRecorder:
         if _sinks:
             for sink in tuple(_sinks):
                 sink(event)
+        return path or site
 
     def transaction_ended(self, work: WorkScope | None, pool: str) -> None:
         """A COMMIT or ROLLBACK on ``pool``: reads after it repeat none before it."""
@@ -224,6 +241,16 @@ class QueryRecorder:
                     duplicates.inc()
             self.recent.add(finding)
             self._logger.log(finding)
+
+    def report_held_idle(self, finding: Finding) -> None:
+        """A connection held while idle (see :class:`~poolwatch.observer.PoolObserver`):
+        listed, logged and handed to open captures; never raised."""
+        for sink in tuple(_finding_sinks):
+            sink(finding)
+        if not self.enabled or self.policy.allows(finding):
+            return
+        self.recent.add(finding)
+        self._logger.log(finding)
 
     def _report_slow(self, event: QueryEvent, method: str) -> None:
         finding = slow_finding(event, self._suggest, method)

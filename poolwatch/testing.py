@@ -33,7 +33,13 @@ from poolwatch.context import WorkScope, current_scope, nplusone_allowed
 from poolwatch.detect import DATA_OPERATIONS, Policy, ScopeQueries, detect, slow_finding
 from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
-from poolwatch.recorder import TRANSACTION_END, add_sink, remove_sink
+from poolwatch.recorder import (
+    TRANSACTION_END,
+    add_finding_sink,
+    add_sink,
+    remove_finding_sink,
+    remove_sink,
+)
 from poolwatch.suggestions import suggestion
 
 __all__ = ["Capture", "assert_max_queries", "capture"]
@@ -114,6 +120,7 @@ class Capture:
         self._open = True
         self._ambient = current_scope()
         add_sink(self._on_query)
+        add_finding_sink(self._on_finding)
         context.add_scope_listener(self._on_scope_closed)
         return self
 
@@ -124,6 +131,7 @@ class Capture:
         tb: TracebackType | None,
     ) -> None:
         remove_sink(self._on_query)
+        remove_finding_sink(self._on_finding)
         context.remove_scope_listener(self._on_scope_closed)
         self._open = False
         ambient = self._ambient
@@ -164,6 +172,10 @@ class Capture:
         # Statements of requests are judged per request when it ends; the rest here.
         if current_scope() is self._ambient and not nplusone_allowed():
             self._own.add(event)
+
+    def _on_finding(self, finding: Finding) -> None:
+        with self._lock:
+            self.findings.append(finding)
 
     def _on_scope_closed(self, work: WorkScope) -> None:
         if work is self._ambient or work.grouped is None:

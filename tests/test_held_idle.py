@@ -40,6 +40,7 @@ async def tortoise_pg(pg_database: str) -> AsyncIterator[Any]:
     EXECUTOR_CACHE.clear()
     url = "asyncpg://" + pg_database.split("://", 1)[1] + "?maxsize=4"
     await Tortoise.init(db_url=url, modules={"models": ["tests.tortoise_models"]})
+    await Tortoise.generate_schemas()
     try:
         yield connections.get("default")
     finally:
@@ -142,3 +143,151 @@ async def test_sqlalchemy_sync_endpoint_holding_a_connection_across_time_sleep(
     count, idle = _idle(watch, "main", "/reports")
     assert count == 1
     assert NAP <= idle < NAP + SLACK
+    (finding,) = [f for f in watch.recorder.recent.recent() if f["kind"] == "held_idle"]
+    assert (finding["method"], finding["route"]) == ("POST", "/reports")
+
+
+# -- the held_idle finding ------------------------------------------------------------------
+
+
+def _held_idle(findings: list[Any]) -> list[Any]:
+    return [f for f in findings if f.kind == "held_idle"]
+
+
+async def test_tortoise_a_transaction_across_an_outbound_call_is_a_finding_naming_both_lines(
+    watch: PoolWatch, tortoise_pg: Any
+) -> None:
+    import poolwatch
+    from poolwatch.testing import capture
+
+    async def outbound_call() -> None:
+        await asyncio.sleep(NAP)
+
+    with capture() as captured, poolwatch.scope("POST /orders"):
+        async with in_transaction() as connection:
+            await connection.execute_query("SELECT * FROM t_author WHERE id = 1")  # before
+            await outbound_call()
+            await connection.execute_query("SELECT * FROM t_book WHERE id = 2")  # after
+    (finding,) = _held_idle(captured.findings)
+    assert finding.route == "POST /orders"
+    assert finding.pool == "default"
+    assert finding.transaction
+    assert NAP <= finding.duration < NAP + SLACK
+    assert finding.held >= finding.duration
+    assert "test_held_idle.py" in finding.before
+    assert "in test_tortoise_a_transaction_across" in finding.before
+    before_line = int(finding.before.rsplit(":", 1)[1].split(" ")[0])
+    after_line = int(finding.call_site.rsplit(":", 1)[1].split(" ")[0])
+    assert after_line == before_line + 2  # the statements either side of the call
+    assert "Release the connection before awaiting" in finding.suggestion
+    assert "inside a transaction" in str(finding)
+    # Not an N+1: it never fails a test, even in raise mode.
+    assert not captured.nplusone
+
+
+async def test_tortoise_releasing_before_the_call_is_no_finding(
+    watch: PoolWatch, tortoise_pg: Any
+) -> None:
+    import poolwatch
+    from poolwatch.testing import capture
+
+    with capture() as captured, poolwatch.scope("POST /orders"):
+        async with in_transaction() as connection:
+            await connection.execute_query("SELECT 1")
+        await asyncio.sleep(NAP)  # the call, with no connection in hand
+        async with in_transaction() as connection:
+            await connection.execute_query("SELECT 2")
+    assert _held_idle(captured.findings) == []
+
+
+async def test_sqlalchemy_session_idle_until_its_release_names_the_release_line(
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    import poolwatch
+    from poolwatch.testing import capture
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'held.sqlite'}")
+    async with engine.begin() as connection:
+        await connection.execute(text("CREATE TABLE item (id INTEGER PRIMARY KEY)"))
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine)
+    try:
+        with capture() as captured, poolwatch.scope("POST /checkout"):
+            session = AsyncSession(engine)
+            await session.execute(text("SELECT * FROM item WHERE id = 1"))
+            await asyncio.sleep(NAP)  # the session keeps its connection meanwhile
+            await session.close()  # the release
+        recent = watch.recorder.recent.recent()
+    finally:
+        watch.uninstrument()
+        await engine.dispose()
+    (finding,) = _held_idle(captured.findings)
+    assert finding.route == "POST /checkout"
+    assert "test_held_idle.py" in finding.before
+    assert "test_held_idle.py" in finding.call_site  # the close() line
+    assert (
+        int(finding.call_site.rsplit(":", 1)[1].split(" ")[0])
+        == int(finding.before.rsplit(":", 1)[1].split(" ")[0]) + 2
+    )
+    assert [f["kind"] for f in recent] == ["held_idle"]  # /poolwatch/findings lists it
+
+
+def test_a_quick_read_on_another_connection_leaves_the_sessions_statements_counted(
+    pg_database: str,
+) -> None:
+    # A session holds its connection; a helper reads on a connection of its own; the
+    # session's next statement (0.3 s of pg_sleep) is time in a statement, not idle.
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    import poolwatch
+
+    url = "postgresql+psycopg://" + pg_database.split("://", 1)[1]
+    engine = create_engine(url, pool_size=2, max_overflow=0)
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine)
+    try:
+        with poolwatch.scope("POST /imports"), Session(engine) as session:
+            session.execute(text("SELECT 1"))
+            with engine.connect() as other:
+                other.execute(text("SELECT 2"))
+            session.execute(text("SELECT pg_sleep(:s)"), {"s": NAP})
+            session.commit()
+        findings = watch.recorder.recent.recent()
+    finally:
+        watch.uninstrument()
+        engine.dispose()
+    count, idle = _idle(watch, "main", "POST /imports")
+    assert count == 2
+    assert idle < SLACK, idle  # the pg_sleep counted as the session's statement
+    assert [f for f in findings if f["kind"] == "held_idle"] == []
+
+
+async def test_tortoise_work_on_the_cpu_between_two_statements_is_no_finding(
+    watch: PoolWatch, tortoise_pg: Any
+) -> None:
+    """A gap the task spent computing (an ORM's first-use set-up, building a report in
+    Python) is the connection held idle all the same, in the metric; but it is not a
+    connection held across an await of something else, the finding's subject."""
+    import poolwatch
+    from poolwatch.testing import capture
+
+    def compute(seconds: float) -> int:
+        deadline = time.perf_counter() + seconds
+        spins = 0
+        while time.perf_counter() < deadline:
+            spins += 1
+        return spins
+
+    with capture() as captured, poolwatch.scope("POST /reports"):
+        async with in_transaction() as connection:
+            await connection.execute_query("SELECT * FROM t_author WHERE id = 1")
+            compute(NAP)
+            await connection.execute_query("SELECT * FROM t_book WHERE id = 2")
+    assert _held_idle(captured.findings) == []
+    count, idle = _idle(watch, "default", "POST /reports")
+    assert count == 1
+    assert idle >= NAP

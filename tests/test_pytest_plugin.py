@@ -208,3 +208,59 @@ def test_bad_options_fail_fast(suite: pytest.Pytester) -> None:
     result = suite.runpytest()
     result.stderr.fnmatch_lines(["*poolwatch_nplusone='loud': must be one of*"])
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+REPORTS = """
+import time
+
+from sqlalchemy import text
+
+
+def make_reports(engine):
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/report")
+    def report():
+        with engine.connect() as conn:
+            conn.execute(text("SELECT name FROM item WHERE id = 1"))
+            time.sleep(0.15)  # a slow call of another service, the connection in hand
+            return conn.execute(text("SELECT name FROM item WHERE id = 2")).scalar()
+
+    return app
+"""
+
+HELD_SUITE = """
+import asyncio
+
+import httpx
+from reports import make_reports
+
+
+def test_report(watch, engine):
+    app = make_reports(engine)
+    watch.instrument_app(app)
+
+    async def call():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
+            return (await c.get("/report")).json()
+
+    assert asyncio.run(call()) == "b"
+"""
+
+
+def test_connections_held_while_idle_are_listed_and_never_fail(suite: pytest.Pytester) -> None:
+    suite.makepyfile(reports=REPORTS, test_held=HELD_SUITE)
+    result = suite.runpytest("test_held.py", "--poolwatch-nplusone=raise")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- poolwatch: 1 connections held while idle -*",
+            "test_held.py::test_report: held_idle on GET /report: a connection of pool main "
+            "held * ms, * ms of it running no statement, between reports.py:1? in "
+            "make_reports.<locals>.report and reports.py:1? in make_reports.<locals>.report.*",
+            "(reported only: never a failure)",
+        ]
+    )

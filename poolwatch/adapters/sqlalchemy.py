@@ -559,12 +559,17 @@ class SQLAlchemyInstrumentation:
         self, original: Callable[..., Any], has_params: bool
     ) -> Callable[..., Any]:
         query = self._events.query
+        starting = self._events.statement_started
         report = self._faults.report
         clock = perf_counter
 
         def execute(cursor: Any, statement: str, *args: Any, **kwargs: Any) -> Any:
             if not self._active:
                 return original(cursor, statement, *args, **kwargs)
+            try:
+                starting()
+            except Exception as err:
+                report(_COMPONENT, err)
             started = clock()
             try:
                 result = original(cursor, statement, *args, **kwargs)

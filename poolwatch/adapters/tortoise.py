@@ -415,6 +415,7 @@ class TortoiseInstrumentation:
 
         async def timed(client: Any, sql: str, args: tuple[Any, ...], kwargs: Any) -> Any:
             events = instrumentation._query_events(client)
+            events.statement_started()
             clock = _Clock(perf_counter())
             token = _query_clock.set(clock)
             try:
@@ -526,7 +527,11 @@ class TortoiseInstrumentation:
             # Released inside a statement being timed: the statement's own checkout,
             # whose time is reported after this (a transaction ends outside any).
             clock = _query_clock.get()
-            events.released(id(self), clock.querying() if clock is not None else 0.0)
+            events.released(
+                id(self),
+                clock.querying() if clock is not None else 0.0,
+                transaction=entry.transaction,
+            )
             events.return_started()
             release = original(self, *exc_info)
             if entry.transaction:
