@@ -5,7 +5,8 @@
 
 Three dashboards, all with the same variables (data source; job, instance, pool and
 route, each multi-valued with "All" meaning ``.+``): **Pools** (utilisation, connections,
-waiting, acquire wait, hold and creation times, timeouts, autosize, leaks, unaccounted
+waiting, acquire wait, hold and creation times, time held idle, transactions by outcome,
+rollback ratio and transaction duration, timeouts, autosize, leaks, unaccounted
 connections and give-backs), **Queries** (rates
 and latency by operation and route, errors, queries per request, slowest routes) and
 **N+1** (findings, duplicates, slow statements, the routes running most statements).
@@ -152,6 +153,44 @@ def pools() -> list[Panel]:
                     "{{pool}} {{route}} statements",
                 ),
             ],
+        ),
+        Panel(
+            "Transactions/s by outcome",
+            "Transactions that ended, by outcome: commit; rollback (the application rolled "
+            "back); error (an exception left the transaction's block, or COMMIT failed); "
+            "closed (a SQLAlchemy connection or session closed without a commit, usually "
+            "reads). Savepoints are part of their transaction.",
+            "ops",
+            [
+                Query(
+                    "sum by (pool, outcome) "
+                    f'(rate(poolwatch_transactions_total{{{POOL}, route=~"$route"}}[{RATE}]))',
+                    "{{pool}} {{outcome}}",
+                )
+            ],
+        ),
+        Panel(
+            "Rollback ratio by route",
+            "Of the transactions that committed or rolled back, the share rolled back, by "
+            "the application or by an exception (closed ones left out). A route whose "
+            "ratio climbs is failing its writes.",
+            "percentunit",
+            [
+                Query(
+                    "sum by (pool, route) (rate(poolwatch_transactions_total"
+                    f'{{{POOL}, route=~"$route", outcome=~"rollback|error"}}[{RATE}])) / '
+                    "sum by (pool, route) (rate(poolwatch_transactions_total"
+                    f'{{{POOL}, route=~"$route", outcome=~"commit|rollback|error"}}[{RATE}]))',
+                    "{{pool}} {{route}}",
+                )
+            ],
+        ),
+        Panel(
+            "Transaction duration p50 / p95 / p99",
+            "From BEGIN to COMMIT or ROLLBACK. A transaction open across another await holds "
+            "its connection, and its row locks, for all of it.",
+            "s",
+            _quantiles("poolwatch_transaction_duration_seconds", POOL, "pool", "{{pool}}"),
         ),
         Panel(
             "Creation time p50 / p95 / p99",
