@@ -13,11 +13,17 @@ The extra endpoints, under ``/load``:
 * ``/load/slow?seconds=`` runs one slow statement;
 * ``/load/io`` runs a short statement that waits in the database (I/O-bound);
 * ``/load/cpu`` runs a short statement that computes in the database (CPU-bound);
-* ``/load/error`` runs a statement the database rejects.
+* ``/load/error`` runs a statement the database rejects;
+* ``/posts/{id}/reviewed-comments`` adds a comment after asking an outside service (a
+  simulated outbound call) with the transaction open: the connection waits, idle in
+  transaction, for the whole call;
+* ``/posts/{id}/checked-comments`` makes the same call before it opens the transaction
+  (the control: the same work, no connection held across the call).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -30,6 +36,7 @@ from tortoise.transactions import in_transaction
 
 from poolwatch import PoolWatch
 from poolwatch.demo.app import create_app as create_demo_app
+from poolwatch.demo.models import Comment, Post
 
 __all__ = ["create_app"]
 
@@ -47,6 +54,16 @@ def _sleep_sql(seconds: float) -> str:
 
 # About 20 ms of one PostgreSQL core: a count over a generated series.
 _CPU_SQL = "SELECT count(*) AS n FROM generate_series(1, 400000)"
+
+
+# The outside service's answer time (a moderation API, a payment provider).
+OUTBOUND_SECONDS = 0.3
+
+
+async def _moderate(text: str) -> bool:
+    """A call to another service, simulated: it awaits, and needs no connection."""
+    await asyncio.sleep(OUTBOUND_SECONDS)
+    return "spam" not in text
 
 
 def _is_sqlite() -> bool:
@@ -93,5 +110,23 @@ def create_app() -> FastAPI:
         except OperationalError as exc:
             return JSONResponse({"error": type(exc).__name__}, status_code=500)
         return JSONResponse({"ok": "unreachable"})
+
+    @app.post("/posts/{post_id}/reviewed-comments", status_code=201)
+    async def add_reviewed_comment(post_id: int, text: str = "Nice post") -> dict[str, Any]:
+        """Add a comment, asking the moderation service inside the transaction."""
+        async with in_transaction() as connection:
+            post = await Post.get(id=post_id, using_db=connection)
+            accepted = await _moderate(text)  # the transaction waits for the call
+            comment = await Comment.create(text=text, post=post, using_db=connection)
+        return {"id": comment.id, "accepted": accepted}
+
+    @app.post("/posts/{post_id}/checked-comments", status_code=201)
+    async def add_checked_comment(post_id: int, text: str = "Nice post") -> dict[str, Any]:
+        """The same, with the call made before the transaction takes a connection."""
+        accepted = await _moderate(text)
+        async with in_transaction() as connection:
+            post = await Post.get(id=post_id, using_db=connection)
+            comment = await Comment.create(text=text, post=post, using_db=connection)
+        return {"id": comment.id, "accepted": accepted}
 
     return app

@@ -17,6 +17,7 @@ __all__ = [
     "ErrorUser",
     "ExhaustionUser",
     "HealthyUser",
+    "HeldIdleUser",
     "IOUser",
     "NPlusOneUser",
     "OutageUser",
@@ -58,6 +59,27 @@ class ExhaustionUser(FastHttpUser):
         with self.client.get("/load/hold?seconds=2.5", catch_response=True) as response:
             if response.status_code >= 500:  # timed out waiting: expected here
                 response.success()
+
+
+class HeldIdleUser(FastHttpUser):
+    """Comments added through a moderation call: mostly with the transaction open across
+    the call, some with the call made first (the control)."""
+
+    wait_time = between(0.0, 0.1)
+
+    @task(3)
+    def reviewed(self) -> None:
+        post = random.randint(1, 50)
+        self.client.post(
+            f"/posts/{post}/reviewed-comments", name="/posts/{post_id}/reviewed-comments"
+        )
+
+    @task(1)
+    def checked(self) -> None:
+        post = random.randint(1, 50)
+        self.client.post(
+            f"/posts/{post}/checked-comments", name="/posts/{post_id}/checked-comments"
+        )
 
 
 class SlowUser(FastHttpUser):

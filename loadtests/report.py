@@ -10,7 +10,7 @@ from pathlib import Path
 
 from loadtests.prom import PromAPI
 
-__all__ = ["AlertRow", "PanelRow", "Result", "plot_panels", "write_summary"]
+__all__ = ["AlertRow", "FindingRow", "PanelRow", "Result", "plot_panels", "write_summary"]
 
 # (file, title, unit, [(legend, PromQL)]): what Grafana would show, drawn from Prometheus.
 PLOTS = (
@@ -90,6 +90,15 @@ class PanelRow:
         return self.series > 0 or self.may_be_empty
 
 
+@dataclasses.dataclass(frozen=True)
+class FindingRow:
+    kind: str
+    route: str
+    expected: str  # "listed" or "not listed"
+    observed: str  # what the app listed (the lines named), and the route's idle time
+    ok: bool
+
+
 @dataclasses.dataclass
 class Result:
     scenario: str
@@ -100,11 +109,15 @@ class Result:
     requests: int = 0
     failures: int = 0
     skipped: str = ""
+    findings: list[FindingRow] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return (
-            not self.skipped and all(r.ok for r in self.alerts) and all(p.ok for p in self.panels)
+            not self.skipped
+            and all(r.ok for r in self.alerts)
+            and all(p.ok for p in self.panels)
+            and all(f.ok for f in self.findings)
         )
 
 
@@ -178,6 +191,20 @@ def write_summary(result: Result, out: Path, plots: Sequence[str]) -> Path:
         if panel.series == 0 and panel.may_be_empty:
             mark = "no data (nothing of the kind in this scenario)"
         lines.append(f"| {panel.dashboard} | {panel.panel} | {panel.series} | {mark} |")
+    if result.findings:
+        lines += [
+            "",
+            "## Findings",
+            "",
+            "| kind | route | expected | observed | |",
+            "|---|---|---|---|---|",
+        ]
+        for finding in result.findings:
+            mark = "ok" if finding.ok else "**VIOLATED**"
+            lines.append(
+                f"| {finding.kind} | `{finding.route}` | {finding.expected} | "
+                f"{finding.observed} | {mark} |"
+            )
     lines += ["", "## Panels", ""]
     lines += [f"![{name}]({name})" for name in plots]
     lines += ["", "Locust's own report: [locust.html](locust.html), CSV: `locust_stats.csv`.", ""]

@@ -16,14 +16,17 @@ import re
 import shutil
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from alerts import build as alert_rules
+from loadtests.findings_check import judge
 from loadtests.prom import PromAPI
 from loadtests.report import (
     AlertRow,
+    FindingRow,
     PanelRow,
     Result,
     locust_totals,
@@ -175,6 +178,7 @@ def _run_one(
             ended = time.time()
             fired = api.fired_between(started, ended)
             panels = _check_panels(api, scenario, started, ended)
+            findings = _check_findings(api, scenario, url, started, ended)
             plot_panels(api, started, ended, out)
             _save_rules_health(api, out)
     finally:
@@ -191,7 +195,28 @@ def _run_one(
         panels,
         requests,
         failures,
+        findings=findings,
     )
+
+
+def _check_findings(
+    api: PromAPI, scenario: Scenario, url: str, start: float, end: float
+) -> list[FindingRow]:
+    """The app's findings list, and each route's idle time per checkout over the run."""
+    if not scenario.findings:
+        return []
+    with urllib.request.urlopen(f"{url}/poolwatch/findings", timeout=30) as response:
+        listed = json.loads(response.read())["findings"]
+    window = f"{max(1, int(end - start) + 1)}s"
+    expr = (
+        f"sum by (route) (increase(poolwatch_connection_idle_seconds_sum[{window}])) / "
+        f"sum by (route) (increase(poolwatch_connection_idle_seconds_count[{window}]))"
+    )
+    idle = {
+        sample["metric"].get("route", ""): float(sample["value"][1])
+        for sample in api.query(expr, at=end)
+    }
+    return judge(scenario.findings, listed, idle)
 
 
 def _drive(

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from alerts.build import ALERTS as _RULES
 
-__all__ = ["ALL_ALERTS", "SCENARIOS", "Scenario"]
+__all__ = ["ALL_ALERTS", "SCENARIOS", "FindingCheck", "Scenario"]
 
 # Every alert of the rules, in their order: the one list, in alerts/build.py.
 ALL_ALERTS = tuple(alert.name for alert in _RULES)
@@ -23,6 +23,30 @@ ALL_ALERTS = tuple(alert.name for alert in _RULES)
 _LEAKS = "Connection leaks"
 _RESIZES = "Autosize: resizes"
 _LIMITS = "Autosize: limit and ceiling"
+# ...and those of transactions, for scenarios whose traffic runs none.
+_TRANSACTIONS = (
+    "Transactions/s by outcome",
+    "Rollback ratio by route",
+    "Transaction duration p50 / p95 / p99",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FindingCheck:
+    """A finding the app must list at ``/poolwatch/findings`` after the run, or must not.
+
+    ``route`` is the route template as poolwatch names it. ``function``: the finding's
+    call paths (for ``held_idle``, the statement before the wait and the one after it)
+    must both name a line of this function of ``loadtests/app.py``, the later one after
+    the earlier. For ``held_idle`` the route's idle time per checkout
+    (``poolwatch_connection_idle_seconds``) must agree: at least the finding's threshold
+    where the finding is expected, under it where it is not.
+    """
+
+    kind: str
+    route: str
+    listed: bool
+    function: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +64,7 @@ class Scenario:
         outage: seconds after the start to stop the database, and to start it again.
         shape: load the step shape (users stepping up and down) instead of -u/-r.
         needs_postgres: the scenario only makes sense on PostgreSQL.
+        findings: what the app's findings list must (not) hold after the run.
     """
 
     name: str
@@ -55,6 +80,7 @@ class Scenario:
     shape: bool = False
     needs_postgres: bool = True
     description: str = ""
+    findings: tuple[FindingCheck, ...] = ()
 
     def duration(self, ci: bool) -> int:
         return self.seconds[0] if ci else self.seconds[1]
@@ -72,6 +98,7 @@ SCENARIOS: dict[str, Scenario] = {
             env={"DATABASE_URL_PARAMS": "minsize=2&maxsize=10", "POOLWATCH_LEAK_THRESHOLD": "5"},
             must_fire=(),
             must_not_fire=ALL_ALERTS,
+            findings=(FindingCheck("held_idle", "/posts/{post_id}/comments", listed=False),),
             description="moderate load, good queries: nothing may fire",
         ),
         Scenario(
@@ -100,7 +127,43 @@ SCENARIOS: dict[str, Scenario] = {
                 "PoolwatchDatabaseSaturated",
             ),
             may_be_empty=(_RESIZES, _LIMITS),
+            # Held for 2.5 s, but by a statement: a long hold, never an idle one.
+            findings=(FindingCheck("held_idle", "/load/hold", listed=False),),
             description="24 users holding connections 2.5 s on a pool of 4",
+        ),
+        Scenario(
+            name="held_idle",
+            user="HeldIdleUser",
+            users=16,
+            spawn_rate=16,
+            seconds=(45, 180),
+            env={"DATABASE_URL_PARAMS": "minsize=1&maxsize=4", "POOLWATCH_LEAK_THRESHOLD": "5"},
+            must_fire=(
+                "PoolwatchConnectionsHeldIdle",
+                "PoolwatchPoolSaturated",
+                "PoolwatchRequestsWaiting",
+            ),
+            must_not_fire=(
+                "PoolwatchDatabaseSaturated",
+                "PoolwatchAcquireTimeouts",
+                "PoolwatchQueryLatencyHigh",
+                "PoolwatchQueryErrors",
+                "PoolwatchNPlusOne",
+                "PoolwatchConnectionLeaks",
+                "PoolwatchTargetDown",
+                "PoolwatchInternalErrors",
+            ),
+            findings=(
+                FindingCheck(
+                    "held_idle",
+                    "/posts/{post_id}/reviewed-comments",
+                    listed=True,
+                    function="add_reviewed_comment",
+                ),
+                FindingCheck("held_idle", "/posts/{post_id}/checked-comments", listed=False),
+            ),
+            description="16 users adding comments through a 0.3 s moderation call on a pool "
+            "of 4, three in four with the transaction open across the call",
         ),
         Scenario(
             name="slow_queries",
@@ -118,6 +181,7 @@ SCENARIOS: dict[str, Scenario] = {
                 "PoolwatchTargetDown",
                 "PoolwatchInternalErrors",
             ),
+            may_be_empty=(_LEAKS, _RESIZES, _LIMITS, *_TRANSACTIONS),
             description="1.2 s statements on a pool with room to spare",
         ),
         Scenario(
@@ -136,6 +200,7 @@ SCENARIOS: dict[str, Scenario] = {
                 "PoolwatchTargetDown",
                 "PoolwatchInternalErrors",
             ),
+            may_be_empty=(_LEAKS, _RESIZES, _LIMITS, *_TRANSACTIONS),
             description="the N+1 endpoint under load",
         ),
         Scenario(
@@ -154,6 +219,7 @@ SCENARIOS: dict[str, Scenario] = {
                 "PoolwatchInternalErrors",
             ),
             needs_postgres=False,
+            may_be_empty=(_LEAKS, _RESIZES, _LIMITS, *_TRANSACTIONS),
             description="statements the database rejects",
         ),
         Scenario(
@@ -188,7 +254,7 @@ SCENARIOS: dict[str, Scenario] = {
                 "PoolwatchTargetDown",
                 "PoolwatchInternalErrors",
             ),
-            may_be_empty=(_LEAKS,),
+            may_be_empty=(_LEAKS, *_TRANSACTIONS),
             shape=True,
             description="I/O-bound load stepping 5 -> 60 -> 5 users, autosize up to 8",
         ),
@@ -214,7 +280,7 @@ SCENARIOS: dict[str, Scenario] = {
                 "PoolwatchTargetDown",
                 "PoolwatchInternalErrors",
             ),
-            may_be_empty=(_LEAKS,),
+            may_be_empty=(_LEAKS, *_TRANSACTIONS),
             description="CPU-bound statements from 40 users, autosize up to 30: the database "
             "is the bottleneck, not the pool",
         ),

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.findings_check import judge
 from loadtests.runner import dashboard_queries
-from loadtests.scenarios import ALL_ALERTS, SCENARIOS
+from loadtests.scenarios import ALL_ALERTS, SCENARIOS, FindingCheck
 from tests.test_alerts import alerting_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,7 @@ def test_every_required_scenario_exists() -> None:
         "database_outage",
         "autosize_step",
         "autosize_database_bound",
+        "held_idle",
     } <= set(SCENARIOS)
 
 
@@ -53,6 +55,39 @@ def test_every_dashboard_panel_query_is_checked() -> None:
     queries = dashboard_queries()
     assert len(queries) >= 30
     assert all("$" not in expr for _, _, expr in queries)
+
+
+REVIEWED = "/posts/{post_id}/reviewed-comments"
+CHECKED = "/posts/{post_id}/checked-comments"
+HELD = FindingCheck("held_idle", REVIEWED, listed=True, function="add_reviewed_comment")
+QUIET = FindingCheck("held_idle", CHECKED, listed=False)
+
+
+def _held(route: str, before: str, after: str) -> dict[str, str]:
+    return {"kind": "held_idle", "route": route, "before": before, "call_path": after}
+
+
+def test_a_held_idle_finding_must_name_two_lines_of_the_endpoint_in_order() -> None:
+    at = "loadtests/app.py:{} in create_app.<locals>.add_reviewed_comment"
+    good = _held(REVIEWED, "main.py:3 in run -> " + at.format(118), at.format(120))
+    idle = {REVIEWED: 0.3, CHECKED: 0.001}
+    assert [r.ok for r in judge([HELD, QUIET], [good], idle)] == [True, True]
+    row = judge([HELD], [good], idle)[0]
+    assert "loadtests/app.py:118 -> :120" in row.observed
+    # The lines the wrong way round, another function's, or none at all: violated.
+    backwards = _held(REVIEWED, at.format(120), at.format(118))
+    elsewhere = _held(REVIEWED, "loadtests/app.py:50 in hold", "loadtests/app.py:52 in hold")
+    for finding in (backwards, elsewhere, _held(REVIEWED, "", "")):
+        assert not judge([HELD], [finding], idle)[0].ok
+    assert not judge([HELD], [], idle)[0].ok
+
+
+def test_the_control_route_must_list_nothing_and_hold_no_idle_time() -> None:
+    listed = [_held(CHECKED, "loadtests/app.py:1 in f", "loadtests/app.py:2 in f")]
+    assert not judge([QUIET], listed, {CHECKED: 0.001})[0].ok
+    assert not judge([QUIET], [], {CHECKED: 0.3})[0].ok  # the metric says it was held
+    assert not judge([QUIET], [], {})[0].ok  # no checkouts at all: the run proves nothing
+    assert judge([QUIET], [], {CHECKED: 0.001})[0].ok
 
 
 def _can_run() -> str | None:
