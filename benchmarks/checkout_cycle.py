@@ -1,13 +1,15 @@
 """What one checkout costs inside poolwatch's pool observer, with no database at all.
 
-    python benchmarks/checkout_cycle.py [--cycles 200000] [--rounds 7]
+    python benchmarks/checkout_cycle.py [--cycles 200000] [--rounds 7] [--nplusone log]
 
 One cycle is what an adapter reports for a statement that takes its own connection:
 acquire started, acquire succeeded, the statement, release. The observer is poolwatch's
 whole per-checkout bookkeeping (wait, hold and idle-while-held histograms, the statement
 histogram, the checkout record and its gaps), so this isolates its cost from the driver's
 and the ORM's, which the end-to-end benchmarks (``queries.py``, ``detection.py``) include.
-Prints the best round's microseconds per cycle.
+With ``--nplusone log`` (the default of a ``PoolWatch()``) the checkout also samples its
+thread's CPU time and context switches for ``held_idle`` findings. Prints the best
+round's microseconds per cycle.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from poolwatch import PoolWatch
 __all__ = ["main"]
 
 
-def cycle_cost(cycles: int, rounds: int) -> float:
+def cycle_cost(cycles: int, rounds: int, nplusone: str = "off") -> float:
     """Microseconds per cycle, the best of ``rounds`` rounds after a warm-up."""
-    watch = PoolWatch(nplusone_mode="off")
+    watch = PoolWatch(nplusone_mode=nplusone)
     events = watch.pool_events("bench")
 
     def cycle() -> None:
@@ -48,8 +50,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--nplusone", default="off", help="the PoolWatch's nplusone_mode")
     args = parser.parse_args()
-    cost = cycle_cost(args.cycles, args.rounds)
+    cost = cycle_cost(args.cycles, args.rounds, args.nplusone)
     print(f"{cost:.2f} µs per acquire + statement + release in the pool observer")
     return 0
 

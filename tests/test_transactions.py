@@ -192,6 +192,28 @@ def test_sqlalchemy_a_failing_commit_is_an_error(
     assert outcomes(watch) == {"error": 1}
 
 
+def test_sqlalchemy_a_connection_lost_mid_transaction_is_an_error(
+    make_watch: Callable[..., PoolWatch], pg_database: str
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine("postgresql+psycopg://" + pg_database.split("://", 1)[1])
+    watch = make_watch()
+    watch.instrument_sqlalchemy(engine)
+    try:
+        with poolwatch.scope(ROUTE), pytest.raises(OperationalError), engine.begin() as conn:
+            # The server ends the session: the driver reports a disconnect, SQLAlchemy
+            # invalidates the connection and has nothing left to roll back on.
+            conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        with poolwatch.scope("GET /after"), engine.begin() as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+    assert outcomes(watch) == {"error": 1}
+    assert outcomes(watch, route="GET /after") == {"commit": 1}
+    assert total(watch.registry, "poolwatch_internal_errors_total") == 0
+
+
 def test_sqlalchemy_duration_spans_the_transaction_not_the_checkout(
     make_watch: Callable[..., PoolWatch], tmp_path: Path
 ) -> None:

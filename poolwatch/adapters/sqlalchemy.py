@@ -149,7 +149,8 @@ class _Shadow(NamedTuple):
 
 
 def rollback_cause() -> str:
-    """Why SQLAlchemy is rolling back, read from its own frames above poolwatch's.
+    """Why SQLAlchemy is rolling back, read from its own frames above the dialect's
+    ``do_rollback`` (called from that method's wrapper).
 
     An exception leaving a ``with``/``async with`` block of a connection, transaction or
     session reaches the rollback through that block's ``__exit__(type_, ...)``:
@@ -159,17 +160,20 @@ def rollback_cause() -> str:
     other is the application's own ``rollback()``, ``"rollback"``. One frame walk per
     rollback, never per statement.
     """
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("poolwatch"):
-        frame = frame.f_back
+    # Frame 0 is this function, 1 the dialect method's wrapper, 2 its caller.
+    frame: FrameType | None = sys._getframe(2)
     closing = False
     for _ in range(_CAUSE_DEPTH):
-        if frame is None or not frame.f_globals.get("__name__", "").startswith("sqlalchemy"):
+        if frame is None:
+            break
+        # By module, not file: SQLAlchemy's decorators are code compiled from strings.
+        if not frame.f_globals.get("__name__", "").startswith("sqlalchemy"):
             break
         name = frame.f_code.co_name
-        if name == "__exit__" and frame.f_locals.get("type_") is not None:
-            return ROLLED_BACK_BY_ERROR
-        if name == "_do_close":
+        if name == "__exit__":
+            if frame.f_locals.get("type_") is not None:
+                return ROLLED_BACK_BY_ERROR
+        elif name == "_do_close":
             closing = True
         frame = frame.f_back
     return CLOSED if closing else ROLLBACK
@@ -183,11 +187,18 @@ _ENDS: dict[str, Callable[[], str]] = {
 }
 
 
-def _holder(connection: Any) -> int:
-    """The checkout a dialect method's connection belongs to: its pool entry's
-    ``record_info`` (as in ``_timed_acquire``), or the object itself (raw DBAPI)."""
-    info = getattr(connection, "record_info", None)
+def _holder(connection: PoolProxiedConnection) -> int:
+    """A checkout's name: its pool entry's ``record_info``, which the pool listeners see
+    too, or the proxied connection itself where it has no entry."""
+    info = connection.record_info
     return id(connection) if info is None else id(info)
+
+
+def _dbapi(connection: Any) -> int:
+    """The DBAPI connection under what a dialect method is handed: the pool's proxy
+    (a plain attribute of it), or a raw DBAPI connection (at first connect). The pool
+    listeners are handed the same DBAPI connection."""
+    return id(getattr(connection, "dbapi_connection", connection))
 
 
 def sqlalchemy_version() -> tuple[int, int]:
@@ -349,7 +360,7 @@ class SQLAlchemyInstrumentation:
         self.tag = tag
         # Checkouts holding a permit of the gate's limiter (their record_info ids).
         self._permits: set[int] = set()
-        # Checkouts with a transaction open (do_begin), and since when.
+        # DBAPI connections (their ids) with a transaction open (do_begin), since when.
         self._opened: dict[int, float] = {}
         self._active = False
         self._shadows: list[_Shadow] = []
@@ -457,6 +468,7 @@ class SQLAlchemyInstrumentation:
             ("connect", self._on_connect),
             ("checkin", self._on_release),
             ("detach", self._on_detach),
+            ("invalidate", self._on_invalidate),
         )
 
     def _hook_pool(self, pool: Pool, *, adopt_listeners: bool = False) -> None:
@@ -508,7 +520,7 @@ class SQLAlchemyInstrumentation:
         def begin(dbapi_connection: Any) -> None:
             if self._active:
                 try:
-                    opened[_holder(dbapi_connection)] = clock()
+                    opened[_dbapi(dbapi_connection)] = clock()
                 except Exception as err:
                     self._faults.report(_COMPONENT, err)
             original(dbapi_connection)
@@ -528,7 +540,7 @@ class SQLAlchemyInstrumentation:
             since = None
             if self._active and outcome is not None:
                 try:
-                    since = opened.pop(_holder(dbapi_connection), None)
+                    since = opened.pop(_dbapi(dbapi_connection), None)
                 except Exception as err:
                     report(_COMPONENT, err)
             try:
@@ -683,13 +695,25 @@ class SQLAlchemyInstrumentation:
 
     def _on_release(self, dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
         try:
-            holder = id(entry.record_info)
-            since = self._opened.pop(holder, None)
-            if since is not None:  # invalidated mid-transaction: SQLAlchemy never ended it
-                self._finish(ROLLED_BACK_BY_ERROR, since)
-            self._events.released(holder)
+            if dbapi_connection is not None:
+                self._lost_transaction(dbapi_connection)
+            self._events.released(id(entry.record_info))
         except Exception as err:
             self._faults.report(_COMPONENT, err)
+
+    def _on_invalidate(self, dbapi_connection: Any, entry: ConnectionPoolEntry, *_: Any) -> None:
+        # The connection is being thrown away (a disconnect): a transaction still open on
+        # it is lost, and SQLAlchemy will not call do_rollback for it.
+        try:
+            if dbapi_connection is not None:
+                self._lost_transaction(dbapi_connection)
+        except Exception as err:
+            self._faults.report(_COMPONENT, err)
+
+    def _lost_transaction(self, dbapi_connection: Any) -> None:
+        since = self._opened.pop(id(dbapi_connection), None)
+        if since is not None:  # back in the pool, or thrown away, with it still open
+            self._finish(ROLLED_BACK_BY_ERROR, since)
 
     def _on_detach(self, dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
         # A detached connection leaves the pool for good, and never comes back to
