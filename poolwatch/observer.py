@@ -38,6 +38,14 @@ HELD_IDLE_MIN = 0.1
 AWAITED_CPU_SHARE = 0.5
 
 
+try:  # Linux; macOS has no per-thread usage, Windows no resource module
+    import resource
+
+    _RUSAGE_THREAD: int | None = resource.RUSAGE_THREAD
+except (ImportError, AttributeError):
+    _RUSAGE_THREAD = None
+
+
 def thread_usage() -> tuple[float, int]:
     """The calling thread's CPU seconds, and how many times it blocked (``-1``: unknown
     on this platform, where only the CPU time tells)."""
@@ -46,13 +54,6 @@ def thread_usage() -> tuple[float, int]:
     usage = resource.getrusage(_RUSAGE_THREAD)
     return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw
 
-
-try:  # Linux; macOS has no per-thread usage, Windows no resource module
-    import resource
-
-    _RUSAGE_THREAD: int | None = resource.RUSAGE_THREAD
-except (ImportError, AttributeError):
-    _RUSAGE_THREAD = None
 
 # What became of a connection taken by an entry that then failed (see PoolEvents.reclaimed).
 RECLAIM_OUTCOMES = ("returned", "closed", "failed")
@@ -368,8 +369,8 @@ class PoolObserver:
 
     def statement_started(self) -> None:
         try:
-            checkout = self._taken.get()
-            if checkout is not None and checkout.cpu is not None and checkout.open:
+            checkout = self._holding()
+            if checkout is not None and checkout.cpu is not None:
                 checkout.starting()
         except Exception as exc:
             self._faults.report("query", exc)
