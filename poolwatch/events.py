@@ -120,6 +120,11 @@ class PoolEvents(Protocol):
         DBAPI ``commit()``, a transaction's exit): later reads may see other rows."""
         ...
 
+    def transaction_started(self) -> None:
+        """The calling task (or thread) began a transaction on the connection it holds
+        (a held_idle finding on that checkout says it was inside one)."""
+        ...
+
     def transaction_finished(self, outcome: str, seconds: float) -> None:
         """A transaction of the calling task (or thread) ended ``seconds`` after its
         BEGIN; ``outcome`` is one of ``TRANSACTION_OUTCOMES``. Savepoints inside it are

@@ -105,6 +105,7 @@ class Checkout:
         "route",
         "since",
         "statements",
+        "transaction",
     )
 
     def __init__(
@@ -123,6 +124,7 @@ class Checkout:
         # Released while its own statement was still being timed (in_flight): that
         # statement, reported next, is this checkout's and no other's.
         self.owed = False
+        self.transaction = False  # a transaction began on it
         self.statements = 0.0
         self.open = True
         self.cpu = cpu
@@ -327,7 +329,8 @@ class PoolObserver:
                 ):
                     checkout.ended(now - in_flight)
                     if checkout.gap >= HELD_IDLE_MIN:
-                        self.on_held_idle(checkout, held, idle, transaction)
+                        inside = transaction or checkout.transaction
+                        self.on_held_idle(checkout, held, idle, inside)
                 child = self._idle_by_route.get(checkout.route)
                 if child is None:
                     child = self._idle_by_route[checkout.route] = self._idle.labels(
@@ -422,6 +425,14 @@ class PoolObserver:
                     checkout.ran(seconds, path)
         except Exception as exc:
             self._faults.report("query", exc)
+
+    def transaction_started(self) -> None:
+        try:
+            checkout = self._holding()
+            if checkout is not None:
+                checkout.transaction = True
+        except Exception as exc:
+            self._faults.report("pool", exc)
 
     def transaction_finished(self, outcome: str, seconds: float) -> None:
         try:

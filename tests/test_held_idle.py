@@ -226,6 +226,7 @@ async def test_sqlalchemy_session_idle_until_its_release_names_the_release_line(
         await engine.dispose()
     (finding,) = _held_idle(captured.findings)
     assert finding.route == "POST /checkout"
+    assert finding.transaction  # the session began one at its first statement
     assert "test_held_idle.py" in finding.before
     assert "test_held_idle.py" in finding.call_site  # the close() line
     assert (

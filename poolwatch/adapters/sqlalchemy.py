@@ -515,12 +515,14 @@ class SQLAlchemyInstrumentation:
         """``do_begin``: SQLAlchemy opens a transaction on this checkout (explicitly, or
         by autobegin on a connection's first statement)."""
         opened = self._opened
+        started = self._events.transaction_started
         clock = perf_counter
 
         def begin(dbapi_connection: Any) -> None:
             if self._active:
                 try:
                     opened[_dbapi(dbapi_connection)] = clock()
+                    started()
                 except Exception as err:
                     self._faults.report(_COMPONENT, err)
             original(dbapi_connection)
