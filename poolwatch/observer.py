@@ -271,7 +271,15 @@ class PoolObserver:
             started = self._waiting.pop(ticket, None)
             route = current_route()
             recorder = self._recorder
-            finding = self.on_held_idle is not None and recorder is not None and recorder.active
+            # Findings are a request's (or a named scope's), like every other finding: a
+            # connection taken outside any (a test fixture's session held for the whole
+            # test, a script) has no route to name.
+            finding = (
+                route != NO_ROUTE
+                and self.on_held_idle is not None
+                and recorder is not None
+                and recorder.active
+            )
             checkout = self._checked_out[holder] = Checkout(
                 now, route, thread_usage if finding else None, self._holding()
             )

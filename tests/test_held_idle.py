@@ -292,3 +292,30 @@ async def test_tortoise_work_on_the_cpu_between_two_statements_is_no_finding(
     count, idle = _idle(watch, "default", "POST /reports")
     assert count == 1
     assert idle >= NAP
+
+
+async def test_a_connection_held_outside_any_request_is_idle_time_but_no_finding(
+    tmp_path: Path,
+) -> None:
+    """A test fixture's session held for a whole test, or a script's: no route to name."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from poolwatch.testing import capture
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'held.sqlite'}")
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine)
+    try:
+        with capture() as captured:
+            async with AsyncSession(engine) as session:
+                await session.execute(text("SELECT 1"))
+                await asyncio.sleep(NAP)
+                await session.execute(text("SELECT 2"))
+    finally:
+        watch.uninstrument()
+        await engine.dispose()
+    assert _held_idle(captured.findings) == []
+    count, idle = _idle(watch, "main", "none")
+    assert count == 1
+    assert idle >= NAP
