@@ -225,7 +225,8 @@ class Finding:
             return (
                 f"held_idle on {self.where}: a connection of pool {self.pool} held "
                 f"{self.held * 1000:.0f} ms, {self.duration * 1000:.0f} ms of it running no "
-                f"statement{' inside a transaction' if self.transaction else ''}, between "
+                f"statement (statements: {(self.held - self.duration) * 1000:.0f} ms)"
+                f"{' inside a transaction' if self.transaction else ''}, longest between "
                 f"{self.before or 'the checkout'} and {self.path or 'the release'}. "
                 f"{self.suggestion}"
             )

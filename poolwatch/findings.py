@@ -110,7 +110,7 @@ def log_line(finding: Finding) -> str:
         inside = " in a transaction" if finding.transaction else ""
         return (
             f"held_idle on {_clip(finding.where, 60)}: held {finding.held * 1000:.0f} ms, "
-            f"idle {finding.duration * 1000:.0f} ms{inside}, between "
+            f"idle {finding.duration * 1000:.0f} ms{inside}, longest between "
             f"{_short_path(finding.before) or 'the checkout'} and {path or 'the release'}"
         )
     return (
