@@ -143,9 +143,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     held = config.stash[_HELD]
     if held:
-        terminalreporter.write_sep("-", f"poolwatch: {len(held)} connections held while idle")
-        for nodeid, finding in held:
-            terminalreporter.write_line(f"{nodeid}: {finding}")
+        places = _places(held)
+        terminalreporter.write_sep(
+            "-",
+            f"poolwatch: {len(held)} connections held while idle, at {len(places)} places",
+        )
+        for nodeid, finding, more in places:
+            others = f" (and {more} more)" if more else ""
+            terminalreporter.write_line(f"{nodeid}{others}: {finding}")
         terminalreporter.write_line("(reported only: never a failure)")
     if not findings:
         return
@@ -156,6 +161,19 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         "(reported only; --poolwatch-nplusone=raise or poolwatch_nplusone = raise makes "
         "them fail the tests that ran them, @pytest.mark.allow_nplusone accepts one test's)"
     )
+
+
+def _places(held: list[tuple[str, Finding]]) -> list[tuple[str, Finding, int]]:
+    """held_idle findings by place (route, the lines either side of the wait): the first
+    test that showed it, its longest wait, and how many more times it was seen."""
+    by_place: dict[tuple[str, str, str, bool], list[tuple[str, Finding]]] = {}
+    for nodeid, finding in held:
+        key = (finding.where, finding.before, finding.call_path, finding.transaction)
+        by_place.setdefault(key, []).append((nodeid, finding))
+    return [
+        (seen[0][0], max((f for _, f in seen), key=lambda f: f.duration), len(seen) - 1)
+        for seen in by_place.values()
+    ]
 
 
 def _judged(config: pytest.Config) -> Callable[[Finding], bool]:

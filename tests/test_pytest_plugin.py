@@ -257,7 +257,7 @@ def test_connections_held_while_idle_are_listed_and_never_fail(suite: pytest.Pyt
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*- poolwatch: 1 connections held while idle -*",
+            "*- poolwatch: 1 connections held while idle, at 1 places -*",
             "test_held.py::test_report: held_idle on GET /report: a connection of pool main "
             "held * ms, * ms of it running no statement (statements: * ms) inside a "
             "transaction, longest between reports.py:1? in "
