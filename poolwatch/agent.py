@@ -548,7 +548,7 @@ class PoolWatch:
             after = checkout.after
             if not after and self.recorder.active:  # the gap ran until the release: here
                 found = self.recorder.finder.find_path(2)
-                after = found[1] or found[0] if found is not None else ""
+                after = (found[1] or found[0]) if found is not None else ""
             work = context.current_scope()
             finding = Finding(
                 kind=HELD_IDLE,

@@ -86,13 +86,12 @@ class PoolEvents(Protocol):
         """The waiter gave up: timeout, cancellation or a connection error."""
         ...
 
-    def released(self, holder: int, in_flight: float = 0.0, transaction: bool = False) -> None:
+    def released(self, holder: int, in_flight: float = 0.0) -> None:
         """The checkout ``holder`` went back to the pool (or was discarded).
 
         ``in_flight``: where a statement took the connection itself and is reported only
         after its release (a Tortoise ``execute_query`` outside a transaction), its time
         so far, so that it does not count as the connection held while idle.
-        ``transaction``: the checkout was a transaction's (a held_idle finding says so).
         """
         ...
 

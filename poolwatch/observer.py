@@ -314,10 +314,9 @@ class PoolObserver:
         if self._on_change is not None:
             self._changed()
 
-    def released(self, holder: int, in_flight: float = 0.0, transaction: bool = False) -> None:
+    def released(self, holder: int, in_flight: float = 0.0) -> None:
         """``holder``'s connection is back. ``in_flight``: the time of a statement that
-        took this connection itself and is still being timed (reported after this);
-        ``transaction``: the checkout was a transaction's."""
+        took this connection itself and is still being timed (reported after this)."""
         try:
             checkout = self._checked_out.pop(holder, None)
             if self.holders is not None:
@@ -337,8 +336,7 @@ class PoolObserver:
                 ):
                     checkout.ended(now - in_flight)
                     if checkout.gap >= HELD_IDLE_MIN:
-                        inside = transaction or checkout.transaction
-                        self.on_held_idle(checkout, held, idle, inside)
+                        self.on_held_idle(checkout, held, idle, checkout.transaction)
                 child = self._idle_by_route.get(checkout.route)
                 if child is None:
                     child = self._idle_by_route[checkout.route] = self._idle.labels(

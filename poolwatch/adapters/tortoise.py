@@ -100,6 +100,17 @@ class _Clock:
         return perf_counter() - self.started - self.acquiring
 
 
+class _Open:
+    """A transaction block inside its ``async with``: since when, and whether the
+    application called the transaction's ``rollback()`` itself."""
+
+    __slots__ = ("rolled_back", "since")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.rolled_back = False
+
+
 _query_clock: contextvars.ContextVar[_Clock | None] = contextvars.ContextVar(
     "poolwatch_tortoise_query", default=None
 )
@@ -209,9 +220,8 @@ class TortoiseInstrumentation:
         # Checkouts are wrapped: pools are read and gated. Without them (a Tortoise whose
         # layout is unknown) a pool's gauges would show every connection as unaccounted.
         self._observe_pools = False
-        # Open transactions (their clients' ids) -> when they began, and whether the
-        # application rolled back itself (see _wrap_rollback).
-        self._began: dict[int, list[Any]] = {}
+        # Open transaction blocks, by their transaction clients' ids.
+        self._began: dict[int, _Open] = {}
 
     # -- install / uninstall -------------------------------------------------------------
 
@@ -318,9 +328,11 @@ class TortoiseInstrumentation:
 
         @functools.wraps(original)
         def rollback(self: Any) -> Coroutine[Any, Any, Any]:
+            # Inside the block only: the rollback of an exit comes after the exit took
+            # the block out of ``began``, and is counted by the exit itself.
             state = began.get(id(self))
-            if state is not None:  # inside the block: the application's own (an exit's
-                state[1] = True  # rollback comes after the exit took the state out)
+            if state is not None:
+                state.rolled_back = True
             return original(self)
 
         return rollback
@@ -489,8 +501,9 @@ class TortoiseInstrumentation:
                 raise
             _acquire.reset(token)
             events.acquire_succeeded(ticket, id(self), record.connecting)
-            if entry.transaction:
-                instrumentation._began[id(entry.client(self))] = [perf_counter(), False]
+            if entry.transaction:  # BEGIN was sent on the way in
+                events.transaction_started()
+                instrumentation._began[id(entry.client(self))] = _Open(perf_counter())
             clock = _query_clock.get()
             if clock is not None:
                 clock.acquiring += perf_counter() - started
@@ -527,18 +540,15 @@ class TortoiseInstrumentation:
             # Released inside a statement being timed: the statement's own checkout,
             # whose time is reported after this (a transaction ends outside any).
             clock = _query_clock.get()
-            events.released(
-                id(self),
-                clock.querying() if clock is not None else 0.0,
-                transaction=entry.transaction,
-            )
+            events.released(id(self), clock.querying() if clock is not None else 0.0)
             events.return_started()
             release = original(self, *exc_info)
             if entry.transaction:
                 events.transaction_ended()
                 state = instrumentation._began.pop(id(entry.client(self)), None)
                 if state is not None:
-                    release = _ending(release, events, _outcome(exc_info[0], state[1]), state[0])
+                    outcome = _outcome(exc_info[0], state.rolled_back)
+                    release = _ending(release, events, outcome, state.since)
             permits = instrumentation._permits
             if gate is None or id(self) not in permits:
                 return _returning(release, events)

@@ -213,8 +213,8 @@ class Entry:
         raise NotImplementedError
 
     def client(self, manager: Any) -> Any:
-        """A transaction entry's transaction client (its ``_finalized`` says whether the
-        application ended it itself); ``None`` for other entries."""
+        """A transaction entry's transaction client, the object the application's
+        ``rollback()`` is called on; ``None`` for other entries."""
         return None
 
     def before(self, manager: Any) -> Any:
