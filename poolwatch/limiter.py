@@ -41,6 +41,8 @@ class Limiter(Protocol):
 
     def release(self) -> None: ...
 
+    def after_fork(self) -> None: ...
+
 
 def _check(limit: int) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
@@ -55,7 +57,8 @@ class AsyncLimiter:
         self._limit = _check(limit)
         self._in_use = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        # The loop its waiters live on, known from the first wait.
+        # The loop of the latest acquire: where the pool's connections live, and where
+        # its waiters wait.
         self._loop: asyncio.AbstractEventLoop | None = None
         # time.monotonic() of the last decrease (trimming waits a little after it).
         self.lowered_at = 0.0
@@ -74,6 +77,11 @@ class AsyncLimiter:
     def waiting(self) -> int:
         """Acquires waiting for a permit."""
         return sum(1 for waiter in self._waiters if not waiter.done())
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop of the latest acquire (``None`` before the first)."""
+        return self._loop
 
     def set_limit(self, limit: int) -> None:
         """Change the size; waiters are woken if it grew. Callable from any thread."""
@@ -94,10 +102,10 @@ class AsyncLimiter:
 
         ``first`` puts this acquire at the head of the queue (poolwatch's own reads).
         """
+        loop = self._loop = asyncio.get_running_loop()
         if self._in_use < self._limit and not self._waiters:
             self._in_use += 1
             return
-        loop = self._loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         if first:
             self._waiters.appendleft(waiter)
@@ -121,6 +129,13 @@ class AsyncLimiter:
         self._in_use -= 1
         self._wake()
 
+    def after_fork(self) -> None:
+        """Forget every permit and waiter: in a child process after ``fork()``, where
+        the parent's holders and waiting tasks do not exist."""
+        self._waiters = deque()
+        self._in_use = 0
+        self._loop = None
+
     def _wake(self) -> None:
         waiters = self._waiters
         while waiters and self._in_use < self._limit:
@@ -137,14 +152,32 @@ def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
+class _Waiter:
+    """One thread waiting for a permit: a lock it blocks on until granted."""
+
+    __slots__ = ("granted", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()  # held until the waiter is woken: the thread blocks on it
+        self.granted = False
+
+
 class ThreadLimiter:
-    """A threading semaphore with a settable size."""
+    """A threading semaphore with a settable size, first come, first served.
+
+    A plain condition variable wakes an arbitrary thread, and a thread arriving just as a
+    permit comes back takes it before the woken one runs: under a queue that turns over
+    every few milliseconds, an unlucky thread can wait seconds, and time out, behind
+    threads that came after it. Here a returned permit is handed to the head of the queue
+    directly, and a newcomer takes a free permit only when nobody waits.
+    """
 
     def __init__(self, limit: int) -> None:
         self._limit = _check(limit)
         self._in_use = 0
-        self._waiting = 0
-        self._changed = threading.Condition(threading.Lock())
+        self._waiters: deque[_Waiter] = deque()
+        self._mutex = threading.Lock()
         # time.monotonic() of the last decrease (trimming waits a little after it).
         self.lowered_at = 0.0
 
@@ -161,37 +194,61 @@ class ThreadLimiter:
     @property
     def waiting(self) -> int:
         """Threads waiting for a permit."""
-        return self._waiting
+        return len(self._waiters)
 
     def set_limit(self, limit: int) -> None:
         """Change the size; waiting threads are woken if it grew."""
-        with self._changed:
-            limit = _check(limit)
+        limit = _check(limit)
+        with self._mutex:
             if limit < self._limit:
                 self.lowered_at = time.monotonic()
             self._limit = limit
-            self._changed.notify_all()
+            self._grant()
 
-    def acquire(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds (forever if ``None``); False if it ran out."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
-            self._waiting += 1
-            try:
-                while self._in_use >= self._limit:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return False
-                    self._changed.wait(remaining)
+    def acquire(self, timeout: float | None = None, *, first: bool = False) -> bool:
+        """Wait up to ``timeout`` seconds (forever if ``None``); False if it ran out.
+
+        ``first`` puts this acquire at the head of the queue (poolwatch's own reads).
+        """
+        with self._mutex:
+            if self._in_use < self._limit and not self._waiters:
                 self._in_use += 1
                 return True
-            finally:
-                self._waiting -= 1
+            waiter = _Waiter()
+            if first:
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
+        woken = waiter.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+        if woken:
+            return True
+        with self._mutex:
+            if waiter.granted:  # granted in the instant the wait ran out: keep it
+                return True
+            self._waiters.remove(waiter)
+            return False
 
     def release(self) -> None:
-        """Give a permit back."""
-        with self._changed:
+        """Give a permit back (to the first waiter, if any)."""
+        with self._mutex:
             if self._in_use <= 0:
                 raise RuntimeError("release() without a matching acquire()")
             self._in_use -= 1
-            self._changed.notify()
+            self._grant()
+
+    def after_fork(self) -> None:
+        """Forget every permit and waiter: in a child process after ``fork()``, where
+        the parent's holders and waiting threads do not exist (and a lock another
+        parent thread held at the fork would never be released)."""
+        self._mutex = threading.Lock()
+        self._waiters = deque()
+        self._in_use = 0
+
+    def _grant(self) -> None:
+        """Hand free permits to the waiters in order (called with the mutex held)."""
+        waiters = self._waiters
+        while waiters and self._in_use < self._limit:
+            waiter = waiters.popleft()
+            waiter.granted = True
+            self._in_use += 1
+            waiter.lock.release()

@@ -6,6 +6,7 @@ import asyncio
 import random
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -173,3 +174,93 @@ def test_thread_limiter_grow_wakes_a_blocked_thread() -> None:
     assert got == [True]
     assert limiter.in_use == 2
     assert not limiter.acquire(timeout=0.01)
+
+
+def _until(condition: Any) -> None:
+    """Wait for ``condition()`` (a test that fails, fails in 30 s rather than hanging)."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.001)
+
+
+def _queue_up(
+    limiter: ThreadLimiter, count: int, got: list[int], **kwargs: Any
+) -> list[threading.Thread]:
+    """Start ``count`` threads that wait for a permit one after another, in order."""
+    threads = []
+    for index in range(count):
+        thread = threading.Thread(
+            target=lambda i=index: got.append(i) if limiter.acquire(**kwargs) else None
+        )
+        thread.start()
+        threads.append(thread)
+        _until(lambda i=index: limiter.waiting >= i + 1)  # queued before the next starts
+    return threads
+
+
+def test_thread_limiter_serves_waiters_first_come_first_served() -> None:
+    # A permit that comes back goes to the thread that waited longest, never to one that
+    # arrived later (nor to one that barges in as it comes back).
+    limiter = ThreadLimiter(1)
+    assert limiter.acquire()
+    got: list[int] = []
+    threads = _queue_up(limiter, 5, got, timeout=30)
+    for served in range(5):
+        limiter.release()
+        _until(lambda n=served: len(got) >= n + 1)
+        assert not limiter.acquire(timeout=0)  # a newcomer does not jump the queue
+    for thread in threads:
+        thread.join()
+    assert got == [0, 1, 2, 3, 4]
+    assert (limiter.in_use, limiter.waiting) == (1, 0)
+
+
+def test_thread_limiter_puts_poolwatchs_own_acquire_first() -> None:
+    limiter = ThreadLimiter(1)
+    assert limiter.acquire()
+    got: list[int] = []
+    threads = _queue_up(limiter, 3, got, timeout=30)
+    own: list[bool] = []
+    first = threading.Thread(target=lambda: own.append(limiter.acquire(first=True)))
+    first.start()
+    _until(lambda: limiter.waiting >= 4)
+    limiter.release()
+    first.join(30)
+    assert own == [True]
+    assert got == []  # the three that came earlier still wait
+    limiter.set_limit(4)
+    for thread in threads:
+        thread.join()
+    assert sorted(got) == [0, 1, 2]
+    assert (limiter.in_use, limiter.waiting) == (4, 0)
+
+
+def test_a_thread_granted_as_its_wait_runs_out_keeps_the_permit() -> None:
+    # Whichever way the race between the grant and the timeout goes, the permit is
+    # either kept by the waiter or left for the next one: never lost.
+    limiter = ThreadLimiter(1)
+    for _ in range(200):
+        assert limiter.acquire()
+        outcome: list[bool] = []
+
+        def wait(into: list[bool] = outcome) -> None:
+            into.append(limiter.acquire(timeout=0.0005))
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        limiter.release()
+        thread.join()
+        if outcome == [True]:
+            limiter.release()
+        assert (limiter.in_use, limiter.waiting) == (0, 0)
+
+
+def test_a_limiter_forgets_the_parents_permits_after_fork() -> None:
+    limiter = ThreadLimiter(2)
+    assert limiter.acquire()
+    limiter.after_fork()
+    assert (limiter.in_use, limiter.waiting) == (0, 0)
+    assert limiter.acquire(timeout=0)
+    assert limiter.acquire(timeout=0)
+    assert not limiter.acquire(timeout=0)
