@@ -251,7 +251,10 @@ def _check_number(name: str, value: object, kind: type, *, minimum: float) -> No
     # bool is an int to Python, never a count or a duration here
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
         raise ConfigError(name, value, f"must be a number ({kind.__name__})")
-    if value < minimum or math.isnan(value):
+    if math.isnan(value) or math.isinf(value):
+        # "inf" parses as a float, but no setting means "never": None does (or "off").
+        raise ConfigError(name, value, "must be a finite number (None or 'off' for no limit)")
+    if value < minimum:
         raise ConfigError(name, value, f"must be at least {minimum}")
 
 

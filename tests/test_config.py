@@ -103,7 +103,8 @@ def test_detection_settings_from_environment() -> None:
         ({"nplusone_threshold": True}, "nplusone_threshold=True: must be a number"),
         ({"duplicate_threshold": 2.5}, "duplicate_threshold=2.5: must be a number"),
         ({"slow_query_threshold": 0}, "slow_query_threshold=0: must be more than 0"),
-        ({"nplusone_min_duration": float("nan")}, "nplusone_min_duration=nan: must be at least"),
+        ({"nplusone_min_duration": float("nan")}, "nplusone_min_duration=nan: must be a finite"),
+        ({"acquire_timeout": float("inf")}, "acquire_timeout=inf: must be a finite number"),
         ({"allow_routes": "/admin"}, "allow_routes='/admin': must be a tuple of non-empty"),
         ({"findings_path": "findings"}, "findings_path='findings': must be a URL path"),
     ],
@@ -117,6 +118,18 @@ def test_bad_detection_settings_fail_fast(overrides: dict[str, object], message:
 def test_bad_number_in_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"POOLWATCH_NPLUSONE_THRESHOLD='five': must be a number"):
         Settings.from_env({"POOLWATCH_NPLUSONE_THRESHOLD": "five"})
+
+
+@pytest.mark.parametrize("raw", ["inf", "Infinity", "nan", "-inf"])
+def test_an_endless_timeout_in_the_environment_is_refused_with_the_way_to_say_it(
+    raw: str,
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"POOLWATCH_ACQUIRE_TIMEOUT": raw})
+    message = str(caught.value)
+    assert message.startswith("acquire_timeout=")
+    assert "must be a finite number (None or 'off' for no limit)" in message
+    assert Settings.from_env({"POOLWATCH_ACQUIRE_TIMEOUT": "off"}).acquire_timeout is None
 
 
 def test_a_misspelt_variable_is_named_once_with_the_closest_setting(
