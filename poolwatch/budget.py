@@ -102,18 +102,30 @@ class ServerLimits:
             tagged=_parse_tagged(tagged),
         )
 
-    def free(self, headroom: int = 0) -> int:
+    def free(self, headroom: int | None = 0) -> int:
         """Connections the current role could still open in the current database,
-        leaving ``headroom`` of the server's slots to others (admins do not count
-        against a role's or database's own limit, so those are not cut)."""
-        usable = self.max_connections - headroom
+        leaving ``headroom`` slots free below each limit that binds it (``None``:
+        :func:`default_headroom` of each limit).
+
+        Below the server's ``max_connections`` the headroom is for admins, a migration,
+        a cron job; below a role's or a database's ``CONNECTION LIMIT`` it is for the
+        same app's other clients: a new instance's first connections, and backends
+        still exiting after their client closed them, which PostgreSQL counts against
+        the limit until they are gone. A lone pool that took a role's every slot would
+        leave a second instance nothing to start with.
+        """
+
+        def spare(limit: int) -> int:
+            return default_headroom(limit) if headroom is None else headroom
+
+        usable = self.max_connections - spare(self.max_connections)
         if not self.superuser:  # reserved slots are not for ordinary roles
             usable -= max(0, self.superuser_reserved) + max(0, self.reserved)
         room = usable - self.open_total
         if self.role_limit >= 0 and not self.superuser:
-            room = min(room, self.role_limit - self.open_role)
+            room = min(room, self.role_limit - spare(self.role_limit) - self.open_role)
         if self.db_limit >= 0:
-            room = min(room, self.db_limit - self.open_db)
+            room = min(room, self.db_limit - spare(self.db_limit) - self.open_db)
         return max(0, room)
 
 
@@ -188,8 +200,7 @@ def budget_for(
     if tag is not None:
         seen = limits.tagged.get(tag, 0)
         if seen >= 1 and seen >= held - max(2, held // 4):
-            spare = default_headroom(limits.max_connections) if headroom is None else headroom
-            ceiling = peer_ceiling(limits.free(spare), limits.tagged, tag)
+            ceiling = peer_ceiling(limits.free(headroom), limits.tagged, tag)
             return Budget(ceiling, peers=len(limits.tagged.keys() | {tag}))
         if not limits.application_name.endswith(tag):
             unseen = "the session that read it does not carry the pool's application_name tag"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from poolwatch.budget import ServerLimits, budget_for, peer_ceiling, pool_ceiling
@@ -143,9 +145,51 @@ def test_budget_uses_the_tags_only_when_the_pools_own_sessions_carry_them() -> N
     assert untagged.unseen == ""
 
 
-def test_the_headroom_is_cut_from_the_servers_slots_only() -> None:
+def test_the_headroom_is_left_below_every_limit_that_binds() -> None:
     server = ServerLimits(max_connections=100, superuser_reserved=3, open_total=20)
     assert server.free(headroom=5) == 72
-    # A role's own CONNECTION LIMIT binds: admins are not counted against it.
+    assert server.free(headroom=None) == 72  # 5% of 100
+    # A role's own CONNECTION LIMIT binds: a lone pool leaves its headroom free too, for
+    # the same app's next instance and for backends still exiting.
     role = ServerLimits(max_connections=100, open_total=20, role_limit=12, open_role=4)
-    assert role.free(headroom=5) == role.free() == 8
+    assert role.free() == 8
+    assert role.free(headroom=None) == 6  # at least 2 below the role's 12
+    assert role.free(headroom=1) == 7
+    database = ServerLimits(max_connections=100, open_total=20, db_limit=60, open_db=10)
+    assert database.free(headroom=None) == 47  # 3 below the database's 60
+
+
+def test_a_second_instance_always_finds_a_slot_to_start_with() -> None:
+    # The race seen on a busy machine: a lone instance read the role's 12 slots as all
+    # its own, a second one opened its first connection, and the first one's growth to
+    # 12 was refused. The headroom below the role's limit is what the newcomer takes.
+    alone = ServerLimits(
+        max_connections=200,
+        open_total=3,
+        role_limit=12,
+        open_role=1,
+        application_name="a pw-0000000a",
+        tagged={"pw-0000000a": 1},
+    )
+    first = budget_for(alone, held=1, tag="pw-0000000a", share=0.5)
+    assert first.ceiling == 10
+    newcomer = 1
+    assert first.ceiling + newcomer <= 12
+    both = ServerLimits(
+        max_connections=200,
+        open_total=13,
+        role_limit=12,
+        open_role=first.ceiling + newcomer,
+        application_name="b pw-0000000b",
+        tagged={"pw-0000000a": first.ceiling, "pw-0000000b": newcomer},
+    )
+    second = budget_for(both, held=newcomer, tag="pw-0000000b", share=0.5)
+    # Nothing is free for b until a gives back: b keeps what it has, a shrinks to 5.
+    assert second.ceiling == newcomer
+    again = budget_for(
+        dataclasses.replace(both, application_name="a pw-0000000a"),
+        held=first.ceiling,
+        tag="pw-0000000a",
+        share=0.5,
+    )
+    assert again.ceiling == 5
