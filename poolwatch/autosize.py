@@ -20,24 +20,25 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from poolwatch import context
+from poolwatch import context, forksafe
 from poolwatch.budget import Budget, ServerLimits, budget_for
 from poolwatch.deadline import WaitDeadline
-from poolwatch.errors import ConfigError, PoolTimeoutError
+from poolwatch.errors import ConfigError, PoolTimeoutError, PoolWatchError
 from poolwatch.limiter import AsyncLimiter, Limiter, ThreadLimiter
 from poolwatch.observer import PoolObserver
 from poolwatch.reconcile import Unaccounted
 from poolwatch.safety import FaultReporter
 from poolwatch.sizing import Decision, SizeController, Tuning, Window
 
-__all__ = ["Autosize", "Gate", "Maintenance", "PoolSizer"]
+__all__ = ["Autosize", "Gate", "Maintenance", "PoolSizer", "SizingReport"]
 
 logger = logging.getLogger("poolwatch.autosize")
 leak_logger = logging.getLogger("poolwatch.leaks")
@@ -58,6 +59,12 @@ BUDGET_BLOCKED_EVERY = 0.5
 # a read this recent: an older one is read again first (the early read above).
 BUDGET_FRESH = 1.0
 TRIM_AFTER = 3.0  # seconds after a shrink before connections above the limit are closed
+# A budget read that takes longer is given up (and counted as failed): the pool's loop is
+# blocked, or the database does not answer.
+BUDGET_READ_TIMEOUT = 10.0
+# Samples (of SAMPLE_EVERY) in a row a permit must be out with no checkout behind it to
+# count as held by nobody: far longer than any acquire's or return's passage.
+ORPHAN_SAMPLES = 50
 UNKNOWN_ROUTE = "unknown"  # the route of a leaked connection nobody was seen taking
 
 
@@ -165,14 +172,29 @@ class Autosize:
         if upper is None:
             raise ConfigError("autosize.max", None, "must be given: the pool's size is unknown")
         if pool_max is not None and upper > pool_max:
-            logger.warning(
-                "autosize.max=%d is above the pool's own maximum size (%d); using %d",
+            raise ConfigError(
+                "autosize.max",
                 upper,
-                pool_max,
-                pool_max,
+                f"must not exceed the pool's own maximum size ({pool_max}): create the "
+                "pool at least that large (SQLAlchemy: pool_size + max_overflow; Tortoise: "
+                "maxsize), or lower autosize.max",
             )
-            upper = pool_max
         return min(self.min, upper), upper
+
+
+# The packages whose exceptions are a database's (or its driver's) answer to a read.
+_DATABASE_PACKAGES = frozenset(
+    {"asyncpg", "psycopg", "psycopg2", "pg8000", "sqlalchemy", "tortoise", "asyncmy",
+     "aiomysql", "pymysql", "MySQLdb", "aiosqlite", "sqlite3"}
+)  # fmt: skip
+
+
+def _from_the_database(exc: BaseException) -> bool:
+    """Whether a failed read is the database's answer (down, refusing, too slow), rather
+    than a fault of poolwatch's own."""
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    return type(exc).__module__.partition(".")[0] in _DATABASE_PACKAGES
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -181,8 +203,12 @@ def _positive_int(name: str, value: object) -> None:
 
 
 def _positive_float(name: str, value: object, *, minimum: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
-        raise ConfigError(name, value, f"must be a number of seconds >= {minimum}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not minimum <= value < math.inf
+    ):
+        raise ConfigError(name, value, f"must be a finite number of seconds >= {minimum}")
 
 
 # Set around poolwatch's own statements (the budget read): they wait for a permit like
@@ -279,7 +305,8 @@ class Gate:
         limiter = self.limiter
         if not isinstance(limiter, ThreadLimiter):
             return False
-        if not limiter.acquire(None if _own.get() else self.timeout):
+        own = _own.get()
+        if not limiter.acquire(None if own else self.timeout, first=own):
             raise self.timeout_error()
         return True
 
@@ -321,6 +348,28 @@ class Gate:
         )
 
 
+class SizingReport(Protocol):
+    """Where a sizer reports what it did, and whether it still works (metrics, logs)."""
+
+    def resized(self, pool: str, old: int, new: int) -> None:
+        """The limit moved from ``old`` to ``new``."""
+
+    def ceiling(self, pool: str, ceiling: int) -> None:
+        """The most the limit may be now (``max``, or the budget's ceiling)."""
+
+    def decided(self, pool: str) -> None:
+        """The controller made a decision (it is alive)."""
+
+    def budget_read(self, pool: str) -> None:
+        """The database's connection budget was read."""
+
+    def budget_failed(self, pool: str) -> None:
+        """A read of the database's connection budget failed."""
+
+    def orphaned(self, pool: str, permits: int) -> None:
+        """``permits`` permits have been out for a while with no checkout behind them."""
+
+
 class PoolSizer:
     """Samples one pool, decides its limit every ``interval`` and applies it."""
 
@@ -331,8 +380,7 @@ class PoolSizer:
         settings: Autosize,
         bounds: tuple[int, int],
         *,
-        on_resize: Callable[[str, int, int], None],
-        on_ceiling: Callable[[str, int], None] = lambda pool, ceiling: None,
+        report: SizingReport,
         open_connections: Callable[[], int],
         read_limits: ReadLimits | None = None,
         tag: str | None = None,
@@ -347,16 +395,22 @@ class PoolSizer:
         # The application_name tag of this pool's connections (None: not tagged).
         self.tag = tag
         self.budget: Budget | None = None  # the last read's verdict
-        self.budget_read_at = 0.0  # perf_counter() when it was made
+        self.budget_read_at = 0.0  # perf_counter() when it was made (its start)
+        # Until then, growth waits: other pools' reads made before this one's connections
+        # were on the server may still be in use (see growth_ceiling).
+        self.seen_by_peers_at: float | None = None
         # Connections this pool holds open, used or idle (from the driver's own counts).
         self.open_connections = open_connections
         # Until the database's budget is first read, the limit stays where it starts.
         self.ceiling: int | None = settings.budget
         if self.ceiling is None and read_limits is not None:
             self.ceiling = limiter.limit
-        self._on_resize = on_resize
-        self._on_ceiling = on_ceiling
+        self.report = report
         observer.statements = deque(maxlen=STATEMENT_SAMPLE)
+        # The latest samples of permits out with no checkout, pending acquire or return
+        # behind them: a permit in every one of them is held by nobody.
+        self._unheld: deque[int] = deque(maxlen=ORPHAN_SAMPLES)
+        self.orphaned = 0
         self._samples = 0
         self._in_use_sum = 0
         self._in_use_max = 0
@@ -371,12 +425,33 @@ class PoolSizer:
 
     def sample(self) -> None:
         """One look at the pool (every 100 ms)."""
-        in_use, pending = self.limiter.in_use, self.observer.pending()
+        limiter, observer = self.limiter, self.observer
+        in_use, pending = limiter.in_use, observer.pending()
         self._samples += 1
         self._in_use_sum += in_use
         self._in_use_max = max(self._in_use_max, in_use)
         self._pending_sum += pending
         self._pending_max = max(self._pending_max, pending)
+        # Acquires past their permit (waiting on the driver) hold one without a checkout
+        # yet; so do connections on their way back. Each sample may catch a permit in
+        # such a passage; one that stays unexplained in every sample is held by nobody.
+        passing = max(0, pending - limiter.waiting) + observer.returning
+        self._unheld.append(max(0, in_use - observer.checked_out() - passing))
+        orphaned = min(self._unheld) if len(self._unheld) == ORPHAN_SAMPLES else 0
+        if orphaned != self.orphaned:
+            if orphaned > self.orphaned:
+                logger.error(
+                    "pool %s: %d autosize permit(s) have been out for %.0f s with no "
+                    "checkout behind them; the pool can use %d fewer connections than its "
+                    "limit of %d",
+                    self.name,
+                    orphaned,
+                    ORPHAN_SAMPLES * SAMPLE_EVERY,
+                    orphaned,
+                    limiter.limit,
+                )
+            self.orphaned = orphaned
+            self.report.orphaned(self.name, orphaned)
 
     def window(self) -> Window:
         """What happened since the last decision; starts the next window."""
@@ -409,11 +484,13 @@ class PoolSizer:
         window = self.window()
         decision = self.controller.decide(window)
         self.last = decision
-        self._on_ceiling(self.name, self.effective_max())
+        report = self.report
+        report.decided(self.name)
+        report.ceiling(self.name, self.effective_max())
         old = self.limiter.limit
         if decision.changed(old):
             self.limiter.set_limit(decision.limit)
-            self._on_resize(self.name, old, decision.limit)
+            report.resized(self.name, old, decision.limit)
             inflation = "n/a" if decision.inflation is None else f"{decision.inflation:.2f}"
             logger.info(
                 "pool %s: limit %d -> %d (%s; in use %.1f, waiting %.1f, inflation %s)",
@@ -451,12 +528,25 @@ class PoolSizer:
 
     def growth_ceiling(self) -> int | None:
         """The budget's ceiling as the controller may use it now: past the limit in
-        force only on a read younger than ``BUDGET_FRESH``."""
+        force only on a read younger than ``BUDGET_FRESH``, and, for a pool sharing the
+        database with tagged peers, not before every peer's read from before this pool
+        appeared is that old.
+
+        Each pool counts the others at what they hold or their fair share, whichever is
+        more (:func:`~poolwatch.budget.peer_ceiling`): that holds while every pool grows
+        only on reads that saw the others. A pool that read while alone may take the
+        whole room until its read is ``BUDGET_FRESH`` old; a newcomer that grew at once
+        on its own first read would count on slots that pool is still growing into.
+        """
         ceiling = self.ceiling
         if ceiling is None or self.budget is None:  # none, or set by hand: never stale
             return ceiling
-        if perf_counter() - self.budget_read_at > BUDGET_FRESH:
-            return min(ceiling, max(self.limiter.limit, self.lower))
+        now = perf_counter()
+        held = min(ceiling, max(self.limiter.limit, self.lower))
+        if now - self.budget_read_at > BUDGET_FRESH:
+            return held
+        if self.seen_by_peers_at is not None and now < self.seen_by_peers_at + BUDGET_FRESH:
+            return held
         return ceiling
 
     def effective_max(self) -> int:
@@ -465,10 +555,13 @@ class PoolSizer:
             return self.upper
         return max(self.lower, min(self.upper, self.ceiling))
 
-    def apply_budget(self, limits: ServerLimits, held: int | None = None) -> None:
+    def apply_budget(
+        self, limits: ServerLimits, held: int | None = None, read_at: float | None = None
+    ) -> None:
         """Work out this pool's ceiling from the database's limits, read while the pool
         held ``held`` connections or more (counted before the read: a pool that grows
-        meanwhile must not look as if the server missed its new connections)."""
+        meanwhile must not look as if the server missed its new connections), by a read
+        that started at ``read_at`` (``perf_counter()``; now if not given)."""
         settings = self.settings
         budget = budget_for(
             limits,
@@ -479,7 +572,12 @@ class PoolSizer:
         )
         self._log_budget(budget)
         self.budget = budget
-        self.budget_read_at = perf_counter()
+        self.budget_read_at = perf_counter() if read_at is None else read_at
+        if budget.peers is not None and self.seen_by_peers_at is None:
+            # Its connections were on the server when the read started: a peer's read
+            # from before then is stale BUDGET_FRESH after this read ends, at the latest.
+            self.seen_by_peers_at = perf_counter()
+        self.report.budget_read(self.name)
         ceiling = budget.ceiling
         if settings.budget is not None:
             ceiling = min(ceiling, settings.budget)
@@ -513,10 +611,21 @@ class PoolSizer:
 
 
 class Maintenance:
-    """The periodic work of one PoolWatch, as one asyncio task.
+    """The periodic work of one PoolWatch: one asyncio task on a thread of its own.
 
-    Started on the application's lifespan startup (through the middleware), or on first
-    use by an adapter if there is no lifespan; stopped on shutdown or ``uninstrument()``.
+    Samples every 100 ms, decisions every ``interval``, database budget reads every
+    ``budget_interval``, and the leak scan every second.
+
+    A thread of its own, not a task on the application's event loop: most apps wire
+    poolwatch at import, before any loop runs, and some run one loop after another (a
+    test suite's loop per test), so the controller could not count on any of them. The
+    one step that must run on the application's loop, an asyncio pool's budget read
+    (its connections belong to that loop, and used from another one they break the
+    application's own operations on them), is sent to the loop of the pool's latest
+    acquire (:meth:`_start_read`).
+
+    Started when the first pool needs it and again, after a ``stop()`` (an app's
+    lifespan shutdown) or a ``fork()``, by the next acquire (:meth:`ensure_started`).
     """
 
     def __init__(
@@ -536,31 +645,19 @@ class Maintenance:
         self._count_leak = count_leak
         self._task: asyncio.Task[None] | None = None
         self._starting = threading.Lock()
+        forksafe.forget_in_child(self)
 
     @property
     def running(self) -> bool:
         """Whether the task is alive."""
-        return self._task is not None and not self._task.done()
+        task = self._task
+        return task is not None and not task.done() and not task.get_loop().is_closed()
 
     def ensure_started(self) -> None:
-        """Start the task if it is not running (idempotent).
-
-        On the running event loop when there is one; otherwise (a sync pool used from
-        worker threads) on a loop of its own in a daemon thread.
-        """
-        if self.running:
+        """Start the thread and its task if they are not running (idempotent, cheap:
+        called on every acquire of a pool that needs them)."""
+        if self._task is not None and not self._task.done():
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._start_thread()
-            return
-        # A context of its own: the task must not inherit the request that started it.
-        self._task = loop.create_task(
-            self._run(), name="poolwatch-maintenance", context=contextvars.Context()
-        )
-
-    def _start_thread(self) -> None:
         with self._starting:
             if self.running:
                 return
@@ -575,34 +672,34 @@ class Maintenance:
                 with contextlib.suppress(asyncio.CancelledError):
                     asyncio.run(main())
 
-            thread = threading.Thread(target=run, name="poolwatch-maintenance", daemon=True)
+            # A context of its own: the thread must not inherit the request that started it.
+            thread = threading.Thread(
+                target=contextvars.Context().run,
+                args=(run,),
+                name="poolwatch-maintenance",
+                daemon=True,
+            )
             thread.start()
             ready.wait(5)
 
+    def after_fork(self) -> None:
+        """In a child process: the parent's thread is not here; the next acquire starts
+        one (see :mod:`poolwatch.forksafe`)."""
+        self._task = None
+        self._starting = threading.Lock()
+
     async def stop(self) -> None:
-        """Cancel the task and wait for it."""
-        task, self._task = self._task, None
-        if task is None or task.done():
-            return
-        if task.get_loop() is not asyncio.get_running_loop():
-            self._cancel(task)  # the thread's own loop
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        """Stop the task (from the application's lifespan shutdown)."""
+        self.stop_soon()
 
     def stop_soon(self) -> None:
         """Cancel the task without waiting (from sync code such as ``uninstrument``)."""
         task, self._task = self._task, None
         if task is not None:
-            self._cancel(task)
-
-    @staticmethod
-    def _cancel(task: asyncio.Task[None]) -> None:
-        loop = task.get_loop()
-        if not task.done() and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(task.cancel)
+            loop = task.get_loop()
+            if not task.done() and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(task.cancel)
 
     async def _run(self) -> None:
         now = perf_counter()
@@ -620,7 +717,7 @@ class Maintenance:
                     if now >= next_decision.setdefault(name, now + sizer.settings.interval):
                         next_decision[name] = now + sizer.settings.interval
                         sizer.decide()
-                    due = next_budget.setdefault(name, now)
+                    due = next_budget.get(name, now)
                     if name in last_budget and sizer.budget_blocked():
                         due = min(due, last_budget[name] + BUDGET_BLOCKED_EVERY)
                     reading = budget_reads.get(name)
@@ -629,42 +726,88 @@ class Maintenance:
                         and now >= due
                         and (reading is None or reading.done())
                     ):
-                        last_budget[name] = now
-                        next_budget[name] = now + sizer.settings.budget_interval
-                        budget_reads[name] = asyncio.create_task(self._read_budget(sizer))
+                        started = self._start_read(sizer)
+                        if started is not None:  # else: its pool is not in use yet
+                            budget_reads[name] = started
+                            last_budget[name] = now
+                            next_budget[name] = now + sizer.settings.budget_interval
                 except Exception as exc:
                     self._faults.report("autosize", exc)
             if self._leak_threshold is not None and now >= next_leak_scan:
                 next_leak_scan = now + LEAK_SCAN_EVERY
                 self._scan_leaks(now, self._leak_threshold)
 
-    async def _read_budget(self, sizer: PoolSizer) -> None:
-        if sizer.read_limits is None:
-            return
+    def _start_read(self, sizer: PoolSizer) -> asyncio.Task[None] | None:
+        """Start a read of ``sizer``'s budget where its pool lives; ``None`` if it cannot
+        be read now (an asyncio pool not used yet, or whose loop has ended).
+
+        A sync pool's reader runs the statement in a worker thread of its own; an
+        asyncio pool's must run on the loop its connections belong to, the loop of its
+        latest acquire.
+        """
+        limiter = sizer.limiter
+        if not isinstance(limiter, AsyncLimiter):
+            return asyncio.create_task(self._settle_read(sizer, self._read(sizer)))
+        home = limiter.loop
+        if home is None or home.is_closed() or not home.is_running():
+            return None
+        remote = asyncio.run_coroutine_threadsafe(self._read(sizer), home)
+        return asyncio.create_task(self._settle_read(sizer, asyncio.wrap_future(remote)))
+
+    @staticmethod
+    async def _read(sizer: PoolSizer) -> tuple[ServerLimits, int, float]:
+        """The server's limits, the connections the pool held before the read, and when
+        the read started."""
+        read_limits = sizer.read_limits
+        if read_limits is None:
+            raise PoolWatchError(f"pool {sizer.name!r} has no budget reader")
+        # poolwatch's own statement: first in the pool's queue, without the acquire
+        # timeout, and in a scope of its own rather than any route's.
+        token = _own.set(True)
         try:
-            # Its own scope: the statement is poolwatch's, not any route's.
-            token = _own.set(True)
-            try:
-                held = sizer.open_connections()
-                with context.scope("poolwatch:budget"):
-                    limits = await sizer.read_limits()
-            finally:
-                _own.reset(token)
-        except Exception as exc:  # the database's answer (or the pool closing): not a fault
+            held = sizer.open_connections()
+            started = perf_counter()
+            with context.scope("poolwatch:budget"):
+                return await read_limits(), held, started
+        finally:
+            _own.reset(token)
+
+    async def _settle_read(
+        self, sizer: PoolSizer, reading: Awaitable[tuple[ServerLimits, int, float]]
+    ) -> None:
+        """Wait for a read (bounded) and apply its verdict, or count its failure."""
+        try:
+            async with asyncio.timeout(BUDGET_READ_TIMEOUT):
+                limits, held, started = await reading
+        except Exception as exc:
             self._budget_unread(sizer, exc)
             return
+        self._apply(sizer, limits, held, started)
+
+    async def _read_budget(self, sizer: PoolSizer) -> None:
+        """Read ``sizer``'s budget from the caller's own loop and apply it."""
+        await self._settle_read(sizer, self._read(sizer))
+
+    def _apply(self, sizer: PoolSizer, limits: ServerLimits, held: int, started: float) -> None:
         try:
-            sizer.apply_budget(limits, held)
+            sizer.apply_budget(limits, held, started)
         except Exception as exc:
             self._faults.report("budget", exc)
             return
-        if sizer.budget_failures:
-            logger.info("pool %s: the database's connection budget is read again", sizer.name)
+        if sizer.budget_failures >= BUDGET_TRIES:
+            logger.warning("pool %s: the database's connection budget is read again", sizer.name)
         sizer.budget_failures = 0
 
-    @staticmethod
-    def _budget_unread(sizer: PoolSizer, exc: Exception) -> None:
+    def _budget_unread(self, sizer: PoolSizer, exc: Exception) -> None:
+        """A read failed: the limit in force stays within the last budget read (or the
+        starting limit), and the failure shows in a metric and, once per run, a log."""
         sizer.budget_failures += 1
+        try:
+            sizer.report.budget_failed(sizer.name)
+        except Exception as err:
+            self._faults.report("budget", err)
+        if not _from_the_database(exc):
+            self._faults.report("budget", exc)  # not the database's answer: ours
         if sizer.budget_failures == 1:  # once per run of failures, without a traceback
             logger.warning(
                 "pool %s: reading the database's connection budget failed (%s: %s); "
@@ -674,17 +817,15 @@ class Maintenance:
                 exc,
                 sizer.settings.budget_interval,
             )
-        if sizer.budget_failures == BUDGET_TRIES and sizer.settings.budget is None:
-            # Never stuck at the starting limit: without a budget, up to max (and
-            # "too many clients" from the server still makes it back off).
-            sizer.ceiling = None
-            logger.warning(
-                "pool %s: the database's connection budget could not be read %d times; "
-                "autosize now grows up to autosize.max=%d. Set autosize.budget to bound "
-                "it by hand.",
+        if sizer.budget_failures == BUDGET_TRIES:
+            logger.error(
+                "pool %s: the database's connection budget could not be read %d times in "
+                "a row; autosize keeps the limit at %d at most (the last budget read, or "
+                "the starting limit) until a read succeeds. Set autosize.budget to size "
+                "the pool without reading it.",
                 sizer.name,
                 BUDGET_TRIES,
-                sizer.upper,
+                sizer.effective_max(),
             )
 
     def _scan_leaks(self, now: float, threshold: float) -> None:

@@ -8,11 +8,14 @@ acquire: autosize (a limiter), an acquire timeout, leak detection (checkout trac
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
+from poolwatch import forksafe
 from poolwatch.autosize import Autosize, Gate, Maintenance, PoolSizer, ReadLimits
 from poolwatch.callsite import CallSiteFinder
 from poolwatch.config import Settings
+from poolwatch.errors import ConfigError
 from poolwatch.holders import Holders
 from poolwatch.limiter import AsyncLimiter, ThreadLimiter
 from poolwatch.metrics import Metrics
@@ -52,6 +55,7 @@ class Guards:
         )
         self.maintenance.observers = observers
         self.maintenance.sizers = self.sizers
+        self._report = _MetricsReport(metrics)
 
     def gate_for(
         self,
@@ -84,23 +88,30 @@ class Guards:
             observer.holders = Holders()
         limiter: AsyncLimiter | ThreadLimiter | None = None
         if autosize is not None:
-            lower, upper = autosize.bounds(pool_max)
+            try:
+                lower, upper = autosize.bounds(pool_max)
+            except ConfigError as exc:
+                if pool_max is None:
+                    raise
+                # A pool met at its first use (a Tortoise connection) cannot fail the app
+                # the way a bad setting fails instrument_*: said once, and kept in bounds.
+                logger.error("pool %s: %s; autosize uses %d", name, exc, pool_max)
+                lower, upper = min(autosize.min, pool_max), pool_max
             start = autosize.initial or lower
             # A sync pool is used from threads; anything else waits on an event loop.
             limiter = ThreadLimiter(start) if threads else AsyncLimiter(start)
-            self.sizers[name] = PoolSizer(
+            forksafe.forget_in_child(limiter)
+            sizer = self.sizers[name] = PoolSizer(
                 observer,
                 limiter,
                 autosize,
                 (lower, upper),
-                on_resize=self._resized,
-                on_ceiling=self._ceiling,
+                report=self._report,
                 open_connections=open_connections,
                 read_limits=read_limits if autosize.budget is None else None,
                 tag=tag,
             )
-            self._metrics.pool_limit_target.labels(name).set(limiter.limit)
-            self._metrics.pool_limit_max.labels(name).set(self.sizers[name].effective_max())
+            self._report.started(sizer)
             if keep > lower:
                 logger.warning(
                     "pool %s: the driver keeps at least %d connections open, above "
@@ -110,7 +121,7 @@ class Guards:
                     keep,
                     lower,
                 )
-            self.maintenance.ensure_started()
+            self._keep_maintained(observer)
         gate = self.gates[name] = Gate(
             observer,
             limiter=limiter,
@@ -137,12 +148,48 @@ class Guards:
         observer.holders = Holders()
         finder = self._finder
         observer.call_site = lambda: finder.find(_SITE_SKIP) or UNKNOWN_SITE
+        self._keep_maintained(observer)
+
+    def _keep_maintained(self, observer: PoolObserver) -> None:
+        """Run the maintenance thread now, and again from the pool's next acquire after
+        it stopped (an app's lifespan shutdown, a fork)."""
+        observer.on_acquire = self.maintenance.ensure_started
         self.maintenance.ensure_started()
 
-    def _resized(self, pool: str, old: int, new: int) -> None:
+
+class _MetricsReport:
+    """A :class:`~poolwatch.autosize.SizingReport` in metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def started(self, sizer: PoolSizer) -> None:
+        """A new sizer: its series exist from the start, so alerts have them."""
+        metrics, pool = self._metrics, sizer.name
+        metrics.pool_limit_target.labels(pool).set(sizer.limiter.limit)
+        metrics.pool_limit_max.labels(pool).set(sizer.effective_max())
+        metrics.autosize_decided.labels(pool).set(time.time())
+        metrics.autosize_orphaned_permits.labels(pool).set(0)
+        if sizer.read_limits is not None:
+            metrics.autosize_budget_read.labels(pool).set(time.time())
+            metrics.autosize_budget_errors.labels(pool)
+
+    def resized(self, pool: str, old: int, new: int) -> None:
         direction = "up" if new > old else "down"
         self._metrics.pool_resizes.labels(pool, direction).inc()
         self._metrics.pool_limit_target.labels(pool).set(new)
 
-    def _ceiling(self, pool: str, ceiling: int) -> None:
+    def ceiling(self, pool: str, ceiling: int) -> None:
         self._metrics.pool_limit_max.labels(pool).set(ceiling)
+
+    def decided(self, pool: str) -> None:
+        self._metrics.autosize_decided.labels(pool).set(time.time())
+
+    def budget_read(self, pool: str) -> None:
+        self._metrics.autosize_budget_read.labels(pool).set(time.time())
+
+    def budget_failed(self, pool: str) -> None:
+        self._metrics.autosize_budget_errors.labels(pool).inc()
+
+    def orphaned(self, pool: str, permits: int) -> None:
+        self._metrics.autosize_orphaned_permits.labels(pool).set(permits)

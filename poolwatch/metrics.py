@@ -193,6 +193,40 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        # Autosize's own health: a controller that stopped deciding, a budget that is
+        # not read, permits held by nobody all leave the pool's limit wrong, silently.
+        self.autosize_decided = Gauge(
+            "poolwatch_autosize_last_decision_timestamp_seconds",
+            "When autosize's controller last decided the pool's limit (Unix time); it "
+            "decides every autosize.interval while it runs.",
+            ["pool"],
+            registry=registry,
+            multiprocess_mode="liveall",  # each live worker its own: one stalls alone
+        )
+        self.autosize_budget_read = Gauge(
+            "poolwatch_autosize_budget_last_read_timestamp_seconds",
+            "When the database's connection budget was last read for the pool (Unix time; "
+            "autosize's start until the first read). Pools whose budget is not read "
+            "(autosize.budget set, or no PostgreSQL) have no series.",
+            ["pool"],
+            registry=registry,
+            multiprocess_mode="liveall",  # each live worker its own: one stalls alone
+        )
+        self.autosize_budget_errors = Counter(
+            "poolwatch_autosize_budget_read_errors",
+            "Reads of the database's connection budget that failed; until one succeeds "
+            "autosize keeps the limit within the last budget read.",
+            ["pool"],
+            registry=registry,
+        )
+        self.autosize_orphaned_permits = Gauge(
+            "poolwatch_autosize_orphaned_permits",
+            "Autosize permits out for 5 s or more with no checkout, acquire or return "
+            "behind them: connections the pool's limit counts but nobody can use.",
+            ["pool"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.connection_leaks = Counter(
             "poolwatch_connection_leaks",
             "Connections held past the leak threshold, by the route that took them.",

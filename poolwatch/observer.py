@@ -16,6 +16,7 @@ from collections.abc import Callable
 from time import perf_counter, thread_time
 from typing import Any
 
+from poolwatch import forksafe
 from poolwatch.context import NO_ROUTE, current_route, current_scope
 from poolwatch.events import TRANSACTION_OUTCOMES
 from poolwatch.holders import Holders
@@ -234,8 +235,23 @@ class PoolObserver:
         self.statements: deque[tuple[int, float]] | None = None
         self.holders: Holders | None = None
         self.call_site: Callable[[], str] | None = None
+        # Called as an acquire starts, where something must keep running beside the pool
+        # (autosize's controller, the leak scan): it starts it again if it stopped.
+        self.on_acquire: Callable[[], None] | None = None
+        forksafe.forget_in_child(self)
         # The SQL dialect of its statements (see fingerprint.dialect_of), set by the adapter.
         self.dialect = ""
+
+    def after_fork(self) -> None:
+        """In a child process: the parent's checkouts and waiters are not the child's
+        (see :mod:`poolwatch.forksafe`); counted on, they would stay in the drift."""
+        for checkout in self._checked_out.values():
+            checkout.open = False  # a context the child inherited may still point at it
+        self._checked_out = {}
+        self._waiting = {}
+        self.returning = 0
+        if self.holders is not None:
+            self.holders = Holders()
 
     # -- read at scrape time ---------------------------------------------------------
 
@@ -261,6 +277,11 @@ class PoolObserver:
     def acquire_started(self) -> int:
         ticket = next(self._tickets)
         self._waiting[ticket] = perf_counter()
+        if self.on_acquire is not None:
+            try:
+                self.on_acquire()
+            except Exception as exc:
+                self._faults.report("pool", exc)
         if self._on_change is not None:
             self._changed()
         return ticket

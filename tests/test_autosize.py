@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy.pool import QueuePool
 from tortoise import Tortoise, connections
 from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.transactions import in_transaction
@@ -325,7 +326,7 @@ async def test_waiting_at_the_budgets_ceiling_reads_the_budget_again_early(
     assert len(reads) > before, "no budget read while requests waited at its ceiling"
 
 
-async def test_a_budget_that_cannot_be_read_is_a_warning_not_a_fault(
+async def test_a_budget_that_cannot_be_read_holds_the_limit_and_shows_in_metrics(
     pg_database: str, make_watch: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     watch = make_watch()
@@ -333,25 +334,68 @@ async def test_a_budget_that_cannot_be_read_is_a_warning_not_a_fault(
     async with tortoise_on(_url(pg_database, maxsize=20)):
         sizer = watch.guards.sizers["default"]
         maintenance = watch.guards.maintenance
+        await maintenance._read_budget(sizer)  # a first read that works
+        assert sizer.ceiling is not None
+        read_at = value(
+            watch.registry, "poolwatch_autosize_budget_last_read_timestamp_seconds", pool="default"
+        )
+        ceiling = sizer.ceiling
 
         async def refused() -> Any:
             raise ConnectionRefusedError("the server went away")
 
         real, sizer.read_limits = sizer.read_limits, refused
         with caplog.at_level(logging.WARNING, logger="poolwatch.autosize"):
-            for _ in range(3):
+            for _ in range(4):
                 await maintenance._read_budget(sizer)
-        warnings = [r.getMessage() for r in caplog.records]
-        assert len(warnings) == 2, warnings  # the first failure, then the fallback
-        assert "ConnectionRefusedError: the server went away" in warnings[0]
-        assert "grows up to autosize.max=20" in warnings[1]
+        records = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert len(records) == 2, records  # the first failure, then the hold
+        assert "ConnectionRefusedError: the server went away" in records[0][1]
+        assert records[1][0] == logging.ERROR
+        assert "could not be read 3 times in a row" in records[1][1]
+        assert "Set autosize.budget" in records[1][1]
         assert all(r.exc_info is None for r in caplog.records)  # no traceback
-        assert sizer.ceiling is None  # not stuck at the starting limit
+        # The last budget read still bounds growth: never the pool's own maximum.
+        assert sizer.ceiling == ceiling
+        assert sizer.effective_max() <= ceiling
+        assert (
+            value(watch.registry, "poolwatch_autosize_budget_read_errors_total", pool="default")
+            == 4
+        )
+        assert (
+            value(
+                watch.registry,
+                "poolwatch_autosize_budget_last_read_timestamp_seconds",
+                pool="default",
+            )
+            == read_at
+        )
+        # The database's answer is no fault of poolwatch's; a fault of its own is one.
         assert value(watch.registry, "poolwatch_internal_errors_total", component="budget") == 0
-        sizer.read_limits = real
+
+        async def broken() -> Any:
+            raise RuntimeError("got Future attached to a different loop")
+
+        sizer.read_limits = broken
         await maintenance._read_budget(sizer)
-        assert sizer.ceiling is not None
+        assert value(watch.registry, "poolwatch_internal_errors_total", component="budget") == 1
+
+        sizer.read_limits = real
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="poolwatch.autosize"):
+            await maintenance._read_budget(sizer)
         assert sizer.budget_failures == 0
+        assert [r.getMessage() for r in caplog.records] == [
+            "pool default: the database's connection budget is read again"
+        ]
+        assert (
+            value(
+                watch.registry,
+                "poolwatch_autosize_budget_last_read_timestamp_seconds",
+                pool="default",
+            )
+            > read_at
+        )
 
 
 @pytest.mark.parametrize(
@@ -374,6 +418,38 @@ def test_bad_autosize_settings_fail_at_once(value_: Any, setting: str) -> None:
         assert raised.value.setting == setting
     finally:
         watch.uninstrument()
+
+
+def test_a_max_above_a_sqlalchemy_pools_own_fails_at_instrument(make_watch: Any) -> None:
+    from sqlalchemy import create_engine
+
+    engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=20, max_overflow=10)
+    watch = make_watch()
+    with pytest.raises(ConfigError) as raised:
+        watch.instrument_sqlalchemy(engine, autosize=Autosize(max=100))
+    assert raised.value.setting == "autosize.max"
+    message = str(raised.value)
+    assert message.startswith("autosize.max=100: must not exceed the pool's own maximum size (30)")
+    assert "pool_size + max_overflow" in message
+    assert "main" not in watch.guards.sizers  # nothing was left half made
+
+
+async def test_a_max_above_a_tortoise_pools_own_met_in_use_is_one_error_and_kept_in_bounds(
+    pg_database: str, make_watch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Tortoise's connections are met at their first query: raising there would fail a
+    # request, so the setting is named once, at error level, and the pool's own max used.
+    watch = make_watch()
+    watch.instrument_tortoise(autosize=Autosize(min=2, max=100, interval=3600))
+    with caplog.at_level(logging.WARNING, logger="poolwatch"):
+        async with tortoise_on(_url(pg_database, maxsize=30)) as client:
+            await client.execute_query("SELECT 1")
+            sizer = watch.guards.sizers["default"]
+            assert (sizer.lower, sizer.upper) == (2, 30)
+    errors = [r for r in caplog.records if "autosize.max=100" in r.getMessage()]
+    assert len(errors) == 1, [r.getMessage() for r in caplog.records]
+    assert errors[0].levelno == logging.ERROR
+    assert "must not exceed the pool's own maximum size (30)" in errors[0].getMessage()
 
 
 def test_autosize_accepts_true_a_dict_and_tuning() -> None:
@@ -442,8 +518,11 @@ async def test_sqlalchemy_async_limit_holds_and_times_out(
 
     engine = create_async_engine(_sa_url(pg_database, "asyncpg"), pool_size=2, max_overflow=8)
     watch = make_watch(acquire_timeout=0.3)
+    # A budget by hand: no read of the server's takes a permit while the test counts them.
     watch.instrument_sqlalchemy(
-        engine, pool="main", autosize=Autosize(min=1, max=10, initial=2, interval=3600)
+        engine,
+        pool="main",
+        autosize=Autosize(min=1, max=10, initial=2, interval=3600, budget=10),
     )
     peak: list[int] = []
     try:

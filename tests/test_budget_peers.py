@@ -224,7 +224,13 @@ def test_growth_needs_a_fresh_read_and_a_stale_one_holds_the_limit(
         )
         assert sizer.budget is not None
         assert sizer.budget.peers == 1
-        assert sizer.growth_ceiling() == sizer.ceiling == 86  # 100 - 5 headroom - 10 + 1
+        assert sizer.ceiling == 86  # 100 - 5 headroom - 10 + 1
+        # Its first read as a tagged pool: growth waits until any other pool's read from
+        # before its connections were on the server is stale.
+        assert sizer.seen_by_peers_at is not None
+        assert sizer.growth_ceiling() == sizer.limiter.limit == 2
+        sizer.seen_by_peers_at -= BUDGET_FRESH
+        assert sizer.growth_ceiling() == sizer.ceiling
         sizer.budget_read_at -= BUDGET_FRESH + 0.1  # the read grows old
         # The limit in force is kept, and growth past it waits for the next read.
         assert sizer.growth_ceiling() == sizer.limiter.limit == 2

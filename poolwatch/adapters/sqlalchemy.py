@@ -65,6 +65,7 @@ from sqlalchemy.pool import (
     StaticPool,
 )
 
+from poolwatch import forksafe
 from poolwatch.adapters import major_minor
 from poolwatch.adapters.timing import ConnectTime
 from poolwatch.appname import tag_server_settings, tagged_name
@@ -367,6 +368,13 @@ class SQLAlchemyInstrumentation:
         # The pool listeners are registered on this empty pool of ours and copied into
         # the engine's; see _hook_pool.
         self._anchor: Pool | None = None
+        forksafe.forget_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a child process: the parent's checkouts and transactions are not the
+        child's (see :mod:`poolwatch.forksafe`)."""
+        self._permits = set()
+        self._opened = {}
 
     # -- install / uninstall -------------------------------------------------------------
 
