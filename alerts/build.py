@@ -290,7 +290,7 @@ def counter_alert(
 
 
 def _alerts() -> list[Alert]:
-    return [*_capacity_alerts(), *_traffic_alerts(), *_health_alerts()]
+    return [*_capacity_alerts(), *_traffic_alerts(), *_autosize_alerts(), *_health_alerts()]
 
 
 def _capacity_alerts() -> list[Alert]:
@@ -597,8 +597,8 @@ def _traffic_alerts() -> list[Alert]:
     return a
 
 
-def _health_alerts() -> list[Alert]:
-    """Alerts on the pools' limits, lost connections and poolwatch's own health."""
+def _autosize_alerts() -> list[Alert]:
+    """Alerts on autosize: a limit pinned at its ceiling."""
     a: list[Alert] = []
 
     def ceiling(c: Config, m: int, fires: bool) -> Case:
@@ -627,7 +627,12 @@ def _health_alerts() -> list[Alert]:
             ceiling,
         )
     )
+    return a
 
+
+def _health_alerts() -> list[Alert]:
+    """Alerts on leaked and lost connections and poolwatch's own health."""
+    a: list[Alert] = []
     a.append(
         counter_alert(
             "PoolwatchConnectionLeaks",
