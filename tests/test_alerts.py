@@ -54,6 +54,9 @@ def test_the_required_alerts_exist() -> None:
         "PoolwatchNPlusOne",
         "PoolwatchQueriesPerRequestJump",
         "PoolwatchAutosizeAtCeiling",
+        "PoolwatchAutosizeStalled",
+        "PoolwatchAutosizeBudgetUnread",
+        "PoolwatchAutosizePermitsOrphaned",
         "PoolwatchInternalErrors",
         "PoolwatchTargetDown",
     } <= names
