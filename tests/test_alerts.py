@@ -94,13 +94,25 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     assert quiet == names
 
 
+# A name of poolwatch's anywhere, bare ones too: ``max by (pool) (poolwatch_x)`` has no
+# "{" or "[" after the name for series_names to see.
+_OURS = re.compile(r"\b(?:poolwatch|db_client|http_server)_[a-z0-9_]+")
+
+
 def test_only_metrics_poolwatch_exports() -> None:
     known = exported_names() | BUILTIN_SERIES
     used: set[str] = set()
+    queried: set[str] = set()
     for group in rules()["groups"]:
         for rule in group["rules"]:
-            used |= series_names(rule["expr"])
-    assert used <= known, sorted(used - known)
+            used |= series_names(rule["expr"]) | set(_OURS.findall(rule["expr"]))
+            # Queries an annotation runs when it is rendered ({{ printf "..." | query }}).
+            for text in rule.get("annotations", {}).values():
+                for query in re.findall(r'printf "([^"]*)"[^}]*\| query', text):
+                    queried |= set(_OURS.findall(query))
+    assert "poolwatch_autosize_last_decision_timestamp_seconds" in used  # bare, in timestamp()
+    assert "poolwatch_autosize_budget_read_errors_total" in queried
+    assert used | queried <= known, sorted((used | queried) - known)
 
 
 def test_thresholds_are_edited_in_settings_and_the_tests_follow(
