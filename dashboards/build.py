@@ -6,10 +6,10 @@
 Three dashboards, all with the same variables (data source; job, instance, pool and
 route, each multi-valued with "All" meaning ``.+``): **Pools** (utilisation, connections,
 waiting, acquire wait, hold and creation times, time held idle, transactions by outcome,
-rollback ratio and transaction duration, timeouts, autosize, leaks, unaccounted
-connections and give-backs), **Queries** (rates
-and latency by operation and route, errors, queries per request, slowest routes) and
-**N+1** (findings, duplicates, slow statements, the routes running most statements).
+rollback ratio and transaction duration, timeouts, autosize and whether it still works,
+leaks, unaccounted connections and give-backs), **Queries** (rates and latency by
+operation and route, errors, queries per request, slowest routes) and **N+1** (findings,
+duplicates, slow statements, the routes running most statements).
 Every panel has a title, a description and a unit; counters are always read through
 ``rate``/``increase`` over ``$__rate_interval``; uids are fixed; dashboards are not
 editable (provisioned copies are replaced on every start anyway).
@@ -71,6 +71,17 @@ def _quantiles(metric: str, matchers: str, by: str, legend: str) -> list[Query]:
         )
         for q in (0.5, 0.95, 0.99)
     ]
+
+
+def _age(metric: str, legend: str) -> Query:
+    """How old a pool's Unix-time gauge was when scraped, the oldest of its workers'
+    (timestamp() is the scrape's time: no sawtooth of the scrape interval; a forked
+    worker's copy still at 0 is left out)."""
+    selector = f"{metric}{{{POOL}}}"
+    return Query(
+        f"max by (instance, pool) (timestamp({selector}) - ({selector} > 0))",
+        f"{legend} {{{{instance}}}} {{{{pool}}}}",
+    )
 
 
 def pools() -> list[Panel]:
@@ -251,6 +262,41 @@ def pools() -> list[Panel]:
                     f"(increase(poolwatch_pool_resizes_total{{{POOL}}}[{RATE}]))",
                     "{{pool}} {{direction}}",
                 )
+            ],
+        ),
+        Panel(
+            "Autosize: age of the last decision and budget read",
+            "How old autosize's last decision and its last read of the database's "
+            "connection budget were when scraped (the oldest worker's). It decides every "
+            "autosize.interval (0.25 s) and reads every autosize.budget_interval (5 s), "
+            "so both stay near 0 and 5 s. A decision over 30 s old: "
+            "PoolwatchAutosizeStalled; a read over 60 s old while reads fail: "
+            "PoolwatchAutosizeBudgetUnread.",
+            "s",
+            [
+                _age("poolwatch_autosize_last_decision_timestamp_seconds", "decision"),
+                _age("poolwatch_autosize_budget_last_read_timestamp_seconds", "budget read"),
+            ],
+            thresholds=((30, "yellow"), (60, "red")),
+        ),
+        Panel(
+            "Autosize: failed budget reads and orphaned permits",
+            "Reads of the database's connection budget that failed, per interval (the "
+            "database refusing or down, a role that cannot read pg_stat_activity, a "
+            "blocked event loop; the poolwatch.autosize log says which), and autosize "
+            "permits out with no checkout behind them: connections the limit counts that "
+            "nobody can use (PoolwatchAutosizePermitsOrphaned).",
+            "short",
+            [
+                Query(
+                    "sum by (instance, pool) (increase("
+                    f"poolwatch_autosize_budget_read_errors_total{{{POOL}}}[{RATE}]))",
+                    "failed reads {{instance}} {{pool}}",
+                ),
+                Query(
+                    f"sum by (instance, pool) (poolwatch_autosize_orphaned_permits{{{POOL}}})",
+                    "orphaned permits {{instance}} {{pool}}",
+                ),
             ],
         ),
         Panel(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +109,57 @@ def test_pool_overview_has_the_panels_an_sre_looks_for() -> None:
         "Creation time p50 / p95 / p99",
         "Timeouts/s",
         "Autosize: resizes",
+        "Autosize: age of the last decision and budget read",
+        "Autosize: failed budget reads and orphaned permits",
     ):
         assert wanted in titles
     utilisation = next(p for p in panels("poolwatch-pools") if p["title"].startswith("Util"))
     steps = utilisation["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert [s["value"] for s in steps] == [None, 0.8, 0.95]
+
+
+def test_autosize_ages_are_the_oldest_workers(promtool: str, tmp_path: Path) -> None:
+    # Three gunicorn workers: one decides all along, one stopped at minute 2, one forked
+    # and not started yet (0). The panel shows the stopped one's age, 8 minutes at 10m.
+    panel = next(
+        p
+        for p in panels("poolwatch-pools")
+        if p["title"] == "Autosize: age of the last decision and budget read"
+    )
+    expr = re.sub(r"\$\w+", ".+", panel["targets"][0]["expr"])
+    name = "poolwatch_autosize_last_decision_timestamp_seconds"
+    labels = 'job="poolwatch", instance="app-1:8000", pool="default"'
+    tests = {
+        "rule_files": [],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'{name}{{{labels}, pid="11"}}', "values": "0+60x10"},
+                    {"series": f'{name}{{{labels}, pid="12"}}', "values": "0+60x2 120+0x7"},
+                    {"series": f'{name}{{{labels}, pid="13"}}', "values": "0+0x10"},
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "10m",
+                        "exp_samples": [
+                            {"labels": '{instance="app-1:8000", pool="default"}', "value": 480}
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "ages.test.yml").write_text(json.dumps(tests))
+    done = subprocess.run(
+        [promtool, "test", "rules", "ages.test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_every_expression_parses(promtool: str, tmp_path: Path) -> None:
