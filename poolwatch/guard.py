@@ -7,6 +7,7 @@ acquire: autosize (a limiter), an acquire timeout, leak detection (checkout trac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -137,9 +138,11 @@ class Guards:
         return None if sizer is None else sizer.limiter.limit
 
     def forget(self, name: str) -> None:
-        """Drop pool ``name``'s gate and sizer (its instrumentation was removed)."""
+        """Drop pool ``name``'s gate and sizer (its instrumentation was removed), and the
+        gauges that speak of a controller now gone (left, they would look stalled)."""
         self.gates.pop(name, None)
-        self.sizers.pop(name, None)
+        if self.sizers.pop(name, None) is not None:
+            self._report.retired(name)
 
     def observe(self, observer: PoolObserver) -> None:
         """Set up a new pool's observer: checkout tracking for leak detection."""
@@ -173,6 +176,19 @@ class _MetricsReport:
         if sizer.read_limits is not None:
             metrics.autosize_budget_read.labels(pool).set(time.time())
             metrics.autosize_budget_errors.labels(pool)
+
+    def retired(self, pool: str) -> None:
+        """The sizer is gone: its gauges go with it (its counters stay, as counters do)."""
+        metrics = self._metrics
+        for gauge in (
+            metrics.pool_limit_target,
+            metrics.pool_limit_max,
+            metrics.autosize_decided,
+            metrics.autosize_budget_read,
+            metrics.autosize_orphaned_permits,
+        ):
+            with contextlib.suppress(KeyError):  # never set for this pool
+                gauge.remove(pool)
 
     def resized(self, pool: str, old: int, new: int) -> None:
         direction = "up" if new > old else "down"

@@ -322,3 +322,28 @@ def test_a_forked_child_counts_none_of_its_parents_checkouts(tmp_path: Any) -> N
         watch.uninstrument()
         engine.dispose()
     assert seen == {"drift": 0, "used": 0, "permits": 0, "running": True}
+
+
+def test_uninstrument_retires_the_gauges_of_a_controller_now_gone() -> None:
+    # Left behind, a last-decision timestamp that no longer moves would page someone
+    # with PoolwatchAutosizeStalled for a pool nobody sizes any more.
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import QueuePool
+
+    engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=5, max_overflow=0)
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine, autosize=Autosize(min=2, budget=5))
+    gauges = (
+        "poolwatch_autosize_last_decision_timestamp_seconds",
+        "poolwatch_autosize_orphaned_permits",
+        "poolwatch_pool_limit_target",
+        "poolwatch_pool_limit_max",
+    )
+    assert all(
+        watch.registry.get_sample_value(name, {"pool": "main"}) is not None for name in gauges
+    )
+    watch.uninstrument()
+    assert [
+        name for name in gauges if watch.registry.get_sample_value(name, {"pool": "main"})
+    ] == []
+    engine.dispose()
