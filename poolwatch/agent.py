@@ -320,7 +320,7 @@ class PoolWatch:
         """
         if self._server is not None:
             return self._server.address
-        from poolwatch.server import MetricsServer  # http.server: only when asked for
+        from poolwatch.server import MetricsServer  # its own thread and loop: only when asked
 
         port = self.settings.metrics_port if port is None else port
         if port is None:
