@@ -22,7 +22,7 @@ import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar, cast
 
-__all__ = ["cancel_once", "complete", "complete_in_task"]
+__all__ = ["cancel_once", "complete", "complete_in_task", "keep_task"]
 
 T = TypeVar("T")
 
@@ -106,9 +106,7 @@ class _CancelOnce(Generic[T]):
                 break
 
     def _give_back(self, result: T) -> None:
-        task = asyncio.get_running_loop().create_task(self._orphan(result))
-        self._keep.add(task)
-        task.add_done_callback(self._keep.discard)
+        keep_task(asyncio.get_running_loop().create_task(self._orphan(result)), self._keep)
 
 
 def _stand_in(waiting_on: Any) -> asyncio.Future[None]:
@@ -133,9 +131,27 @@ def _settle(stand_in: asyncio.Future[None]) -> None:
 async def complete_in_task(work: Coroutine[Any, Any, T], keep: Tasks) -> T:
     """:func:`complete` through a task of its own from the start (for rare paths)."""
     task = asyncio.get_running_loop().create_task(work)
-    keep.add(task)
-    task.add_done_callback(keep.discard)
+    keep_task(task, keep)
     return await asyncio.shield(task)
+
+
+def keep_task(task: asyncio.Task[Any], keep: Tasks) -> None:
+    """Hold ``task`` in ``keep`` until it ends (the loop keeps only weak references), then
+    retrieve its outcome: poolwatch's own task, which nobody may await any more (its caller
+    was cancelled), must never end in asyncio's "exception was never retrieved"."""
+    keep.add(task)
+
+    def finished(done: asyncio.Task[Any]) -> None:
+        keep.discard(done)
+        _retrieve(done)
+
+    task.add_done_callback(finished)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    # Whoever awaits the task still gets its exception; this only marks it as seen.
+    if not task.cancelled():
+        task.exception()
 
 
 class _Done(Generic[T]):
@@ -158,6 +174,7 @@ def _start(work: Coroutine[Any, Any, T], keep: Tasks) -> asyncio.Task[T] | _Done
 
     def finished(task: asyncio.Task[T]) -> None:
         keep.discard(task)
+        _retrieve(task)
         if not started:  # cancelled before its first step (the loop shutting down)
             work.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from collections.abc import Coroutine
 from typing import Any
 
@@ -251,3 +252,29 @@ async def test_cancel_once_without_a_suspension_costs_no_task() -> None:
 
     assert await cancel_once(acquire(), keep, orphan) == "connection"
     assert not keep
+
+
+async def test_poolwatchs_own_task_that_fails_after_its_caller_left_is_not_reported_unretrieved(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The give-back of a connection nobody waits for any more may fail (the connection
+    # died meanwhile): its task must not end in asyncio's "never retrieved" report.
+    import gc
+
+    from poolwatch.completion import keep_task
+
+    keep: set[asyncio.Task[Any]] = set()
+
+    async def fails() -> None:
+        await asyncio.sleep(0)
+        raise ConnectionError("unexpected connection_lost() call")
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        task = asyncio.get_running_loop().create_task(fails())
+        keep_task(task, keep)
+        del task
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+    assert keep == set()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]

@@ -54,7 +54,7 @@ from poolwatch.adapters.tortoise_entry import (
 from poolwatch.appname import tag_server_settings, tagged_name
 from poolwatch.autosize import Gate
 from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
-from poolwatch.completion import cancel_once, complete, complete_in_task
+from poolwatch.completion import cancel_once, complete, complete_in_task, keep_task
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import COMMIT, ROLLBACK, ROLLED_BACK_BY_ERROR, PoolEvents, PoolState
 from poolwatch.fingerprint import dialect_of
@@ -632,9 +632,9 @@ class TortoiseInstrumentation:
         if connection is None:
             return
         client._connection = None
-        task = asyncio.get_running_loop().create_task(_close_half_open(connection))
-        self._shielded.add(task)
-        task.add_done_callback(self._shielded.discard)
+        keep_task(
+            asyncio.get_running_loop().create_task(_close_half_open(connection)), self._shielded
+        )
 
     def _wrap_create_pool(self, original: AsyncMethod, *, seam: str) -> AsyncMethod:
         instrumentation = self
