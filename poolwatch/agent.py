@@ -452,7 +452,6 @@ class PoolWatch:
             SQLAlchemyInstrumentation,
             pool_capacity,
             postgres_limits_reader,
-            read_pool_state,
             taggable,
         )
         from poolwatch.adapters.sqlalchemy_relations import sqlalchemy_relations
@@ -482,15 +481,11 @@ class PoolWatch:
             if sizing.tags_connections and taggable(engine):
                 instrumentation.tag = new_tag()
 
-            def open_connections() -> int:
-                state = read_pool_state(sync_engine.pool)
-                return 0 if state is None else (state.used or 0) + (state.idle or 0)
-
             instrumentation.gate = self.guards.gate_for(
                 self._observers[pool],
                 autosize=sizing,
                 pool_max=ceiling,
-                open_connections=open_connections,
+                open_connections=instrumentation.open_connections,
                 read_limits=postgres_limits_reader(engine),
                 tag=instrumentation.tag,
                 threads=not sync_engine.dialect.is_async,

@@ -156,7 +156,7 @@ def test_an_async_engine_instrumented_at_import_reads_its_budget_on_the_apps_loo
         watch.uninstrument()
     assert not errors, errors.most_common(5)
     assert sizer.budget is not None, "the budget was never read"
-    assert sizer.budget.peers == 1
+    assert sizer.budget.peers == 1, sizer.budget
     assert 2 < peak_limit <= 8 - 2, peak_limit  # grew, within the role's 8 less its headroom
     assert sessions.peak <= 8
     assert value(watch.registry, "poolwatch_autosize_budget_read_errors_total", pool="main") == 0
@@ -346,3 +346,45 @@ def test_uninstrument_retires_the_gauges_of_a_controller_now_gone() -> None:
     left = [n for n in gauges if watch.registry.get_sample_value(n, {"pool": "main"}) is not None]
     assert left == []
     engine.dispose()
+
+
+def test_the_budget_counts_only_connections_the_server_can_show() -> None:
+    # A QueuePool counts a connection as checked out from the moment it starts opening
+    # it; pg_stat_activity shows it only once open. Counted as held meanwhile, a pool
+    # growing fast looked as if the server missed its tagged sessions.
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import QueuePool
+
+    opening, go_on = threading.Event(), threading.Event()
+
+    def slow_connect() -> sqlite3.Connection:
+        opening.set()
+        assert go_on.wait(CAP)
+        return sqlite3.connect(":memory:", check_same_thread=False)
+
+    engine = create_engine(
+        "sqlite://", creator=slow_connect, poolclass=QueuePool, pool_size=4, max_overflow=0
+    )
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine, autosize=Autosize(min=2, budget=4))
+    open_connections = watch.guards.sizers["main"].open_connections
+
+    def use() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    thread = threading.Thread(target=use)
+    try:
+        thread.start()
+        assert opening.wait(CAP)
+        assert engine.pool.checkedout() == 1  # the pool's own count includes it
+        assert open_connections() == 0
+        go_on.set()
+        thread.join(CAP)
+        assert open_connections() == 1  # open now, back in the pool
+    finally:
+        go_on.set()
+        watch.uninstrument()
+        engine.dispose()

@@ -363,6 +363,8 @@ class SQLAlchemyInstrumentation:
         self._permits: set[int] = set()
         # DBAPI connections (their ids) with a transaction open (do_begin), since when.
         self._opened: dict[int, float] = {}
+        # Connections being opened right now (the creator called, not yet returned).
+        self.connecting = 0
         self._active = False
         self._shadows: list[_Shadow] = []
         # The pool listeners are registered on this empty pool of ours and copied into
@@ -459,6 +461,15 @@ class SQLAlchemyInstrumentation:
     def probe(self) -> PoolState | None:
         """The engine's current pool, read now (see :func:`read_pool_state`)."""
         return read_pool_state(self._engine.pool)
+
+    def open_connections(self) -> int:
+        """Connections the engine's pool holds open on the server, used or idle: the
+        pool's own count less those still being opened, which the server does not show
+        yet (the database budget compares this with the server's sessions)."""
+        state = self.probe()
+        if state is None:
+            return 0
+        return max(0, (state.used or 0) + (state.idle or 0) - self.connecting)
 
     def _tag_connection(
         self, dialect: Dialect, record: object, cargs: object, cparams: dict[str, Any]
@@ -682,7 +693,13 @@ class SQLAlchemyInstrumentation:
                 entry.info[_CONNECT_STARTED] = perf_counter()
             except Exception as err:
                 self._faults.report(_COMPONENT, err)
-            return original(entry)
+            # A QueuePool counts a connection as checked out from the moment it starts
+            # opening it; the server shows it only once it is open (see open_connections).
+            self.connecting += 1
+            try:
+                return original(entry)
+            finally:
+                self.connecting -= 1
 
         return invoke_creator
 

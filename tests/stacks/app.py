@@ -113,6 +113,11 @@ class StackApp:
             return
         # A file database gets a QueuePool too (SQLAlchemy 2), so autosize can size it.
         options: dict[str, Any] = {"pool_size": self.pool_max, "max_overflow": 0}
+        if self.stack.database == "sqlite":
+            # SQLite writes one at a time; its default 5 s wait for the lock is what a
+            # loaded machine runs out of, with or without poolwatch. Apps that write
+            # concurrently set it longer.
+            options["connect_args"] = {"timeout": 30}
         if self.stack.sync:
             self._engine = create_engine(self.url, **options)
             self._sessions_sync = sessionmaker(self._engine, expire_on_commit=False)
