@@ -26,7 +26,7 @@ import yaml
 from prometheus_client.utils import floatToGoString
 
 # The bucket bounds poolwatch exports, for tests whose quantile must land on a bound.
-from poolwatch.metrics import QUERIES_BUCKETS, QUERY_BUCKETS, WAIT_BUCKETS
+from poolwatch.exposition.metrics import QUERIES_BUCKETS, QUERY_BUCKETS, WAIT_BUCKETS
 
 __all__ = ["ALERTS", "Config", "build_rules", "build_tests", "load"]
 

@@ -41,7 +41,7 @@ import poolwatch
 from poolwatch import PoolWatch
 from poolwatch.context import WorkScope
 from poolwatch.events import Finding
-from poolwatch.recorder import QueryRecorder
+from poolwatch.queries.recorder import QueryRecorder
 
 __all__ = ["bench_detection"]
 

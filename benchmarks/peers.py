@@ -103,7 +103,7 @@ async def instance(
     from tortoise import Tortoise
 
     from poolwatch import PoolTimeoutError
-    from poolwatch.adapters.tortoise import read_pool_state
+    from poolwatch.adapters.tortoise.instrumentation import read_pool_state
 
     watch, client, size = await _open(url, mode)
     latencies: list[float] = []
@@ -247,7 +247,7 @@ def bench_role(url: str) -> Iterator[str]:
 def read_server(admin_url: str) -> Server:
     import psycopg
 
-    from poolwatch.budget import default_headroom
+    from poolwatch.sizing.budget import default_headroom
 
     with psycopg.connect(admin_url, autocommit=True) as admin:
         row = admin.execute(

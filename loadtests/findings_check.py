@@ -12,7 +12,7 @@ from typing import Any
 
 from loadtests.report import FindingRow
 from loadtests.scenarios import FindingCheck
-from poolwatch.observer import HELD_IDLE_MIN
+from poolwatch.pools.observer import HELD_IDLE_MIN
 
 __all__ = ["APP_FILE", "judge", "line_in"]
 

@@ -14,7 +14,6 @@ Importing this package does nothing by itself: no registry, no task, no patch.
 from __future__ import annotations
 
 from poolwatch.agent import PoolWatch
-from poolwatch.autosize import Autosize
 from poolwatch.config import Settings
 from poolwatch.context import allow_nplusone, current_route, scope
 from poolwatch.errors import (
@@ -25,6 +24,7 @@ from poolwatch.errors import (
     PoolWatchError,
 )
 from poolwatch.events import Finding, PoolEvents, PoolProbe, PoolState, QueryEvent
+from poolwatch.sizing.settings import Autosize
 
 __all__ = [
     "Autosize",

@@ -18,30 +18,32 @@ from prometheus_client import (
 from prometheus_client import values as prometheus_values
 
 from poolwatch import context
-from poolwatch.appname import new_tag
-from poolwatch.autosize import Autosize, Gate
 from poolwatch.config import Settings
 from poolwatch.context import WorkScope
 from poolwatch.errors import ConfigError, NPlusOneError, PoolWatchError
 from poolwatch.events import HELD_IDLE, Finding, PoolEvents, PoolProbe, PoolState
-from poolwatch.exposition import Exposition
-from poolwatch.guard import Guards
-from poolwatch.metrics import Metrics, PoolSource, PoolStateCollector, read_pool
-from poolwatch.middleware import ASGIApp, PoolWatchMiddleware, Switch
-from poolwatch.multiprocess import (
+from poolwatch.exposition.collectors import PoolSource, PoolStateCollector, read_pool
+from poolwatch.exposition.endpoints import Exposition
+from poolwatch.exposition.metrics import Metrics
+from poolwatch.exposition.middleware import ASGIApp, PoolWatchMiddleware, Switch
+from poolwatch.exposition.multiprocess import (
     MultiprocessExposition,
     PoolGauges,
     Refresher,
     multiprocess_dir,
 )
-from poolwatch.observer import Checkout, PoolObserver
-from poolwatch.recorder import QueryRecorder
-from poolwatch.routes import app_answers
+from poolwatch.exposition.routes import app_answers
+from poolwatch.pools.observer import Checkout, PoolObserver
+from poolwatch.queries.recorder import QueryRecorder
+from poolwatch.queries.suggestions import register_pool, suggestion
 from poolwatch.safety import FaultReporter
-from poolwatch.suggestions import register_pool, suggestion
+from poolwatch.sizing.appname import new_tag
+from poolwatch.sizing.gate import Gate
+from poolwatch.sizing.guards import Guards
+from poolwatch.sizing.settings import Autosize
 
 if TYPE_CHECKING:
-    from poolwatch.server import MetricsServer
+    from poolwatch.exposition.server import MetricsServer
 
 # What a held_idle finding tells to change.
 HELD_IDLE_ADVICE = (
@@ -320,7 +322,9 @@ class PoolWatch:
         """
         if self._server is not None:
             return self._server.address
-        from poolwatch.server import MetricsServer  # its own thread and loop: only when asked
+        from poolwatch.exposition.server import (
+            MetricsServer,  # its own thread and loop: only when asked
+        )
 
         port = self.settings.metrics_port if port is None else port
         if port is None:
@@ -376,7 +380,7 @@ class PoolWatch:
         sizing = Autosize.coerce(autosize)  # bad settings fail here, before any request
         if not self.settings.enabled:
             return
-        from poolwatch.adapters.tortoise import (
+        from poolwatch.adapters.tortoise.instrumentation import (
             TortoiseInstrumentation,
             open_connections,
             postgres_limits_reader,
@@ -385,7 +389,7 @@ class PoolWatch:
 
         clients: dict[str, Any] = {}
 
-        from poolwatch.adapters.tortoise_relations import tortoise_relations
+        from poolwatch.adapters.tortoise.relations import tortoise_relations
 
         def on_client(name: str, client: Any) -> None:
             first = name not in clients
@@ -448,13 +452,13 @@ class PoolWatch:
             raise ConfigError("pool", pool, "is already instrumented; give each engine a name")
         from sqlalchemy.engine import Engine
 
-        from poolwatch.adapters.sqlalchemy import (
+        from poolwatch.adapters.sqlalchemy.instrumentation import (
             SQLAlchemyInstrumentation,
             pool_capacity,
             postgres_limits_reader,
             taggable,
         )
-        from poolwatch.adapters.sqlalchemy_relations import sqlalchemy_relations
+        from poolwatch.adapters.sqlalchemy.relations import sqlalchemy_relations
 
         sync_engine = getattr(engine, "sync_engine", engine)
         if not isinstance(sync_engine, Engine):  # an AsyncEngine wraps one

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from poolwatch.assets import ASSETS, export
+from poolwatch.exposition.assets import ASSETS, export
 
 
 def main(argv: Sequence[str] | None = None) -> int:

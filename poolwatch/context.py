@@ -15,10 +15,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from poolwatch.errors import NPlusOneError
-from poolwatch.routes import RouteTemplates
 
 if TYPE_CHECKING:
-    from poolwatch.detect import ScopeQueries
+    from poolwatch.queries.detect import ScopeQueries
 
 __all__ = [
     "NO_ROUTE",
@@ -33,8 +32,13 @@ __all__ = [
 NO_ROUTE = "none"
 UNMATCHED = "unmatched"
 
-# Route templates of scopes made without an application's routing table (no mounts).
-_default_templates = RouteTemplates()
+
+def _router_path(scope: Mapping[str, Any]) -> str | None:
+    """The template the router wrote into an ASGI scope, for scopes made without an
+    application's route templates (the middleware always hands its own, which also
+    know mounts: :class:`poolwatch.exposition.routes.RouteTemplates`)."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else None
 
 
 class WorkScope:
@@ -62,7 +66,7 @@ class WorkScope:
     ) -> None:
         self._route = route
         self._asgi = asgi_scope
-        self._templates = templates or _default_templates
+        self._templates = templates or _router_path
         # The HTTP method of a request ("" for scope() blocks), named in findings.
         self.method = method
         self.queries = 0

@@ -30,17 +30,17 @@ from types import TracebackType
 
 from poolwatch import context
 from poolwatch.context import WorkScope, current_scope, nplusone_allowed
-from poolwatch.detect import DATA_OPERATIONS, Policy, ScopeQueries, detect, slow_finding
 from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
-from poolwatch.recorder import (
+from poolwatch.queries.detect import DATA_OPERATIONS, Policy, ScopeQueries, detect, slow_finding
+from poolwatch.queries.recorder import (
     TRANSACTION_END,
     add_finding_sink,
     add_sink,
     remove_finding_sink,
     remove_sink,
 )
-from poolwatch.suggestions import suggestion
+from poolwatch.queries.suggestions import suggestion
 
 __all__ = ["Capture", "assert_max_queries", "capture"]
 

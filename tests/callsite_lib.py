@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import greenlet
 
-from poolwatch.callsite import CallSiteFinder
+from poolwatch.queries.callsite import CallSiteFinder
 
 
 def query(finder: CallSiteFinder) -> str | None:

@@ -20,8 +20,8 @@ from tortoise.transactions import in_transaction
 
 import poolwatch
 from poolwatch import Autosize, ConfigError, PoolTimeoutError, PoolWatch
-from poolwatch.budget import ServerLimits
-from poolwatch.sizing import Tuning
+from poolwatch.sizing.budget import ServerLimits
+from poolwatch.sizing.controller import Tuning
 from tests.metrics_helpers import value
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from poolwatch.budget import ServerLimits, budget_for, peer_ceiling, pool_ceiling
+from poolwatch.sizing.budget import ServerLimits, budget_for, peer_ceiling, pool_ceiling
 
 
 def test_reserved_slots_and_open_connections_are_taken_off() -> None:

@@ -16,9 +16,9 @@ from tortoise import Tortoise, connections
 from tortoise.backends.base.executor import EXECUTOR_CACHE
 
 from poolwatch import Autosize
-from poolwatch.appname import tagged_name
-from poolwatch.autosize import PoolSizer
-from poolwatch.budget import default_headroom
+from poolwatch.sizing.appname import tagged_name
+from poolwatch.sizing.budget import default_headroom
+from poolwatch.sizing.sizer import PoolSizer
 
 
 def _url(dsn: str, scheme: str, **params: Any) -> str:
@@ -210,8 +210,8 @@ def test_growth_needs_a_fresh_read_and_a_stale_one_holds_the_limit(
 ) -> None:
     from sqlalchemy import create_engine
 
-    from poolwatch.autosize import BUDGET_FRESH
-    from poolwatch.budget import ServerLimits
+    from poolwatch.sizing.budget import ServerLimits
+    from poolwatch.sizing.sizer import BUDGET_FRESH
 
     engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}", pool_size=40, max_overflow=0)
     watch = make_watch()
@@ -246,7 +246,7 @@ def test_an_ordinary_role_counts_every_session_and_sees_the_tags(pg_database: st
 
     from psycopg import sql
 
-    from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
+    from poolwatch.sizing.budget import POSTGRES_LIMITS_SQL, ServerLimits
 
     role = f"poolwatch_plain_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_database, autocommit=True) as admin:

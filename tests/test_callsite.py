@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from poolwatch.callsite import CallSiteFinder, display_path, is_library_module
+from poolwatch.queries.callsite import CallSiteFinder, display_path, is_library_module
 from tests import callsite_lib
 
 LIB = ("tests.callsite_lib",)
@@ -96,7 +96,7 @@ def test_greenlet_child_is_followed_to_its_parent() -> None:
 def test_library_modules() -> None:
     assert is_library_module("sqlalchemy.orm.strategies")
     assert is_library_module("asyncio.tasks")
-    assert is_library_module("poolwatch.recorder")
+    assert is_library_module("poolwatch.queries.recorder")
     assert not is_library_module("poolwatch.demo.app")  # the demo is an application
     assert not is_library_module("myapp.views")
     assert is_library_module("myapp.db.repo", ("myapp.db",))
@@ -216,7 +216,7 @@ def test_a_path_ends_at_the_framework_that_called_the_endpoint() -> None:
 
 
 def test_a_path_has_at_most_max_path_frames() -> None:
-    from poolwatch.callsite import MAX_PATH
+    from poolwatch.queries.callsite import MAX_PATH
 
     finder = CallSiteFinder(LIB)
 

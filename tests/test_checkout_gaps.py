@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from poolwatch import observer
-from poolwatch.observer import HELD_IDLE_MIN, Checkout
+from poolwatch.pools import observer
+from poolwatch.pools.observer import HELD_IDLE_MIN, Checkout
 
 
 class Thread:

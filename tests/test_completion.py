@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from poolwatch.completion import cancel_once, complete, complete_in_task
+from poolwatch.adapters.completion import cancel_once, complete, complete_in_task
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -261,7 +261,7 @@ async def test_poolwatchs_own_task_that_fails_after_its_caller_left_is_not_repor
     # died meanwhile): its task must not end in asyncio's "never retrieved" report.
     import gc
 
-    from poolwatch.completion import keep_task
+    from poolwatch.adapters.completion import keep_task
 
     keep: set[asyncio.Task[Any]] = set()
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from poolwatch.deadline import WaitDeadline
+from poolwatch.sizing.deadline import WaitDeadline
 
 
 async def test_it_expires_while_the_wait_is_not_over() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from poolwatch import Finding, QueryEvent
-from poolwatch.detect import MAX_GROUPS, Policy, ScopeQueries, detect, late_finding
+from poolwatch.queries.detect import MAX_GROUPS, Policy, ScopeQueries, detect, late_finding
 
 
 def suggest(kind: str, fingerprint: str, pool: str, by_relation: bool = False) -> str:

@@ -188,7 +188,7 @@ def _lower(headers: object) -> dict[str, str]:
 def test_half_sent_requests_neither_pile_up_threads_nor_stay(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from poolwatch import server as metrics_server
+    from poolwatch.exposition import server as metrics_server
 
     monkeypatch.setattr(metrics_server, "READ_TIMEOUT", 0.5)
     watch = PoolWatch()

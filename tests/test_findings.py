@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, text
 
 import poolwatch
 from poolwatch import Finding, NPlusOneError, PoolWatch
-from poolwatch.findings import LINE_LIMIT, FindingsLog, FindingsLogger, log_line
+from poolwatch.queries.findings import LINE_LIMIT, FindingsLog, FindingsLogger, log_line
 from tests.metrics_helpers import value
 
 SECRET = "s3cret-findings-value"

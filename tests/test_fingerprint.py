@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poolwatch.fingerprint import END, READ, WRITE, fingerprint, shape
+from poolwatch.queries.fingerprint import END, READ, WRITE, fingerprint, shape
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from poolwatch.fingerprint import fingerprint
-from poolwatch.hints import FORWARD, MANY_TO_MANY, REVERSE, Relation, filtered_column, suggest
+from poolwatch.queries.fingerprint import fingerprint
+from poolwatch.queries.hints import (
+    FORWARD,
+    MANY_TO_MANY,
+    REVERSE,
+    Relation,
+    filtered_column,
+    suggest,
+)
 
 TORTOISE = [
     Relation("tortoise", "Author", "books", "book", "author_id", REVERSE, "Book"),

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from poolwatch.histogram import FastHistogram, histogram
+from poolwatch.exposition.histogram import FastHistogram, histogram
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 # Values on, just under and just over each bound, zero, and past the last bound.

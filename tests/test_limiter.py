@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from poolwatch.limiter import AsyncLimiter, ThreadLimiter
+from poolwatch.sizing.limiter import AsyncLimiter, ThreadLimiter
 
 
 async def test_grow_wakes_waiters_at_once_and_shrink_interrupts_nobody() -> None:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from poolwatch import server as metrics_server
-from poolwatch.exposition import Exposition
+from poolwatch.exposition import server as metrics_server
+from poolwatch.exposition.endpoints import Exposition
 from poolwatch.safety import FaultReporter
 
 SAMPLE = b"srv_test_up 1.0"

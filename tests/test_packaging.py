@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from poolwatch.assets import ASSETS
+from poolwatch.exposition.assets import ASSETS
 
 ROOT = Path(__file__).resolve().parent.parent
 PIP = (sys.executable, "-m", "pip")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from poolwatch.reconcile import Unaccounted, drift
+from poolwatch.pools.reconcile import Unaccounted, drift
 
 
 @pytest.mark.parametrize(

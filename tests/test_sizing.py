@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from poolwatch.sizing import SizeController, Tuning, Window
+from poolwatch.sizing.controller import SizeController, Tuning, Window
 
 INTERVAL = 1.0
 

@@ -25,7 +25,7 @@ from tortoise.transactions import in_transaction
 
 import poolwatch
 from poolwatch import PoolWatch, PoolWatchError
-from poolwatch.adapters.tortoise import read_pool_state
+from poolwatch.adapters.tortoise.instrumentation import read_pool_state
 from tests.metrics_helpers import pool_gauges, total, value
 from tests.tortoise_models import Author, Book
 
@@ -192,7 +192,7 @@ async def test_internal_fault_is_counted_not_raised(
     def broken(sql: str) -> str:
         raise RuntimeError("bug inside poolwatch")
 
-    monkeypatch.setattr("poolwatch.observer.operation_of", broken)
+    monkeypatch.setattr("poolwatch.pools.observer.operation_of", broken)
     async with tortoise_on("sqlite://:memory:"):
         assert await Author.all() == []
     assert value(watch.registry, "poolwatch_internal_errors_total", component="query") >= 1

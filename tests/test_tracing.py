@@ -8,7 +8,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from poolwatch.tracing import trace_id_of
+from poolwatch.exposition.tracing import trace_id_of
 
 HEADER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 HEADERS = {

@@ -6,7 +6,7 @@ database's ``CONNECTION LIMIT``, and the connections already open
 (``pg_stat_activity``).
 
 Several app instances share one database. Each autosized pool tags its connections
-(``application_name`` ends with ``pw-`` and 8 hex digits, see :mod:`poolwatch.appname`),
+(``application_name`` ends with ``pw-`` and 8 hex digits, see :mod:`poolwatch.sizing.appname`),
 so one read of ``pg_stat_activity`` tells every pool how many tagged pools share the
 database and what each holds: :func:`peer_ceiling` gives a lone pool all that is free
 (less a headroom), and N pools fair shares, without any two of them counting on the same

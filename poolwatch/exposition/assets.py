@@ -31,7 +31,7 @@ def _source(kind: str) -> Traversable:
     packed = resources.files("poolwatch").joinpath("_assets", kind)
     if packed.is_dir():
         return packed
-    checkout = Path(__file__).resolve().parent.parent / kind  # an editable install
+    checkout = Path(__file__).resolve().parents[2] / kind  # an editable install
     if (checkout / ASSETS[kind][0]).is_file():
         return checkout
     raise FileNotFoundError(f"poolwatch's {kind} are not in this installation")

@@ -38,7 +38,7 @@ the connection, SQLite's lock, is gone for good); and up to 0.23 every task that
 before a client's pool exists creates a pool of its own (200 first requests, 200 pools:
 all but the last are never closed, nor seen by the client's gauges).
 
-This module and :mod:`poolwatch.adapters.tortoise` are the only ones touching these
+This module and :mod:`poolwatch.adapters.tortoise.instrumentation` are the only ones touching these
 private attributes.
 """
 

@@ -13,16 +13,19 @@ import time
 from collections.abc import Callable
 
 from poolwatch import forksafe
-from poolwatch.autosize import Autosize, Gate, Maintenance, PoolSizer, ReadLimits
-from poolwatch.callsite import CallSiteFinder
 from poolwatch.config import Settings
 from poolwatch.errors import ConfigError
-from poolwatch.holders import Holders
-from poolwatch.limiter import AsyncLimiter, ThreadLimiter
-from poolwatch.metrics import Metrics
-from poolwatch.observer import PoolObserver
-from poolwatch.recorder import UNKNOWN_SITE
+from poolwatch.exposition.metrics import Metrics
+from poolwatch.pools.holders import Holders
+from poolwatch.pools.observer import PoolObserver
+from poolwatch.queries.callsite import CallSiteFinder
+from poolwatch.queries.recorder import UNKNOWN_SITE
 from poolwatch.safety import FaultReporter
+from poolwatch.sizing.gate import Gate
+from poolwatch.sizing.limiter import AsyncLimiter, ThreadLimiter
+from poolwatch.sizing.maintenance import Maintenance
+from poolwatch.sizing.settings import Autosize
+from poolwatch.sizing.sizer import PoolSizer, ReadLimits
 
 __all__ = ["Guards"]
 
@@ -74,7 +77,7 @@ class Guards:
 
         ``threads``: the pool is used from threads (sync SQLAlchemy), not an event loop.
         ``tag``: the application_name tag of the pool's connections (see
-        :mod:`poolwatch.appname`), if they carry one.
+        :mod:`poolwatch.sizing.appname`), if they carry one.
         ``keep``: the driver's minimum size (connections above the limit are closed only
         down to it; the driver would open them again).
         """
@@ -161,7 +164,7 @@ class Guards:
 
 
 class _MetricsReport:
-    """A :class:`~poolwatch.autosize.SizingReport` in metrics."""
+    """A :class:`~poolwatch.sizing.SizingReport` in metrics."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics

@@ -3,7 +3,7 @@
 For each statement (while detection is on, or a ``testing.capture()`` block is open) the
 recorder finds the call site, fingerprints the SQL and adds a
 :class:`~poolwatch.events.QueryEvent` to the current scope's groups. When the scope ends
-it asks :func:`~poolwatch.detect.detect` for findings and reports them: metrics, a log
+it asks :func:`~poolwatch.queries.detect.detect` for findings and reports them: metrics, a log
 line, the recent-findings list, and in ``raise`` mode an :class:`NPlusOneError`.
 """
 
@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from poolwatch.callsite import CallSiteFinder
 from poolwatch.config import Settings
 from poolwatch.context import NO_ROUTE, WorkScope, nplusone_allowed
-from poolwatch.detect import (
+from poolwatch.errors import NPlusOneError
+from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
+from poolwatch.exposition.metrics import Metrics
+from poolwatch.queries.callsite import CallSiteFinder
+from poolwatch.queries.detect import (
     Policy,
     ScopeQueries,
     Suggest,
@@ -23,11 +26,8 @@ from poolwatch.detect import (
     late_finding,
     slow_finding,
 )
-from poolwatch.errors import NPlusOneError
-from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
-from poolwatch.findings import FindingsLog, FindingsLogger
-from poolwatch.fingerprint import DIALECTS, END, READ, WRITE, SqlShape, shaper
-from poolwatch.metrics import Metrics
+from poolwatch.queries.findings import FindingsLog, FindingsLogger
+from poolwatch.queries.fingerprint import DIALECTS, END, READ, WRITE, SqlShape, shaper
 
 __all__ = ["TRANSACTION_END", "UNKNOWN_SITE", "QueryRecorder", "add_sink", "remove_sink"]
 
@@ -243,7 +243,7 @@ class QueryRecorder:
             self._logger.log(finding)
 
     def report_held_idle(self, finding: Finding) -> None:
-        """A connection held while idle (see :class:`~poolwatch.observer.PoolObserver`):
+        """A connection held while idle (see :class:`~poolwatch.pools.observer.PoolObserver`):
         listed, logged and handed to open captures; never raised."""
         for sink in tuple(_finding_sinks):
             sink(finding)

@@ -12,7 +12,7 @@ reversibly, the few methods every backend goes through:
   MySQL), ``ConnectionWrapper`` on a non-transactional client and SQLite's transaction
   context (SQLite: one connection behind a lock, so the acquire wait is the lock wait).
   Which classes, and where each Tortoise version keeps what they take, is
-  :mod:`poolwatch.adapters.tortoise_entry`'s knowledge, one layout per minor version.
+  :mod:`poolwatch.adapters.tortoise.entry`'s knowledge, one layout per minor version.
 * the driver's connect function, for creation time: ``create_pool``'s ``connect=`` for
   asyncpg, a ``connection_class`` subclass for psycopg, ``create_connection`` for SQLite.
   aiomysql and asyncmy pools open connections inside the driver with no seam to time.
@@ -40,9 +40,10 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 from poolwatch.adapters import major_minor
-from poolwatch.adapters.asyncpg_return import Pending, ReturnHook
+from poolwatch.adapters.completion import cancel_once, complete, complete_in_task, keep_task
 from poolwatch.adapters.timing import ConnectTime
-from poolwatch.adapters.tortoise_entry import (
+from poolwatch.adapters.tortoise.asyncpg_return import Pending, ReturnHook
+from poolwatch.adapters.tortoise.entry import (
     LAYOUTS,
     Entry,
     Layout,
@@ -51,13 +52,12 @@ from poolwatch.adapters.tortoise_entry import (
     resolve,
     root_client,
 )
-from poolwatch.appname import tag_server_settings, tagged_name
-from poolwatch.autosize import Gate
-from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
-from poolwatch.completion import cancel_once, complete, complete_in_task, keep_task
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import COMMIT, ROLLBACK, ROLLED_BACK_BY_ERROR, PoolEvents, PoolState
-from poolwatch.fingerprint import dialect_of
+from poolwatch.queries.fingerprint import dialect_of
+from poolwatch.sizing.appname import tag_server_settings, tagged_name
+from poolwatch.sizing.budget import POSTGRES_LIMITS_SQL, ServerLimits
+from poolwatch.sizing.gate import Gate
 
 __all__ = [
     "TortoiseInstrumentation",

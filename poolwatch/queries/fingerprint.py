@@ -25,8 +25,8 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from poolwatch.operations import operation_of
-from poolwatch.textcache import TextCache
+from poolwatch.queries.operations import operation_of
+from poolwatch.queries.textcache import TextCache
 
 __all__ = [
     "DIALECTS", "END", "READ", "WRITE", "SqlShape", "dialect_of", "fingerprint", "shape",

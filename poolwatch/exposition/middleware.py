@@ -20,11 +20,11 @@ from typing import Any
 
 from poolwatch import context
 from poolwatch.context import WorkScope
-from poolwatch.exposition import Exposition
-from poolwatch.metrics import Metrics
-from poolwatch.routes import RouteTemplates, app_answers, route_path
+from poolwatch.exposition.endpoints import Exposition
+from poolwatch.exposition.metrics import Metrics
+from poolwatch.exposition.routes import RouteTemplates, app_answers, route_path
+from poolwatch.exposition.tracing import trace_id_of
 from poolwatch.safety import FaultReporter
-from poolwatch.tracing import trace_id_of
 
 __all__ = ["PoolWatchMiddleware", "Switch"]
 

@@ -1,6 +1,6 @@
 """poolwatch's own endpoints, whatever serves them: authentication, format and gzip.
 
-The ASGI middleware (on the app's port) and :mod:`poolwatch.server` (on a port of its
+The ASGI middleware (on the app's port) and :mod:`poolwatch.exposition.server` (on a port of its
 own) both hand a request's path, method and headers to :meth:`Exposition.respond` and
 send back what it returns, so the two behave the same byte for byte.
 """

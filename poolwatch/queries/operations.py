@@ -6,7 +6,7 @@ classification is a dictionary hit on the hot path.
 
 from __future__ import annotations
 
-from poolwatch.textcache import TextCache
+from poolwatch.queries.textcache import TextCache
 
 OPERATIONS = ("SELECT", "INSERT", "UPDATE", "DELETE", "OTHER")
 

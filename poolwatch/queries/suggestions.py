@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from poolwatch.hints import Relation, suggest
+from poolwatch.queries.hints import Relation, suggest
 
 __all__ = ["register_pool", "suggestion"]
 

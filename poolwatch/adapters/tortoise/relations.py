@@ -1,10 +1,10 @@
-"""Tortoise-ORM's relations, described for fix suggestions (see :mod:`poolwatch.hints`)."""
+"""Tortoise-ORM's relations, described for fix suggestions (see :mod:`poolwatch.queries.hints`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from poolwatch.hints import FORWARD, MANY_TO_MANY, REVERSE, TORTOISE, Relation
+from poolwatch.queries.hints import FORWARD, MANY_TO_MANY, REVERSE, TORTOISE, Relation
 
 __all__ = ["tortoise_relations"]
 

@@ -1,10 +1,11 @@
-"""SQLAlchemy's ORM relationships, described for fix suggestions (see :mod:`poolwatch.hints`)."""
+"""SQLAlchemy's ORM relationships, described for fix suggestions
+(see :mod:`poolwatch.queries.hints`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from poolwatch.hints import FORWARD, MANY_TO_MANY, REVERSE, SQLALCHEMY, Relation
+from poolwatch.queries.hints import FORWARD, MANY_TO_MANY, REVERSE, SQLALCHEMY, Relation
 
 __all__ = ["sqlalchemy_relations"]
 

@@ -2,7 +2,7 @@
 
 Each such pool gets a random tag, ``pw-`` and 8 hex digits, at the end of its
 connections' ``application_name``, the one thing a client sets that every role can read
-from ``pg_stat_activity``: the database budget (:mod:`poolwatch.budget`) counts there how
+from ``pg_stat_activity``: the database budget (:mod:`poolwatch.sizing.budget`) counts there how
 many pools share the database and what each holds. The name the application chose stays
 in front (shortened if the two would pass PostgreSQL's 63 bytes), so a DBA still sees
 it.

@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from poolwatch.metrics import DRIFT_HELP, DRIFT_NAME, PoolSource, read_pool
+from poolwatch.exposition.collectors import DRIFT_HELP, DRIFT_NAME, PoolSource, read_pool
 
 __all__ = ["MultiprocessExposition", "PoolGauges", "Refresher", "multiprocess_dir"]
 

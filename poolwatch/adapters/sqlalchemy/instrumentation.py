@@ -68,9 +68,6 @@ from sqlalchemy.pool import (
 from poolwatch import forksafe
 from poolwatch.adapters import major_minor
 from poolwatch.adapters.timing import ConnectTime
-from poolwatch.appname import tag_server_settings, tagged_name
-from poolwatch.autosize import Gate
-from poolwatch.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import (
     CLOSED,
@@ -80,8 +77,11 @@ from poolwatch.events import (
     PoolEvents,
     PoolState,
 )
-from poolwatch.fingerprint import dialect_of
+from poolwatch.queries.fingerprint import dialect_of
 from poolwatch.safety import FaultReporter
+from poolwatch.sizing.appname import tag_server_settings, tagged_name
+from poolwatch.sizing.budget import POSTGRES_LIMITS_SQL, ServerLimits
+from poolwatch.sizing.gate import Gate
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -209,7 +209,7 @@ def sqlalchemy_version() -> tuple[int, int]:
 
 def _enter(gate: Gate) -> bool:
     """Take a permit: from a thread, or from SQLAlchemy's asyncio greenlet."""
-    from poolwatch.limiter import AsyncLimiter
+    from poolwatch.sizing.limiter import AsyncLimiter
 
     if isinstance(gate.limiter, AsyncLimiter):
         # AsyncEngine runs the pool inside a greenlet that may await on the loop.

@@ -29,7 +29,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import NamedTuple
 
-from poolwatch.exposition import Exposition, Response, text_response
+from poolwatch.exposition.endpoints import Exposition, Response, text_response
 
 __all__ = [
     "MAX_CONNECTIONS",

@@ -2,7 +2,7 @@
 
 :class:`SizeController` is fed one :class:`Window` of observations per interval and
 returns a :class:`Decision`; it has no clock, lock, sleep or I/O, so it is tested by
-feeding it windows (:mod:`poolwatch.autosize` does the sampling and applying).
+feeding it windows (:mod:`poolwatch.sizing.sizer` does the sampling and applying).
 
 Why this design
 ---------------

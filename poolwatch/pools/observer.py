@@ -19,10 +19,10 @@ from typing import Any
 from poolwatch import forksafe
 from poolwatch.context import NO_ROUTE, current_route, current_scope
 from poolwatch.events import TRANSACTION_OUTCOMES
-from poolwatch.holders import Holders
-from poolwatch.metrics import Metrics
-from poolwatch.operations import operation_of
-from poolwatch.recorder import QueryRecorder
+from poolwatch.exposition.metrics import Metrics
+from poolwatch.pools.holders import Holders
+from poolwatch.queries.operations import operation_of
+from poolwatch.queries.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
 
 __all__ = ["HELD_IDLE_MIN", "RECLAIM_OUTCOMES", "PoolObserver", "is_refusal"]

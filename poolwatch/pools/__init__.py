@@ -1,0 +1,11 @@
+"""One pool's own account, from the events its adapter reports.
+
+* :mod:`.observer`: :class:`~.observer.PoolObserver`, the :class:`~poolwatch.events.PoolEvents`
+  of one pool: checkouts, waits, statements and transactions, as metric observations;
+* :mod:`.holders`: who holds the connections (route, line, since when);
+* :mod:`.reconcile`: the drift between poolwatch's count and the driver's;
+* :mod:`.leaks`: checkouts held past the leak threshold.
+
+May import the core, :mod:`poolwatch.queries` and the metric definitions of
+:mod:`poolwatch.exposition.metrics`; never an adapter, :mod:`poolwatch.sizing` or the agent.
+"""
