@@ -1,9 +1,7 @@
 """The processes a load test starts, on loopback only, and always stops.
 
-* :class:`Postgres`: a throwaway cluster in a temporary directory (``initdb``, ``pg_ctl``),
-  run as the ``postgres`` OS user when we are root (PostgreSQL refuses to run as root),
-  listening on 127.0.0.1 and a Unix socket in that directory; stoppable and restartable
-  mid-run (the outage scenario).
+* :class:`~tests.servers.Postgres`: a throwaway cluster (in :mod:`tests.servers`, which
+  the test runner uses too), stoppable and restartable mid-run (the outage scenario).
 * :class:`Prometheus`: Debian's ``prometheus``, scraping the app every second with the
   alert rules' fast profile loaded, its data in a temporary directory.
 * :class:`App`: the load-test app under uvicorn.
@@ -16,32 +14,22 @@ process and removes what it created.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-__all__ = ["App", "Locust", "Postgres", "Prometheus", "free_port"]
+from tests.servers import HOST, Postgres, Service, free_port, workdir
 
-HOST = "127.0.0.1"
+__all__ = ["HOST", "App", "Locust", "Postgres", "Prometheus", "free_port", "workdir"]
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -86,77 +74,7 @@ def _spawn(
         )
 
 
-class _Service:
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-class Postgres(_Service):
-    """A throwaway PostgreSQL cluster."""
-
-    def __init__(self, work: Path) -> None:
-        self.bin = _pg_bin()
-        self.dir = Path(tempfile.mkdtemp(prefix="poolwatch-pg-", dir=work))
-        self.port = free_port()
-        self.as_postgres: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres")
-            self.as_postgres = ["runuser", "-u", "postgres", "--"]
-        self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust",
-                  "--encoding=UTF8", "--locale=C", "--no-sync")  # fmt: skip
-        self.start()
-
-    @property
-    def url(self) -> str:
-        """Tortoise URL of the ``postgres`` database."""
-        return f"asyncpg://postgres@{HOST}:{self.port}/postgres"
-
-    def _run(self, tool: str, *args: str) -> None:
-        command = [*self.as_postgres, str(Path(self.bin) / tool), *args]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=self.dir, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{tool} failed: {done.stdout}{done.stderr}")
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -k {self.dir} -c listen_addresses={HOST} -c max_connections=100 "
-            "-c fsync=off -c synchronous_commit=off"
-        )
-        self._run("pg_ctl", "start", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"),
-                  "-o", options, "-w", "-t", "30")  # fmt: skip
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "stop", "-D", str(self.dir / "data"), "-m", "fast", "-w", "-t", "30")
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._run("pg_ctl", "stop", "-D", str(self.dir / "data"), "-m", "immediate", "-w")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _pg_bin() -> str:
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-    for directory in candidates:
-        if os.access(os.path.join(directory, "pg_ctl"), os.X_OK):
-            return directory
-    found = shutil.which("pg_ctl")
-    if found is None:
-        raise RuntimeError("PostgreSQL not found: apt-get install postgresql (or use --sqlite)")
-    return os.path.dirname(found)
-
-
-class Prometheus(_Service):
+class Prometheus(Service):
     """A Prometheus scraping ``target`` every second, with ``rules`` loaded."""
 
     def __init__(
@@ -192,7 +110,7 @@ class Prometheus(_Service):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class App(_Service):
+class App(Service):
     """The load-test app under uvicorn, configured by ``env``."""
 
     def __init__(self, work: Path, env: Mapping[str, str], log: Path) -> None:
@@ -219,7 +137,7 @@ class App(_Service):
         stop(self.process)
 
 
-class Locust(_Service):
+class Locust(Service):
     """Locust headless: one process, or a master and ``workers`` worker processes."""
 
     def __init__(
@@ -287,14 +205,3 @@ class Locust(_Service):
         stop(self.process)
         for worker in self.workers:
             stop(worker)
-
-
-@contextlib.contextmanager
-def workdir(base: Path | None = None) -> Iterator[Path]:
-    """A temporary directory readable by the postgres user, removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="poolwatch-loadtest-", dir=base))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)

@@ -11,8 +11,8 @@ import asyncio
 
 import pytest
 
-from loadtests.services import HOST, Postgres, workdir
 from tests.campaign.run import PROFILES, Restarter, failures, run_campaign, summary
+from tests.servers import HOST, Postgres, workdir
 
 
 @pytest.mark.postgres

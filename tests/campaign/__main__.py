@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.services import HOST, Postgres, workdir
 from tests.campaign.run import PROFILES, Restarter, failures, run_campaign, summary
+from tests.servers import HOST, Postgres, workdir
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,130 @@
+"""The test command: ``python3 -m nox`` runs every job, one nox session each.
+
+* ``lint``: ruff check and ruff format --check;
+* ``types``: mypy, strict;
+* ``tests``: the whole suite on the newest supported versions (pinned in pyproject's
+  ``dev`` extra), against a throwaway PostgreSQL and MariaDB;
+* ``oldest``: the tests of everything that touches an ORM, FastAPI/Starlette, pytest or
+  prometheus_client, on the oldest supported versions (``scripts/oldest.txt``);
+* ``docs``: the documentation site, ``mkdocs build --strict``.
+
+``python3 -m nox -s tests -- -k tortoise -x`` runs one job, with arguments for pytest.
+Every job runs even if one before it failed; the exit status says whether all passed.
+The servers come from :mod:`tests.servers`: Debian's packages are installed when missing
+(as root, or with sudo); under ``CI=true`` a server that cannot be had fails the job,
+locally its tests are skipped with a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))  # tests.servers: standard library only
+
+from tests import servers  # noqa: E402
+
+nox.options.sessions = ["lint", "types", "tests", "oldest", "docs"]
+nox.options.reuse_venv = "yes"  # locally; CI starts from a clean clone anyway
+
+SOURCES = ("poolwatch", "tests", "benchmarks", "alerts", "dashboards", "loadtests", "docs")
+DEV = ".[dev]"
+# What the oldest versions must pass: every test that touches an ORM, FastAPI/Starlette,
+# pytest or prometheus_client; the load tests, the fault campaign, the stack matrix and
+# the generated files run once, on the newest.
+OLDEST_TESTS = (
+    "tests/test_tortoise_adapter.py",
+    "tests/test_sqlalchemy_adapter.py",
+    "tests/test_corpus_tortoise.py",
+    "tests/test_corpus_sqlalchemy.py",
+    "tests/test_never_lose.py",
+    "tests/test_routes.py",
+    "tests/test_app_endpoints.py",
+    "tests/test_middleware.py",
+    "tests/test_findings.py",
+    "tests/test_exposition.py",
+    "tests/test_exposition_promtool.py",
+    "tests/test_multiprocess.py",
+    "tests/test_public_api.py",
+    "tests/test_config.py",
+    "tests/test_demo.py",
+    "tests/test_testing.py",
+    "tests/test_pytest_plugin.py",
+    "tests/test_tracing.py",
+    "tests/test_realapp.py",
+)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+@contextlib.contextmanager
+def test_servers(session: nox.Session) -> Iterator[dict[str, str]]:
+    """PostgreSQL and MariaDB for one session, and their URLs for the tests."""
+    missing = servers.install_missing()
+    if missing:
+        message = f"missing Debian packages: {', '.join(missing)}"
+        if in_ci():
+            session.error(f"{message} (CI is set: the tests that need them would not run)")
+        session.warn(f"{message}; the tests that need them are skipped")
+    environment: dict[str, str] = {}
+    with servers.workdir() as work, contextlib.ExitStack() as running:
+        if servers.pg_bin() is not None:
+            postgres = running.enter_context(servers.Postgres(work, max_connections=200))
+            environment["POOLWATCH_TEST_PG_DSN"] = postgres.dsn
+            session.log(f"PostgreSQL at {postgres.dsn}")
+        if servers.mariadbd() is not None:
+            mariadb = running.enter_context(servers.MariaDB(work))
+            environment["POOLWATCH_TEST_MYSQL_URL"] = mariadb.url
+            session.log(f"MariaDB at {mariadb.url}")
+        yield environment
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff==0.17.6")
+    session.run("ruff", "check", *SOURCES)
+    session.run("ruff", "format", "--check", *SOURCES)
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """mypy, strict (pyproject's [tool.mypy])."""
+    session.install("-e", DEV)
+    session.run("mypy")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite on the newest supported versions."""
+    session.install("-e", DEV)
+    with test_servers(session) as environment:
+        session.run("python", "-m", "pytest", *session.posargs, env=environment)
+
+
+@nox.session
+def oldest(session: nox.Session) -> None:
+    """The ORM, web framework, pytest and Prometheus client tests on the oldest
+    supported versions (poolwatch from this checkout, without its own pins)."""
+    session.install("-r", "scripts/oldest.txt")
+    session.install("--no-deps", "-e", ".")
+    with test_servers(session) as environment:
+        session.run(
+            "python", "-m", "pytest", "-q", *(session.posargs or OLDEST_TESTS), env=environment
+        )
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, built strictly: a broken link or a reference entry the
+    code no longer has fails it."""
+    session.install("-e", DEV)
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / ".nox" / "site"))
