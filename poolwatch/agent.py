@@ -380,7 +380,7 @@ class PoolWatch:
         sizing = Autosize.coerce(autosize)  # bad settings fail here, before any request
         if not self.settings.enabled:
             return
-        from poolwatch.adapters.tortoise.instrumentation import (
+        from poolwatch.adapters.tortoise import (
             TortoiseInstrumentation,
             open_connections,
             postgres_limits_reader,

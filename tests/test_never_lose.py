@@ -22,7 +22,7 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.transactions import in_transaction
 
 from poolwatch import Autosize, PoolTimeoutError, PoolWatch
-from poolwatch.adapters.tortoise.instrumentation import tortoise_version
+from poolwatch.adapters.tortoise import tortoise_version
 from tests.metrics_helpers import value
 from tests.pool_truth import (
     driver_in_use,

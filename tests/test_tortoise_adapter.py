@@ -25,7 +25,7 @@ from tortoise.transactions import in_transaction
 
 import poolwatch
 from poolwatch import PoolWatch, PoolWatchError
-from poolwatch.adapters.tortoise.instrumentation import read_pool_state
+from poolwatch.adapters.tortoise import read_pool_state
 from tests.metrics_helpers import pool_gauges, total, value
 from tests.tortoise_models import Author, Book
 

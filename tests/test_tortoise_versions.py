@@ -24,8 +24,7 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.transactions import in_transaction
 
 from poolwatch import PoolWatch
-from poolwatch.adapters.tortoise.entry import LAYOUTS, layout_for, resolve
-from poolwatch.adapters.tortoise.instrumentation import SUPPORTED, tortoise_version
+from poolwatch.adapters.tortoise import LAYOUTS, SUPPORTED, layout_for, resolve, tortoise_version
 from tests.metrics_helpers import total, value
 
 OPS = "db_client_operation_duration_seconds_count"

@@ -4,3 +4,32 @@ Tortoise's clients in one place, reversibly, per known version layout
 
 Never imports :mod:`poolwatch.exposition` or the agent; the agent wires it.
 """
+
+from __future__ import annotations
+
+from poolwatch.adapters.tortoise.entry import LAYOUTS, Layout, layout_for, resolve
+from poolwatch.adapters.tortoise.instrumentation import (
+    SUPPORTED,
+    TortoiseInstrumentation,
+    open_connections,
+    postgres_limits_reader,
+    read_pool_state,
+    tag_pool_parameters,
+    tortoise_version,
+)
+from poolwatch.adapters.tortoise.relations import tortoise_relations
+
+__all__ = [
+    "LAYOUTS",
+    "SUPPORTED",
+    "Layout",
+    "TortoiseInstrumentation",
+    "layout_for",
+    "open_connections",
+    "postgres_limits_reader",
+    "read_pool_state",
+    "resolve",
+    "tag_pool_parameters",
+    "tortoise_relations",
+    "tortoise_version",
+]
