@@ -7,17 +7,22 @@ Never imports :mod:`poolwatch.exposition` or the agent; the agent wires it.
 
 from __future__ import annotations
 
-from poolwatch.adapters.tortoise.entry import LAYOUTS, Layout, layout_for, resolve
 from poolwatch.adapters.tortoise.instrumentation import (
-    SUPPORTED,
     TortoiseInstrumentation,
     open_connections,
     postgres_limits_reader,
     read_pool_state,
     tag_pool_parameters,
+)
+from poolwatch.adapters.tortoise.layouts import (
+    LAYOUTS,
+    SUPPORTED,
+    Layout,
+    layout_for,
     tortoise_version,
 )
 from poolwatch.adapters.tortoise.relations import tortoise_relations
+from poolwatch.adapters.tortoise.seams import resolve
 
 __all__ = [
     "LAYOUTS",

@@ -9,10 +9,11 @@ never calls ``__aexit__`` for an entry that failed. Tortoise does not guard agai
 its own ``in_transaction()`` under the app's ``asyncio.wait_for`` loses a pool of 10 in
 one round of 2,000 requests. poolwatch wraps exactly these entries, so it undoes them.
 
-Where each version keeps things is one :class:`Layout` per ``(major, minor)`` in
-:data:`LAYOUTS`, read from the source of 0.21.0, 0.21.7, 0.22.2, 0.23.0, 0.24.2, 0.25.4,
-1.0.0 and 1.1.9. From it, one :class:`Entry` per context-manager class knows where the
-entry keeps what it took:
+Where each version keeps things is data, one :class:`~.layouts.Layout` per ``(major,
+minor)`` in :mod:`.layouts`; which classes are there to wrap is :mod:`.seams`. Each entry
+here reads its layout's fields once, when it is built, so a checkout never branches on the
+version. One :class:`Entry` per context-manager class knows where the entry keeps what it
+took:
 
 * ``PoolConnectionWrapper``: the connection, in ``connection``; the pool it came from, in
   its own ``pool`` (to 0.23) or its client's ``_pool`` (0.24 on).
@@ -20,7 +21,8 @@ entry keeps what it took:
   ``_connection`` (the wrapper in ``connection`` to 0.23, in ``client`` from 0.24); the
   task's connection override, in ``token``.
 * SQLite's transaction context and ``ConnectionWrapper``: the client's lock, tracked by a
-  thin proxy put in place of the manager's own reference for the length of the entry.
+  thin proxy put in place of the manager's own reference for the length of the entry
+  (:mod:`.sqlite_entry`).
 
 Undoing resets the override (in the failing task's own context), then gives the
 connection back through the driver's pool, which restores it: psycopg_pool rolls back or
@@ -38,35 +40,35 @@ the connection, SQLite's lock, is gone for good); and up to 0.23 every task that
 before a client's pool exists creates a pool of its own (200 first requests, 200 pools:
 all but the last are never closed, nor seen by the client's gauges).
 
-This module and :mod:`poolwatch.adapters.tortoise.instrumentation` are the only ones touching these
-private attributes.
+Private attributes: the pooled managers' ``connection``, ``pool`` and ``token`` and the
+transaction wrapper's ``_connection`` and ``_finalized`` are touched here only, by
+:class:`PoolCheckout` and :class:`PooledTransaction`; a client's ``_pool``, by them and
+:class:`PoolInit` (and read for the gauges by :func:`.pool.read_pool_state`); the
+``_parent`` chain, by :func:`root_client` (and the entries' give-backs).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import importlib
 import inspect
 import logging
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from poolwatch.adapters.tortoise.layouts import Layout
+
 __all__ = [
     "CLOSED",
-    "LAYOUTS",
     "RETURNED",
     "Entry",
-    "Layout",
+    "GiveBack",
     "PoolCheckout",
     "PoolInit",
     "PooledTransaction",
-    "Seam",
-    "SqliteLock",
-    "SqliteTransaction",
-    "layout_for",
-    "resolve",
+    "connections_handler",
+    "finish_transaction",
+    "give_back",
     "root_client",
 ]
 
@@ -75,92 +77,8 @@ logger = logging.getLogger("poolwatch")
 RETURNED = "returned"  # handed back to the driver's pool (which restores or drops it)
 CLOSED = "closed"  # closed, then handed back: the pool frees its slot
 
-BASE = "tortoise.backends.base.client"
-SQLITE = "tortoise.backends.sqlite.client"
-
 GiveBack = Coroutine[Any, Any, str]
 Exit = Callable[..., Coroutine[Any, Any, Any]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """Where one Tortoise minor version keeps what poolwatch reads and wraps."""
-
-    checkout_pool: str
-    """``PoolConnectionWrapper``'s pool: its own ``pool`` (to 0.23), the one it took its
-    connection from even if the client has another by now, else ``client``'s ``_pool``."""
-    transaction_wrapper: str
-    """``TransactionContextPooled``'s TransactionWrapper: ``connection`` (to 0.23) or
-    ``client`` (from 0.24)."""
-    token_before_acquire: bool
-    """The pooled transaction sets the task's connection override before it waits for a
-    connection (to 0.25) or after it has one (1.x). A failed entry's override is undone
-    whichever it got to; this records the order, which tests check against the source."""
-    exit_has_finally: bool
-    """Transaction exits release in a ``finally`` (0.22 on); 0.21's do not."""
-    pool_init_lock: bool
-    """Checkouts create the client's pool under a lock (0.24 on); before, each one that
-    finds no pool creates one."""
-    sqlite_transaction: tuple[str, str]
-    """SQLite's transaction context, ``(module, class)``: the base ``TransactionContext``
-    to 0.22, ``SqliteTransactionContext`` from 0.23."""
-    sqlite_transaction_lock: str
-    """Its reference to the client's lock: ``lock`` (to 0.22) or ``_trxlock``."""
-    connection_lock: str
-    """``ConnectionWrapper``'s lock: ``lock`` (to 0.23) or ``_lock``. It takes the lock
-    before opening SQLite's connection, except on 0.21.0 (after): the tracked lock below
-    is right either way."""
-    transactional: str
-    """The base class of transaction wrappers: ``BaseTransactionWrapper`` (to 0.23) or
-    ``TransactionalDBClient``."""
-    context_connections: bool
-    """The connection override lives in ``get_connections()``, one handler per Tortoise
-    context (1.x), not in the module-level ``connections`` (0.2x)."""
-
-
-_V0_21 = Layout(
-    checkout_pool="pool",
-    transaction_wrapper="connection",
-    token_before_acquire=True,
-    exit_has_finally=False,
-    pool_init_lock=False,
-    sqlite_transaction=(BASE, "TransactionContext"),
-    sqlite_transaction_lock="lock",
-    connection_lock="lock",
-    transactional="BaseTransactionWrapper",
-    context_connections=False,
-)
-_V0_22 = dataclasses.replace(_V0_21, exit_has_finally=True)
-_V0_23 = dataclasses.replace(
-    _V0_22,
-    sqlite_transaction=(SQLITE, "SqliteTransactionContext"),
-    sqlite_transaction_lock="_trxlock",
-)
-_V0_24 = dataclasses.replace(
-    _V0_23,
-    checkout_pool="client._pool",
-    transaction_wrapper="client",
-    pool_init_lock=True,
-    connection_lock="_lock",
-    transactional="TransactionalDBClient",
-)
-_V1_0 = dataclasses.replace(_V0_24, token_before_acquire=False, context_connections=True)
-
-LAYOUTS: dict[tuple[int, int], Layout] = {
-    (0, 21): _V0_21,
-    (0, 22): _V0_22,
-    (0, 23): _V0_23,
-    (0, 24): _V0_24,
-    (0, 25): _V0_24,
-    (1, 0): _V1_0,
-    (1, 1): _V1_0,
-}
-"""Every Tortoise ``(major, minor)`` whose source these entries were written from."""
-
-
-def layout_for(version: tuple[int, int]) -> Layout | None:
-    """The layout of Tortoise ``version``, or ``None`` if it was never read."""
-    return LAYOUTS.get(version)
 
 
 def root_client(client: Any) -> Any:
@@ -172,7 +90,7 @@ def root_client(client: Any) -> Any:
     return client
 
 
-def _connections(layout: Layout) -> Any:
+def connections_handler(layout: Layout) -> Any:
     """The handler of the task's connection overrides."""
     if layout.context_connections:
         from tortoise.connection import get_connections
@@ -294,7 +212,7 @@ class PooledTransaction(Entry):
         wrapper, connection_before, token_before = before
         token = getattr(manager, "token", None)
         if token is not None and token is not token_before:
-            _connections(self._layout).reset(token)
+            connections_handler(self._layout).reset(token)
         connection = wrapper._connection
         if connection is None or connection is connection_before:
             return None
@@ -312,11 +230,11 @@ class PooledTransaction(Entry):
         """Tortoise 0.22's exit, for 0.21's, which skips the release if COMMIT raises."""
         wrapper = getattr(manager, self._wrapper)
         try:
-            await _finish(wrapper, exc_type)
+            await finish_transaction(wrapper, exc_type)
         finally:
             if wrapper._parent._pool:
                 await wrapper._parent._pool.release(wrapper._connection)
-            _connections(self._layout).reset(manager.token)
+            connections_handler(self._layout).reset(manager.token)
 
     async def _ensure_pool(self, manager: Any) -> None:
         """Tortoise 0.24's ``ensure_connection``, for those before it."""
@@ -344,7 +262,7 @@ class PoolInit:
                 await client.create_connection(with_db=True)
 
 
-async def _finish(wrapper: Any, exc_type: Any) -> None:
+async def finish_transaction(wrapper: Any, exc_type: Any) -> None:
     """Commit, or roll back after an error (Tortoise's own rule, in every version)."""
     from tortoise.exceptions import TransactionManagementError
 
@@ -355,134 +273,6 @@ async def _finish(wrapper: Any, exc_type: Any) -> None:
                 await wrapper.rollback()
         else:
             await wrapper.commit()
-
-
-class _TrackedLock:
-    """Stands in for an ``asyncio.Lock`` for one entry: knows whether this entry holds it."""
-
-    __slots__ = ("held", "lock")
-
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self.lock = lock
-        self.held = False
-
-    async def acquire(self) -> bool:
-        acquired = await self.lock.acquire()
-        self.held = True
-        return acquired
-
-    def release(self) -> None:
-        self.held = False
-        self.lock.release()
-
-    def locked(self) -> bool:
-        return self.lock.locked()
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-
-
-def _track_lock(manager: Any, name: str) -> _TrackedLock | None:
-    lock = getattr(manager, name, None)
-    if lock is None or isinstance(lock, _TrackedLock):
-        return lock
-    tracked = _TrackedLock(lock)
-    setattr(manager, name, tracked)
-    return tracked
-
-
-class SqliteTransaction(Entry):
-    """SQLite's transaction context: the client's lock, then the override ``token``, then
-    ``BEGIN`` (to 0.23 the connection is opened before the lock is taken, from 0.24
-    after)."""
-
-    transaction = True
-
-    def __init__(self, layout: Layout) -> None:
-        self._layout = layout
-        self._lock = layout.sqlite_transaction_lock
-        self.attributes = ("connection", "token", layout.sqlite_transaction_lock)
-        if not layout.exit_has_finally:
-            self.exit = self._exit_with_finally
-
-    def owner(self, manager: Any) -> Any:
-        return root_client(manager.connection)
-
-    def client(self, manager: Any) -> Any:
-        return manager.connection
-
-    def before(self, manager: Any) -> tuple[_TrackedLock | None, Any]:
-        return _track_lock(manager, self._lock), getattr(manager, "token", None)
-
-    def taken(self, manager: Any, before: tuple[_TrackedLock | None, Any]) -> bool:
-        return before[0] is not None and before[0].held
-
-    def undo(self, manager: Any, before: tuple[_TrackedLock | None, Any]) -> GiveBack | None:
-        lock, token_before = before
-        token = getattr(manager, "token", None)
-        if token is not None and token is not token_before:
-            _connections(self._layout).reset(token)
-        if lock is None or not lock.held:
-            return None
-        return _sqlite_give_back(manager.connection, lock)
-
-    async def _exit_with_finally(
-        self, manager: Any, exc_type: Any, exc_val: Any, exc_tb: Any
-    ) -> None:
-        """Tortoise 0.22's exit, for 0.21's, which keeps the lock if COMMIT raises."""
-        try:
-            await _finish(manager.connection, exc_type)
-        finally:
-            _connections(self._layout).reset(manager.token)
-            getattr(manager, self._lock).release()
-
-
-async def _sqlite_give_back(wrapper: Any, lock: _TrackedLock) -> str:
-    try:
-        if getattr(wrapper, "_connection", None) is not None and not wrapper._finalized:
-            # BEGIN may have been queued on aiosqlite's thread before the cancellation:
-            # this ROLLBACK runs after it (a no-op if there was no transaction).
-            await wrapper.rollback()
-    finally:
-        lock.release()
-    return RETURNED
-
-
-class SqliteLock(Entry):
-    """``ConnectionWrapper`` on SQLite's own client: the lock, then, on first use only,
-    the connection is opened while the lock is held (0.21.0 opens it first). Every
-    backend's transaction wrapper uses it too, as a lock around a connection the
-    transaction already holds: that is not a checkout."""
-
-    def __init__(self, layout: Layout, transactional: type) -> None:
-        self._lock = layout.connection_lock
-        self._transactional = transactional
-        self.attributes = ("client", "connection", layout.connection_lock)
-
-    def owner(self, manager: Any) -> Any:
-        client = manager.client
-        return None if isinstance(client, self._transactional) else client
-
-    def before(self, manager: Any) -> _TrackedLock | None:
-        if manager.connection:  # already open: nothing is awaited once the lock is taken
-            return None
-        return _track_lock(manager, self._lock)
-
-    def taken(self, manager: Any, before: _TrackedLock | None) -> bool:
-        return before is not None and before.held
-
-    def undo(self, manager: Any, before: _TrackedLock | None) -> GiveBack | None:
-        if before is None or not before.held:
-            return None
-        return _release_lock(before)
-
-
-async def _release_lock(lock: _TrackedLock) -> str:
-    lock.release()
-    return RETURNED
 
 
 async def give_back(pool: Any, connection: Any, *, close: bool = False) -> str:
@@ -500,74 +290,3 @@ async def give_back(pool: Any, connection: Any, *, close: bool = False) -> str:
     if inspect.isawaitable(released):
         await released
     return outcome
-
-
-# -- which classes, in which module ----------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Seam:
-    """One context manager that takes a connection, found in this Tortoise."""
-
-    cls: type
-    entry: Entry
-    trims: bool = False
-    """Its exit is a bare release, so autosize may close the connection on the way back
-    (a transaction's exit commits first)."""
-
-
-def resolve(layout: Layout) -> tuple[list[Seam], list[str]]:
-    """The seams of ``layout`` found in the installed Tortoise, and what is missing
-    (``"TransactionContextPooled.token"``). A backend whose driver is not installed is
-    neither: its classes are simply not there to wrap."""
-    missing: list[str] = []
-    base = importlib.import_module(BASE)
-    transactional = getattr(base, layout.transactional, None)
-    if not isinstance(transactional, type):
-        missing.append(f"{BASE}.{layout.transactional}")
-        transactional = _Never
-    init = PoolInit()  # shared: a plain checkout and a transaction may come first together
-    wanted: list[tuple[str, str, Entry, bool]] = [
-        (BASE, "PoolConnectionWrapper", PoolCheckout(layout, init), True),
-        (BASE, "TransactionContextPooled", PooledTransaction(layout, init), False),
-        (BASE, "ConnectionWrapper", SqliteLock(layout, transactional), False),
-        (*layout.sqlite_transaction, SqliteTransaction(layout), False),
-    ]
-    found: list[Seam] = []
-    for module_name, name, entry, trims in wanted:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:  # that backend's driver is not installed
-            continue
-        cls = getattr(module, name, None)
-        if not isinstance(cls, type):
-            missing.append(name)
-            continue
-        methods = ("__aenter__", "__aexit__") + (("ensure_connection",) if entry.ensure else ())
-        lacking = [m for m in methods if m not in cls.__dict__]
-        slots = _slots(cls)
-        if slots is not None:
-            lacking += [a for a in entry.attributes if a not in slots]
-        if lacking:
-            missing.extend(f"{name}.{attribute}" for attribute in lacking)
-            continue
-        found.append(Seam(cls, entry, trims))
-    return found, missing
-
-
-class _Never:
-    """Stands in for a missing base class: no instance is of it."""
-
-
-def _slots(cls: type) -> set[str] | None:
-    """Every attribute an instance of ``cls`` can have, or ``None`` if it is unbounded (a
-    class in its MRO has no ``__slots__``, so its instances have a ``__dict__``)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if klass is object:
-            continue
-        slots = klass.__dict__.get("__slots__")
-        if slots is None:
-            return None
-        names.update((slots,) if isinstance(slots, str) else slots)
-    return names

@@ -11,8 +11,8 @@ reversibly, the few methods every backend goes through:
   pool: ``PoolConnectionWrapper`` and ``TransactionContextPooled`` (asyncpg, psycopg,
   MySQL), ``ConnectionWrapper`` on a non-transactional client and SQLite's transaction
   context (SQLite: one connection behind a lock, so the acquire wait is the lock wait).
-  Which classes, and where each Tortoise version keeps what they take, is
-  :mod:`poolwatch.adapters.tortoise.entry`'s knowledge, one layout per minor version.
+  Where each Tortoise version keeps what they take is :mod:`.layouts` (one layout per
+  minor version); which classes are there, :mod:`.seams`; what an entry took, :mod:`.entry`.
 * the driver's connect function, for creation time: ``create_pool``'s ``connect=`` for
   asyncpg, a ``connection_class`` subclass for psycopg, ``create_connection`` for SQLite.
   aiomysql and asyncmy pools open connections inside the driver with no seam to time.
@@ -20,7 +20,7 @@ reversibly, the few methods every backend goes through:
 Gauges (used, idle, max) are read from the driver's own pool at scrape time: asyncpg's
 ``get_size``/``get_idle_size``, psycopg_pool's ``get_stats``, aiomysql's ``size``/
 ``freesize``, the SQLite lock. Private attributes of Tortoise are touched only here, in
-:func:`read_pool_state` and the backend wrappers, and in ``tortoise_entry``.
+:func:`read_pool_state` and the backend wrappers, and in :mod:`.entry` and :mod:`.sqlite_entry`.
 
 On a Tortoise version that was not read (see :data:`SUPPORTED`), or one missing a class
 or attribute its layout names, only the statements are observed (``execute_*`` is the
@@ -39,19 +39,12 @@ from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import Any, TypeVar
 
-from poolwatch.adapters import major_minor
 from poolwatch.adapters.completion import cancel_once, complete, complete_in_task, keep_task
 from poolwatch.adapters.timing import ConnectTime
 from poolwatch.adapters.tortoise.asyncpg_return import Pending, ReturnHook
-from poolwatch.adapters.tortoise.entry import (
-    LAYOUTS,
-    Entry,
-    Layout,
-    Seam,
-    layout_for,
-    resolve,
-    root_client,
-)
+from poolwatch.adapters.tortoise.entry import Entry, root_client
+from poolwatch.adapters.tortoise.layouts import SUPPORTED, Layout, layout_for, tortoise_version
+from poolwatch.adapters.tortoise.seams import Seam, resolve
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import COMMIT, ROLLBACK, ROLLED_BACK_BY_ERROR, PoolEvents, PoolState
 from poolwatch.queries.fingerprint import dialect_of
@@ -67,9 +60,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("poolwatch")
-
-# The Tortoise (major, minor) versions whose internals this was read and tested on.
-SUPPORTED: tuple[tuple[int, int], ...] = tuple(sorted(LAYOUTS))
 
 _QUERY_METHODS = (
     "execute_query",
@@ -117,13 +107,6 @@ _query_clock: contextvars.ContextVar[_Clock | None] = contextvars.ContextVar(
 _acquire: contextvars.ContextVar[ConnectTime | None] = contextvars.ContextVar(
     "poolwatch_tortoise_acquire", default=None
 )
-
-
-def tortoise_version() -> tuple[int, int]:
-    """Tortoise-ORM's ``(major, minor)``."""
-    import tortoise
-
-    return major_minor(tortoise.__version__)
 
 
 def _versions(versions: tuple[tuple[int, int], ...]) -> str:
