@@ -13,18 +13,57 @@ import difflib
 import logging
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from poolwatch.errors import ConfigError
 
 logger = logging.getLogger("poolwatch")
 
-__all__ = ["Settings"]
+__all__ = ["ALLOWED", "Settings"]
 
 _ENV_PREFIX = "POOLWATCH_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 MODES = ("off", "log", "raise")
+
+_BOOL = "`True` or `False`"
+_PATH = "a URL path: starts with `/`, no spaces"
+_PATTERNS = "a tuple of non-empty strings (shell-style patterns)"
+_SECONDS = "seconds: a finite number"
+
+# What each setting accepts, as Settings.__post_init__ enforces it, in words: the reference
+# of the documentation shows it beside the setting (a test keeps one entry per field).
+ALLOWED: Mapping[str, str] = MappingProxyType(
+    {
+        "enabled": _BOOL,
+        "metrics_path": f"{_PATH}; not `findings_path` while both are served",
+        "expose_metrics": _BOOL,
+        "exclude_paths": "a tuple of URL paths, each starting with `/`, no spaces",
+        "use_global_registry": _BOOL,
+        "nplusone_mode": ", ".join(f"`{mode}`" for mode in MODES[:-1]) + f" or `{MODES[-1]}`",
+        "nplusone_threshold": "a whole number, at least 2",
+        "nplusone_min_duration": f"{_SECONDS}, at least 0",
+        "duplicate_threshold": "a whole number, at least 2",
+        "slow_query_threshold": f"{_SECONDS}, more than 0",
+        "allow_routes": _PATTERNS,
+        "allow_fingerprints": _PATTERNS,
+        "allow_call_sites": _PATTERNS,
+        "ignore_modules": "a tuple of non-empty strings (module name prefixes)",
+        "findings_path": f"{_PATH}; not `metrics_path` while both are served",
+        "expose_findings": _BOOL,
+        "findings_log_interval": f"{_SECONDS}, at least 0",
+        "metrics_bearer_token": "a non-empty string without spaces, or `None`; not "
+        "together with `metrics_basic_auth`",
+        "metrics_basic_auth": "`'user:password'` (the user not empty), or `None`; not "
+        "together with `metrics_bearer_token`",
+        "metrics_port": "a TCP port, 1 to 65535, or `None`",
+        "metrics_host": "a host address, no spaces (IPv4 or IPv6, such as `::1`)",
+        "exemplars": _BOOL,
+        "acquire_timeout": f"{_SECONDS}, more than 0, or `None`",
+        "leak_threshold": f"{_SECONDS}, more than 0, or `None`",
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -32,7 +71,8 @@ class Settings:
     """Everything poolwatch can be told.
 
     Attributes:
-        enabled: master switch; when false, ``instrument_*`` calls do nothing.
+        enabled: master switch; when false, ``instrument_*`` calls do nothing and no
+            metric is registered anywhere.
         metrics_path: path the app serves Prometheus metrics on.
         expose_metrics: serve ``metrics_path`` on the app at all (off when another
             process or port exposes the registry).

@@ -15,6 +15,7 @@ __all__ = [
     "CLOSED",
     "COMMIT",
     "DUPLICATE",
+    "FINDING_KINDS",
     "HELD_IDLE",
     "NPLUSONE",
     "ROLLBACK",
@@ -33,6 +34,8 @@ DUPLICATE = "duplicate"
 SLOW_QUERY = "slow_query"
 BULK_WRITE = "bulk_write"
 HELD_IDLE = "held_idle"
+# Every kind of Finding (its ``kind``); poolwatch.queries.kinds describes each.
+FINDING_KINDS = (NPLUSONE, DUPLICATE, SLOW_QUERY, BULK_WRITE, HELD_IDLE)
 
 # How a transaction ended (the ``outcome`` of PoolEvents.transaction_finished).
 COMMIT = "commit"

@@ -10,13 +10,31 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from poolwatch.errors import ConfigError
 from poolwatch.sizing.controller import Tuning
 
-__all__ = ["SAMPLE_EVERY", "Autosize"]
+__all__ = ["ALLOWED", "SAMPLE_EVERY", "Autosize"]
 
 SAMPLE_EVERY = 0.1  # seconds between two samples of in-use and waiting (the fastest tick)
+
+# What each field accepts, as Autosize.__post_init__ and bounds() enforce it, in words: the
+# reference of the documentation shows it beside the field (a test keeps one per field).
+ALLOWED: Mapping[str, str] = MappingProxyType(
+    {
+        "min": "a whole number, at least 1",
+        "max": "a whole number, at least `min` and at most the pool's own maximum size, or `None`",
+        "initial": "a whole number from `min` to `max`, or `None`",
+        "interval": f"seconds: a finite number, at least {SAMPLE_EVERY}",
+        "budget": "a whole number, at least `min`, or `None`",
+        "peers": "`True` or `False`",
+        "budget_headroom": "a whole number, at least 0, or `None`",
+        "budget_share": "a number more than 0 and at most 1",
+        "budget_interval": "seconds: a finite number, at least 0.5",
+        "tuning": "a `poolwatch.sizing.Tuning`",
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -28,7 +46,8 @@ class Autosize:
 
     Attributes:
         min: the limit never goes below this.
-        max: nor above this (``None``: the pool's own maximum size, its hard ceiling).
+        max: the limit never goes above this (``None``: the pool's own maximum size,
+            its hard ceiling).
             The driver pool must be created at least this large.
         initial: the limit at start (``None``: ``min``). Starting small lets the
             controller learn each statement's unloaded speed.
