@@ -4,6 +4,7 @@
 class the layout names, imported from its module, with the :class:`~.entry.Entry` that
 knows what its ``__aenter__`` takes. A class, method or slot the layout names and this
 Tortoise lacks is reported, never guessed at: the instrumentation then wraps none of them.
+Only classes are read here (their ``__dict__`` and ``__slots__``), never an instance.
 """
 
 from __future__ import annotations
