@@ -452,7 +452,7 @@ class PoolWatch:
             raise ConfigError("pool", pool, "is already instrumented; give each engine a name")
         from sqlalchemy.engine import Engine
 
-        from poolwatch.adapters.sqlalchemy.instrumentation import (
+        from poolwatch.adapters.sqlalchemy import (
             SQLAlchemyInstrumentation,
             pool_capacity,
             postgres_limits_reader,

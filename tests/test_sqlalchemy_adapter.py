@@ -44,8 +44,8 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool, QueuePool, St
 
 import poolwatch
 from poolwatch import ConfigError, PoolWatch, PoolWatchError
+from poolwatch.adapters.sqlalchemy import SQLAlchemyInstrumentation
 from poolwatch.adapters.sqlalchemy import instrumentation as adapter
-from poolwatch.adapters.sqlalchemy.instrumentation import SQLAlchemyInstrumentation
 from poolwatch.pools.observer import PoolObserver
 from poolwatch.safety import FaultReporter
 from poolwatch.testing import capture
