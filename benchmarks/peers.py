@@ -103,7 +103,7 @@ async def instance(
     from tortoise import Tortoise
 
     from poolwatch import PoolTimeoutError
-    from poolwatch.adapters.tortoise.instrumentation import read_pool_state
+    from poolwatch.adapters.tortoise import read_pool_state
 
     watch, client, size = await _open(url, mode)
     latencies: list[float] = []
