@@ -1,7 +1,7 @@
 """Fixtures shared by the whole suite.
 
-The PostgreSQL fixtures use the throwaway server that ``bash scripts/test.sh`` starts; it
-describes the server in ``POOLWATCH_TEST_PG_DSN``. Without it (a bare ``pytest`` run) those
+The PostgreSQL fixtures use the throwaway server that the test command (``noxfile.py``)
+starts; it describes the server in ``POOLWATCH_TEST_PG_DSN``. Without it (a bare ``pytest`` run) those
 tests are skipped, except under CI, where a missing server is an error: a CI job that
 silently skips the PostgreSQL tests would report a pass it never earned.
 """
@@ -23,7 +23,7 @@ from poolwatch import PoolWatch
 
 pytest_plugins = ["pytester"]  # for the tests of poolwatch's own pytest plugin
 
-TEST_COMMAND = "bash scripts/test.sh"
+TEST_COMMAND = "python3 -m nox -s tests"
 
 
 def _in_ci() -> bool:

@@ -75,6 +75,7 @@ PURE = frozenset(
         "poolwatch.queries.detect",
         "poolwatch.queries.findings",
         "poolwatch.queries.hints",
+        "poolwatch.queries.kinds",
         "poolwatch.queries.suggestions",
         "poolwatch.sizing.controller",
         "poolwatch.sizing.budget",

@@ -2,7 +2,7 @@
 
 The full run starts PostgreSQL, the app under uvicorn, Prometheus and Locust for each
 scenario (a few minutes in all); it needs PostgreSQL's binaries and Debian's
-``prometheus``, which ``scripts/test.sh`` installs.
+``prometheus``, which the test command installs (``tests/servers.py``).
 """
 
 from __future__ import annotations
