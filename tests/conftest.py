@@ -1,9 +1,10 @@
 """Fixtures shared by the whole suite.
 
 The PostgreSQL fixtures use the throwaway server that the test command (``noxfile.py``)
-starts; it describes the server in ``POOLWATCH_TEST_PG_DSN``. Without it (a bare ``pytest`` run) those
-tests are skipped, except under CI, where a missing server is an error: a CI job that
-silently skips the PostgreSQL tests would report a pass it never earned.
+starts; it describes the server in ``POOLWATCH_TEST_PG_DSN``. Without it (a bare
+``pytest`` run) those tests are skipped, except under CI, where a missing server is an
+error: a CI job that silently skips the PostgreSQL tests would report a pass it never
+earned.
 """
 
 from __future__ import annotations
