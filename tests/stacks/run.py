@@ -14,6 +14,7 @@ What a cell must show (:func:`failures`), against the control of its stack:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -269,6 +270,33 @@ def run_cell(
     return result
 
 
+def run_stack(
+    servers: Servers,
+    chosen: Stack,
+    mode: Mode,
+    folder: Path,
+    *,
+    wirings: Sequence[str],
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Every cell of one stack, on a database and login of its own, control first."""
+    database = provision(servers, chosen, folder)
+    if database is None:
+        log(f"{chosen.name}: no {chosen.database} server, skipped")
+        return []
+    results = []
+    try:
+        cells = [("import", "control")]
+        cells += [(wiring, setup) for wiring in wirings for setup in SETUPS]
+        for wiring, setup in cells:
+            result = run_cell(chosen, wiring, setup, database, mode)
+            results.append(result)
+            log(_line(result))
+    finally:
+        database.drop()
+    return results
+
+
 def run_matrix(
     servers: Servers,
     mode: Mode,
@@ -276,25 +304,23 @@ def run_matrix(
     stacks: Sequence[Stack] = STACKS,
     wirings: Sequence[str] = WIRINGS,
     log: Callable[[str], None] = print,
+    parallel: int = 2,
 ) -> list[dict[str, Any]]:
-    """Every cell of ``stacks`` x ``wirings`` x setups, each stack's control first."""
-    results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="poolwatch-matrix-") as folder:
-        for chosen in stacks:
-            database = provision(servers, chosen, Path(folder))
-            if database is None:
-                log(f"{chosen.name}: no {chosen.database} server, skipped")
-                continue
-            try:
-                cells = [("import", "control")]
-                cells += [(wiring, setup) for wiring in wirings for setup in SETUPS]
-                for wiring, setup in cells:
-                    result = run_cell(chosen, wiring, setup, database, mode)
-                    results.append(result)
-                    log(_line(result))
-            finally:
-                database.drop()
-    return results
+    """Every cell of ``stacks`` x ``wirings`` x setups, in the order of ``stacks``.
+
+    ``parallel`` stacks run at once: each has its own database and login, so their
+    checks do not see each other, and a cell's app (one process, one core) leaves room
+    beside it for the database and the next cell's start-up.
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix="poolwatch-matrix-") as folder,
+        concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool,
+    ):
+        futures = [
+            pool.submit(run_stack, servers, chosen, mode, Path(folder), wirings=wirings, log=log)
+            for chosen in stacks
+        ]
+        return [result for future in futures for result in future.result()]
 
 
 # -- verdicts ----------------------------------------------------------------------------
