@@ -144,7 +144,11 @@ async def test_transactions_under_an_acquire_timeout_lose_no_connection(
 
                     await asyncio.gather(*(user() for _ in range(200)))
                     assert len(statuses) == 2000
-                    assert statuses.count(200) > 100  # the pool kept serving
+                    # The pool kept serving through the round, and serves after it: how
+                    # many of the 2000 made it in time depends on the machine's speed (a
+                    # busy one stretches every wait past the timeout), a lost pool does not.
+                    assert statuses.count(200) > 0
+                    assert (await http.get("/tx")).status_code == 200
                     assert statuses.count(500) > 100  # and the timeout really fired
                     assert await settled(client) == 0
                     assert pg_idle_in_transaction(pg_database) == 0
