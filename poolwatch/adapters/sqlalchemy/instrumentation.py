@@ -1,140 +1,67 @@
-"""SQLAlchemy adapter: the checkouts, new connections and statements of one engine.
+"""SQLAlchemyInstrumentation: installs the adapter's hooks on one engine, and removes them.
 
-Each thing is observed at one seam, chosen for being cheap and, where SQLAlchemy offers
-one, public:
+The hooks themselves are made in :mod:`.statements`, :mod:`.transactions` and :mod:`.pool`;
+this module puts them in place: on the engine's dialect *instance* and pool *instance*
+(instance attributes shadowing the class's methods, each one recorded to be put back at
+uninstall), and as pool listeners registered on an anchor pool of ours, copied into the
+engine's pool and carried by ``recreate()`` into every pool after it.
 
-* **Statements**: the engine's dialect *instance* gets its own ``do_execute``,
-  ``do_executemany`` and ``do_execute_no_params``, thin timers around the class's
-  methods (removed on uninstall). Every statement a ``Connection`` sends goes through one
-  of them, once: an ``executemany`` is one call and so one query; transaction control
-  (``BEGIN``/``COMMIT``, which drivers send themselves) is not a statement. Cost per
-  ``conn.execute(select(t).where(t.c.id == 1)).all()``, SQLite in memory, SQLAlchemy
-  2.1.9, CPython 3.11, best of 3 x 7 x 20000 (a timeit script, not a test):
-
-  ================================================  ============  =================
-  hook                                               no-op sink    with PoolObserver
-  ================================================  ============  =================
-  none (baseline)                                    12.1 us       12.1 us
-  before/after_cursor_execute + handle_error events  17.5 (+5.5)   18.9 (+6.8)
-  bare ``do_execute`` wrapper                        12.4 (+0.4)   13.7 (+1.6)
-  this module, as installed                          12.7 (+0.7)   13.8 (+1.8)
-  ================================================  ============  =================
-
-  Engine events cost more than their listeners: any ``ConnectionEvents`` listener
-  switches every ``Connection`` onto its event-dispatching path (an ``engine_disposed``
-  listener alone adds ~3.5 us per statement), so none is used here.
-* **Checkouts**: the pool instance gets its own ``connect`` (what
-  ``Engine.raw_connection`` calls) that brackets the whole acquire: queue wait, opening a
-  connection, pre-ping. Cancellation and ``pool_timeout`` end it as a failed acquire. The
-  ``checkin`` and ``detach`` pool events end a checkout. A checkout is named by its pool
-  entry's ``record_info`` dict, which the public API hands out from both the proxied
-  connection and the entry, and which lives as long as the entry.
-* **New connections**: the pool's creator marks the start, the pool's ``connect`` event
-  (after SQLAlchemy's own connect handlers, which may talk to the server) the end; time
-  spent opening a connection inside an acquire is reported as creation, not as waiting.
-* **Dispose**: ``Engine.dispose()`` swaps in ``pool.recreate()``; ``recreate`` is
-  shadowed too, so the new pool is hooked before anyone can use it; the pool listeners
-  travel with the dispatch ``recreate()`` hands on.
-
-Gauges are read from the pool itself at scrape time by :func:`read_pool_state`. That and
-:meth:`SQLAlchemyInstrumentation._hook_pool` are the only places touching SQLAlchemy's
-private attributes.
+Touch private attributes in one function only, with a version check and a test: the
+hooks are put on SQLAlchemy's private attributes by one method,
+:meth:`SQLAlchemyInstrumentation._hook_pool`, tested on the versions in ``SUPPORTED``
+(:meth:`~SQLAlchemyInstrumentation.install` logs a warning on any other). Of the hooks it
+installs, only the ``_do_return_conn`` wrapper (:func:`.pool.returning`) calls a private
+method, the pool's ``_dec_overflow``, when it has one. Elsewhere SQLAlchemy's private
+attributes are only read: by :func:`.pool.read_pool_state`, at scrape time, and by
+:mod:`.relations`.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import sys
 import weakref
 from collections.abc import Callable
-from time import perf_counter
-from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.pool import (
-    ConnectionPoolEntry,
-    NullPool,
-    Pool,
-    PoolProxiedConnection,
-    QueuePool,
-    SingletonThreadPool,
-    StaticPool,
-)
+from sqlalchemy.pool import NullPool, Pool
 
 from poolwatch import forksafe
 from poolwatch.adapters import major_minor
-from poolwatch.adapters.timing import ConnectTime
-from poolwatch.errors import PoolWatchError
-from poolwatch.events import (
-    CLOSED,
-    COMMIT,
-    ROLLBACK,
-    ROLLED_BACK_BY_ERROR,
-    PoolEvents,
-    PoolState,
+from poolwatch.adapters.sqlalchemy.budget import tag_parameters
+from poolwatch.adapters.sqlalchemy.pool import (
+    following_recreate,
+    marking_creator,
+    pool_listeners,
+    read_pool_state,
+    returning,
+    timed_acquire,
 )
+from poolwatch.adapters.sqlalchemy.statements import EXECUTE_METHODS, timed_statement
+from poolwatch.adapters.sqlalchemy.transactions import (
+    ENDS,
+    TRANSACTION_END_METHODS,
+    transaction_begin,
+    transaction_end,
+)
+from poolwatch.errors import PoolWatchError
+from poolwatch.events import PoolEvents, PoolState
 from poolwatch.queries.fingerprint import dialect_of
 from poolwatch.safety import FaultReporter
-from poolwatch.sizing.appname import tag_server_settings, tagged_name
-from poolwatch.sizing.budget import POSTGRES_LIMITS_SQL, ServerLimits
 from poolwatch.sizing.gate import Gate
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = [
-    "SQLAlchemyInstrumentation",
-    "pool_capacity",
-    "postgres_limits_reader",
-    "read_pool_state",
-]
+__all__ = ["SUPPORTED", "SQLAlchemyInstrumentation", "sqlalchemy_version"]
 
 logger = logging.getLogger("poolwatch")
 
 SUPPORTED = ((2, 0), (2, 2))  # [from, to): the versions whose internals this was tested on
 
-_EXECUTE_METHODS = ("do_execute", "do_executemany", "do_execute_no_params")
-_TRANSACTION_END_METHODS = ("do_commit", "do_rollback", "do_rollback_to_savepoint")
-# How far up from a rollback to look for why it happened (SQLAlchemy's own frames only:
-# an explicit rollback is ~6 deep, a session's close or a context's exit ~10).
-_CAUSE_DEPTH = 24
-_CONNECT_STARTED = "poolwatch.connect_started"  # key in a pool entry's ``info`` dict
-_COMPONENT = "sqlalchemy"
-_INSERTMANYVALUES = getattr(
-    getattr(sqlalchemy.engine.interfaces, "ExecuteStyle", None), "INSERTMANYVALUES", None
-)
-
-
-def _continues_batch(args: tuple[Any, ...]) -> bool:
-    """Whether this ``do_execute`` is a second or later part of one ``executemany``.
-
-    SQLAlchemy's "insertmanyvalues" splits an ORM flush of many rows into batched INSERTs,
-    and into one INSERT per row where RETURNING must come back in order and the dialect
-    cannot promise it (SQLite). The application issued one statement: its later parts are
-    timed and counted, not grouped again by N+1 detection. The first part marks the
-    execution context, which lives exactly as long as that one executemany.
-    """
-    context = args[1] if len(args) > 1 else None
-    if _INSERTMANYVALUES is None or getattr(context, "execute_style", None) is not (
-        _INSERTMANYVALUES
-    ):
-        return False
-    state = vars(context)
-    seen = "_poolwatch_batch" in state
-    state["_poolwatch_batch"] = True
-    return seen
-
-
 _MISSING = object()
-
-
-_acquire: contextvars.ContextVar[ConnectTime | None] = contextvars.ContextVar(
-    "poolwatch_sqlalchemy_acquire", default=None
-)
 
 
 class _Shadow(NamedTuple):
@@ -149,170 +76,9 @@ class _Shadow(NamedTuple):
     previous: Any  # _MISSING when the class attribute showed through
 
 
-def rollback_cause() -> str:
-    """Why SQLAlchemy is rolling back, read from its own frames above the dialect's
-    ``do_rollback`` (called from that method's wrapper).
-
-    An exception leaving a ``with``/``async with`` block of a connection, transaction or
-    session reaches the rollback through that block's ``__exit__(type_, ...)``:
-    ``"error"``. (``sys.exc_info()`` would miss it on async engines, whose rollback runs
-    in a greenlet of its own.) Otherwise a rollback on the way through a transaction's
-    ``_do_close`` is a connection or session closing without a commit, ``"closed"``; any
-    other is the application's own ``rollback()``, ``"rollback"``. One frame walk per
-    rollback, never per statement.
-    """
-    # Frame 0 is this function, 1 the dialect method's wrapper, 2 its caller.
-    frame: FrameType | None = sys._getframe(2)
-    closing = False
-    for _ in range(_CAUSE_DEPTH):
-        if frame is None:
-            break
-        # By module, not file: SQLAlchemy's decorators are code compiled from strings.
-        if not frame.f_globals.get("__name__", "").startswith("sqlalchemy"):
-            break
-        name = frame.f_code.co_name
-        if name == "__exit__":
-            if frame.f_locals.get("type_") is not None:
-                return ROLLED_BACK_BY_ERROR
-        elif name == "_do_close":
-            closing = True
-        frame = frame.f_back
-    return CLOSED if closing else ROLLBACK
-
-
-# The dialect methods that end a transaction do_begin opened (a savepoint's rollback does
-# not), and how: a commit, or a rollback whose cause is read from the stack.
-_ENDS: dict[str, Callable[[], str]] = {
-    "do_commit": lambda: COMMIT,
-    "do_rollback": rollback_cause,
-}
-
-
-def _holder(connection: PoolProxiedConnection) -> int:
-    """A checkout's name: its pool entry's ``record_info``, which the pool listeners see
-    too, or the proxied connection itself where it has no entry."""
-    info = connection.record_info
-    return id(connection) if info is None else id(info)
-
-
-def _dbapi(connection: Any) -> int:
-    """The DBAPI connection under what a dialect method is handed: the pool's proxy
-    (a plain attribute of it), or a raw DBAPI connection (at first connect). The pool
-    listeners are handed the same DBAPI connection."""
-    return id(getattr(connection, "dbapi_connection", connection))
-
-
 def sqlalchemy_version() -> tuple[int, int]:
     """SQLAlchemy's ``(major, minor)``."""
     return major_minor(sqlalchemy.__version__)
-
-
-def _enter(gate: Gate) -> bool:
-    """Take a permit: from a thread, or from SQLAlchemy's asyncio greenlet."""
-    from poolwatch.sizing.limiter import AsyncLimiter
-
-    if isinstance(gate.limiter, AsyncLimiter):
-        # AsyncEngine runs the pool inside a greenlet that may await on the loop.
-        from sqlalchemy.util import await_only
-
-        taken: bool = await_only(gate.enter())
-        return taken
-    return gate.enter_blocking()
-
-
-def pool_capacity(pool: object) -> tuple[bool, int | None]:
-    """Whether autosize can drive ``pool`` (a QueuePool), and its hard ceiling."""
-    if not isinstance(pool, QueuePool):
-        return False, None
-    state = read_pool_state(pool)
-    return True, None if state is None else state.max
-
-
-def postgres_limits_reader(
-    engine: Engine | AsyncEngine,
-) -> Callable[[], Any] | None:
-    """A reader of the server's connection limits, for engines on PostgreSQL."""
-    sync_engine = engine if isinstance(engine, Engine) else engine.sync_engine
-    if sync_engine.dialect.name != "postgresql":
-        return None
-    from sqlalchemy import text
-
-    if not isinstance(engine, Engine):
-        async_engine = engine
-
-        async def read_async() -> ServerLimits:
-            async with async_engine.connect() as connection:
-                row = (await connection.execute(text(POSTGRES_LIMITS_SQL))).one()
-            return ServerLimits.from_row(tuple(row))
-
-        return read_async
-
-    def read_sync() -> ServerLimits:
-        with sync_engine.connect() as connection:
-            row = connection.execute(text(POSTGRES_LIMITS_SQL)).one()
-        return ServerLimits.from_row(tuple(row))
-
-    async def read_in_thread() -> ServerLimits:
-        import asyncio
-
-        return await asyncio.to_thread(read_sync)
-
-    return read_in_thread
-
-
-# The PostgreSQL drivers whose connect() takes application_name as a keyword (libpq's
-# and pg8000's), and asyncpg, which takes it among its server_settings.
-_APPLICATION_NAME_KEYWORD = frozenset(
-    {"psycopg", "psycopg_async", "psycopg2", "psycopg2cffi", "pg8000"}
-)
-
-
-def taggable(engine: Engine | AsyncEngine) -> bool:
-    """Whether the connections of ``engine`` (on PostgreSQL) can carry a tag."""
-    sync_engine = engine if isinstance(engine, Engine) else engine.sync_engine
-    dialect = sync_engine.dialect
-    return dialect.name == "postgresql" and (
-        dialect.driver == "asyncpg" or dialect.driver in _APPLICATION_NAME_KEYWORD
-    )
-
-
-def tag_parameters(driver: str, cparams: dict[str, Any], tag: str) -> None:
-    """Put ``tag`` at the end of the application_name in a driver's connect() keywords."""
-    if driver == "asyncpg":
-        tag_server_settings(cparams, tag)
-    elif driver in _APPLICATION_NAME_KEYWORD:
-        cparams["application_name"] = tagged_name(tag, cparams.get("application_name"))
-
-
-def read_pool_state(pool: Pool) -> PoolState | None:
-    """What a SQLAlchemy pool says about itself right now.
-
-    ``QueuePool`` (and ``AsyncAdaptedQueuePool``) report their own counts;
-    ``max`` is ``pool_size + max_overflow``, or ``None`` when overflow is unlimited.
-    ``NullPool`` keeps nothing: poolwatch counts its checkouts. ``StaticPool`` holds one
-    connection; ``SingletonThreadPool`` one per thread, with no limit.
-    """
-    if isinstance(pool, QueuePool):
-        # Private: QueuePool exposes size() and overflow() but not the overflow limit.
-        max_overflow: int = getattr(pool, "_max_overflow", -1)
-        limit = None if max_overflow < 0 else pool.size() + max_overflow
-        return PoolState(used=pool.checkedout(), idle=pool.checkedin(), max=limit)
-    if isinstance(pool, NullPool):
-        return PoolState(used=None, idle=0, max=None)
-    if isinstance(pool, StaticPool):
-        # Private: the entry is a memoized property, absent until the first checkout;
-        # reading the property would open the connection.
-        entry = pool.__dict__.get("connection")
-        if entry is None or entry.dbapi_connection is None:
-            return PoolState(used=0, idle=0, max=1)
-        used = 1 if entry.in_use else 0
-        return PoolState(used=used, idle=1 - used, max=1)
-    if isinstance(pool, SingletonThreadPool):
-        entries = list(getattr(pool, "_all_conns", ()))  # private: the per-thread entries
-        live = [e for e in entries if e.dbapi_connection is not None]
-        used = sum(1 for e in live if e.in_use)
-        return PoolState(used=used, idle=len(live) - used, max=None)
-    return PoolState(used=None, idle=None, max=None)
 
 
 def _no_connection() -> Any:
@@ -370,6 +136,7 @@ class SQLAlchemyInstrumentation:
         # The pool listeners are registered on this empty pool of ours and copied into
         # the engine's; see _hook_pool.
         self._anchor: Pool | None = None
+        self._listeners: tuple[tuple[str, Callable[..., None]], ...] = ()
         forksafe.forget_in_child(self)
 
     def after_fork(self) -> None:
@@ -382,7 +149,7 @@ class SQLAlchemyInstrumentation:
 
     def install(self) -> None:
         """Hook the engine. Raises if it is already instrumented."""
-        engine = self._engine
+        engine, events, faults = self._engine, self._events, self._faults
         dialect, pool = engine.dialect, engine.pool
         for target in (dialect, pool):
             owner = self._owners.get(target)
@@ -406,24 +173,40 @@ class SQLAlchemyInstrumentation:
         try:
             self._owners[dialect] = self
             self._anchor = NullPool(_no_connection)
-            for name, listener in self._pool_listeners():
+            self._listeners = pool_listeners(self, events, faults)
+            for name, listener in self._listeners:
                 event.listen(self._anchor, name, listener)
-            for method in _EXECUTE_METHODS:
+            for method in EXECUTE_METHODS:
                 self._shadow(
                     dialect,
                     method,
-                    self._timed_statement(
-                        getattr(dialect, method), method != "do_execute_no_params"
+                    timed_statement(
+                        getattr(dialect, method),
+                        method != "do_execute_no_params",
+                        self,
+                        events,
+                        faults,
                     ),
                 )
             # A commit or rollback is a DBAPI call, no statement: duplicates end there,
             # and so do the transactions that do_begin opened.
-            self._shadow(dialect, "do_begin", self._transaction_begin(dialect.do_begin))
-            for method in _TRANSACTION_END_METHODS:
+            self._shadow(
+                dialect,
+                "do_begin",
+                transaction_begin(dialect.do_begin, self, events, faults, opened=self._opened),
+            )
+            for method in TRANSACTION_END_METHODS:
                 self._shadow(
                     dialect,
                     method,
-                    self._transaction_end(getattr(dialect, method), _ENDS.get(method)),
+                    transaction_end(
+                        getattr(dialect, method),
+                        ENDS.get(method),
+                        self,
+                        events,
+                        faults,
+                        opened=self._opened,
+                    ),
                 )
             self._events.dialect = dialect_of(dialect.name)
             if self.tag is not None:
@@ -450,8 +233,9 @@ class SQLAlchemyInstrumentation:
         if event.contains(self._engine, "do_connect", self._tag_connection):
             event.remove(self._engine, "do_connect", self._tag_connection)
         anchor, self._anchor = self._anchor, None
+        listeners, self._listeners = self._listeners, ()
         if anchor is not None:  # removes the copies in every pool too
-            for name, listener in self._pool_listeners():
+            for name, listener in listeners:
                 if event.contains(anchor, name, listener):
                     event.remove(anchor, name, listener)
         for target, owner in list(self._owners.items()):
@@ -482,14 +266,6 @@ class SQLAlchemyInstrumentation:
         except Exception as exc:  # connecting untagged only costs the budget its peers
             self._faults.report("autosize", exc)
 
-    def _pool_listeners(self) -> tuple[tuple[str, Callable[..., None]], ...]:
-        return (
-            ("connect", self._on_connect),
-            ("checkin", self._on_release),
-            ("detach", self._on_detach),
-            ("invalidate", self._on_invalidate),
-        )
-
     def _hook_pool(self, pool: Pool, *, adopt_listeners: bool = False) -> None:
         """Shadow the pool's ``connect``, ``recreate`` and ``_invoke_creator``.
 
@@ -509,267 +285,24 @@ class SQLAlchemyInstrumentation:
         """
         if adopt_listeners and self._anchor is not None:
             pool.dispatch._update(self._anchor.dispatch, only_propagate=False)
+        events, faults = self._events, self._faults
         self._owners[pool] = self
-        self._shadow(pool, "connect", self._timed_acquire(pool.connect))
-        self._shadow(pool, "recreate", self._following_recreate(pool.recreate))
+        self._shadow(pool, "connect", timed_acquire(pool.connect, self, events, faults))
+        self._shadow(
+            pool, "recreate", following_recreate(pool.recreate, self, self._hook_pool, faults)
+        )
         # With a limiter, a permit goes back once the connection is back in the queue
         # (after the pool's own _do_return_conn), so the pool never holds more than the
         # limit; a connection returning to a pool above its limit is closed instead,
         # the way QueuePool itself drops one that finds its queue full.
         if self.gate is not None and self.gate.limiter is not None:
-            self._shadow(pool, "_do_return_conn", self._returning(pool, pool._do_return_conn))
+            self._shadow(pool, "_do_return_conn", returning(pool, pool._do_return_conn, self))
         creator = vars(pool).get("_invoke_creator")
         if callable(creator):
-            self._shadow(pool, "_invoke_creator", self._marking_creator(creator))
+            self._shadow(pool, "_invoke_creator", marking_creator(creator, self, faults))
 
     def _shadow(self, target: Dialect | Pool, name: str, replacement: Callable[..., Any]) -> None:
         self._shadows = [s for s in self._shadows if s.target() is not None]
         previous = vars(target).get(name, _MISSING)
         setattr(target, name, replacement)
         self._shadows.append(_Shadow(weakref.ref(target), name, id(replacement), previous))
-
-    # -- wrappers (hot path) -------------------------------------------------------------
-
-    def _transaction_begin(self, original: Callable[[Any], None]) -> Callable[[Any], None]:
-        """``do_begin``: SQLAlchemy opens a transaction on this checkout (explicitly, or
-        by autobegin on a connection's first statement)."""
-        opened = self._opened
-        started = self._events.transaction_started
-        clock = perf_counter
-
-        def begin(dbapi_connection: Any) -> None:
-            if self._active:
-                try:
-                    opened[_dbapi(dbapi_connection)] = clock()
-                    started()
-                except Exception as err:
-                    self._faults.report(_COMPONENT, err)
-            original(dbapi_connection)
-
-        return begin
-
-    def _transaction_end(
-        self, original: Callable[..., Any], outcome: Callable[[], str] | None
-    ) -> Callable[..., Any]:
-        events = self._events
-        report = self._faults.report
-        opened = self._opened
-
-        def end(dbapi_connection: Any, *args: Any, **kwargs: Any) -> Any:
-            # None: no transaction of SQLAlchemy's is open (a pool's reset on return, a
-            # dialect's rollback on a raw DBAPI connection at first connect).
-            since = None
-            if self._active and outcome is not None:
-                try:
-                    since = opened.pop(_dbapi(dbapi_connection), None)
-                except Exception as err:
-                    report(_COMPONENT, err)
-            try:
-                result = original(dbapi_connection, *args, **kwargs)
-            except BaseException:
-                if since is not None:  # a COMMIT that fails is rolled back by the server
-                    self._finish(ROLLED_BACK_BY_ERROR, since)
-                raise
-            finally:
-                if self._active:
-                    try:
-                        events.transaction_ended()
-                    except Exception as err:
-                        report(_COMPONENT, err)
-            if since is not None and outcome is not None:
-                self._finish(outcome(), since)
-            return result
-
-        return end
-
-    def _finish(self, outcome: str, since: float) -> None:
-        try:
-            self._events.transaction_finished(outcome, perf_counter() - since)
-        except Exception as err:
-            self._faults.report(_COMPONENT, err)
-
-    def _timed_statement(
-        self, original: Callable[..., Any], has_params: bool
-    ) -> Callable[..., Any]:
-        query = self._events.query
-        starting = self._events.statement_started
-        report = self._faults.report
-        clock = perf_counter
-
-        def execute(cursor: Any, statement: str, *args: Any, **kwargs: Any) -> Any:
-            if not self._active:
-                return original(cursor, statement, *args, **kwargs)
-            try:
-                starting()
-            except Exception as err:
-                report(_COMPONENT, err)
-            started = clock()
-            try:
-                result = original(cursor, statement, *args, **kwargs)
-            except BaseException as exc:
-                elapsed = clock() - started
-                try:
-                    # A cancelled statement is not a database error; its time is real.
-                    params = args[0] if has_params and args else None
-                    more = has_params and _continues_batch(args)
-                    query(statement, elapsed, isinstance(exc, Exception), params, more)
-                except Exception as err:
-                    report(_COMPONENT, err)
-                raise
-            elapsed = clock() - started
-            try:
-                params = args[0] if has_params and args else None
-                query(statement, elapsed, False, params, has_params and _continues_batch(args))
-            except Exception as err:
-                report(_COMPONENT, err)
-            return result
-
-        return execute
-
-    def _timed_acquire(
-        self, original: Callable[[], PoolProxiedConnection]
-    ) -> Callable[[], PoolProxiedConnection]:
-        events = self._events
-        report = self._faults.report
-
-        def connect() -> PoolProxiedConnection:
-            if not self._active:
-                return original()
-            try:
-                ticket = events.acquire_started()
-            except Exception as err:
-                report(_COMPONENT, err)
-                return original()
-            record = ConnectTime()
-            token = _acquire.set(record)
-            gate = self.gate
-            permit = False
-            try:
-                if gate is not None and gate.limiter is not None:
-                    permit = _enter(gate)
-                connection = original()
-            except BaseException as exc:
-                _acquire.reset(token)
-                if permit and gate is not None:
-                    gate.leave()
-                try:
-                    events.acquire_failed(ticket, exc)
-                    if record.connecting > 0.0:  # opened, then the checkout failed
-                        events.connection_created(record.connecting)
-                except Exception as err:
-                    report(_COMPONENT, err)
-                raise
-            _acquire.reset(token)
-            try:
-                holder = _holder(connection)
-                if permit:
-                    self._permits.add(holder)
-                events.acquire_succeeded(ticket, holder, record.connecting)
-            except Exception as err:
-                report(_COMPONENT, err)
-            return connection
-
-        return connect
-
-    def _following_recreate(self, original: Callable[[], Pool]) -> Callable[[], Pool]:
-        def recreate() -> Pool:
-            pool = original()
-            if self._active:
-                try:
-                    self._hook_pool(pool)
-                except Exception as err:
-                    self._faults.report(_COMPONENT, err)
-            return pool
-
-        return recreate
-
-    def _marking_creator(
-        self, original: Callable[[ConnectionPoolEntry], Any]
-    ) -> Callable[[ConnectionPoolEntry], Any]:
-        def invoke_creator(entry: ConnectionPoolEntry) -> Any:
-            try:
-                # Kept on the entry rather than in a dict of ours: a connect that fails
-                # leaves nothing behind to leak.
-                entry.info[_CONNECT_STARTED] = perf_counter()
-            except Exception as err:
-                self._faults.report(_COMPONENT, err)
-            # A QueuePool counts a connection as checked out from the moment it starts
-            # opening it; the server shows it only once it is open (see open_connections).
-            self.connecting += 1
-            try:
-                return original(entry)
-            finally:
-                self.connecting -= 1
-
-        return invoke_creator
-
-    # -- listeners -----------------------------------------------------------------------
-
-    def _on_connect(self, dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
-        # A listener that raises makes SQLAlchemy close the new connection: never raise.
-        try:
-            started = entry.info.pop(_CONNECT_STARTED, None)
-            if started is None:  # opened through a creator that is not ours
-                return
-            seconds = perf_counter() - started
-            record = _acquire.get()
-            if record is not None:  # opened for a waiting checkout: creation, not waiting
-                record.connecting += seconds
-            else:
-                self._events.connection_created(seconds)
-        except Exception as err:
-            self._faults.report(_COMPONENT, err)
-
-    def _on_release(self, dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
-        try:
-            if dbapi_connection is not None:
-                self._lost_transaction(dbapi_connection)
-            self._events.released(id(entry.record_info))
-        except Exception as err:
-            self._faults.report(_COMPONENT, err)
-
-    def _on_invalidate(self, dbapi_connection: Any, entry: ConnectionPoolEntry, *_: Any) -> None:
-        # The connection is being thrown away (a disconnect): a transaction still open on
-        # it is lost, and SQLAlchemy will not call do_rollback for it.
-        try:
-            if dbapi_connection is not None:
-                self._lost_transaction(dbapi_connection)
-        except Exception as err:
-            self._faults.report(_COMPONENT, err)
-
-    def _lost_transaction(self, dbapi_connection: Any) -> None:
-        since = self._opened.pop(id(dbapi_connection), None)
-        if since is not None:  # back in the pool, or thrown away, with it still open
-            self._finish(ROLLED_BACK_BY_ERROR, since)
-
-    def _on_detach(self, dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
-        # A detached connection leaves the pool for good, and never comes back to
-        # _do_return_conn: its permit goes back now.
-        self._on_release(dbapi_connection, entry)
-        self._give_back(id(entry.record_info))
-
-    def _give_back(self, holder: int) -> None:
-        gate = self.gate
-        if gate is not None and holder in self._permits:
-            self._permits.discard(holder)
-            gate.leave()
-
-    def _returning(
-        self, pool: Pool, original: Callable[[ConnectionPoolEntry], None]
-    ) -> Callable[[ConnectionPoolEntry], None]:
-        def do_return_conn(entry: ConnectionPoolEntry) -> None:
-            holder = id(entry.record_info)
-            try:
-                gate = self.gate
-                drop = getattr(pool, "_dec_overflow", None)
-                if gate is not None and callable(drop) and gate.over_limit():
-                    try:
-                        entry.close()
-                    finally:
-                        drop()
-                    return
-                original(entry)
-            finally:
-                self._give_back(holder)
-
-        return do_return_conn
