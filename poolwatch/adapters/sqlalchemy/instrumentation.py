@@ -141,9 +141,10 @@ class SQLAlchemyInstrumentation:
 
     def after_fork(self) -> None:
         """In a child process: the parent's checkouts and transactions are not the
-        child's (see :mod:`poolwatch.forksafe`)."""
-        self._permits = set()
-        self._opened = {}
+        child's (see :mod:`poolwatch.forksafe`). Emptied in place: the hooks made at
+        install hold these very objects."""
+        self._permits.clear()
+        self._opened.clear()
 
     # -- install / uninstall -------------------------------------------------------------
 
