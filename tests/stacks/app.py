@@ -28,7 +28,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 from tortoise import Tortoise, connections
@@ -58,6 +58,21 @@ def error_kind(exc: BaseException) -> str:
     """An error's type and the first line of its message (SQLAlchemy's later lines carry
     the statement and its parameters, which differ from one request to the next)."""
     return f"{type(exc).__name__}: {str(exc).partition(chr(10))[0]}"[:160]
+
+
+def _begin_immediate(engine: Any) -> None:
+    """SQLAlchemy's recipe for SQLite apps that write concurrently: every transaction
+    takes the write lock at BEGIN. SQLite's default (a transaction that reads, then
+    writes) fails at once, without waiting, when another one wrote first: "database is
+    locked". An app with engine event listeners, as many have."""
+
+    @event.listens_for(engine, "connect")
+    def driver_leaves_transactions_to_us(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class RejectedError(Exception):
@@ -124,6 +139,8 @@ class StackApp:
         else:
             self._engine = create_async_engine(self.url, **options)
             self.asgi.state.sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+        if self.stack.database == "sqlite":
+            _begin_immediate(getattr(self._engine, "sync_engine", self._engine))
 
     def instrument(self, watch: PoolWatch, autosize: Autosize | None) -> None:
         """Wire poolwatch in: the middleware, and the engine or every Tortoise connection."""
