@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import errno
-import functools
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -15,25 +14,21 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client import values as prometheus_values
 
 from poolwatch import context
 from poolwatch.config import Settings
 from poolwatch.context import WorkScope
 from poolwatch.errors import ConfigError, NPlusOneError, PoolWatchError
-from poolwatch.events import HELD_IDLE, Finding, PoolEvents, PoolProbe, PoolState
-from poolwatch.exposition.collectors import PoolSource, PoolStateCollector, read_pool
+from poolwatch.events import PoolEvents, PoolProbe
+from poolwatch.exposition.collectors import PoolStateCollector
 from poolwatch.exposition.endpoints import Exposition
 from poolwatch.exposition.metrics import Metrics
 from poolwatch.exposition.middleware import ASGIApp, PoolWatchMiddleware, Switch
-from poolwatch.exposition.multiprocess import (
-    MultiprocessExposition,
-    PoolGauges,
-    Refresher,
-    multiprocess_dir,
-)
+from poolwatch.exposition.multiprocess import SharedFiles, multiprocess_dir, share_files
 from poolwatch.exposition.routes import app_answers
-from poolwatch.pools.observer import Checkout, PoolObserver
+from poolwatch.pools.held_idle import HeldIdleReport
+from poolwatch.pools.observer import PoolObserver
+from poolwatch.pools.registry import PoolRegistry
 from poolwatch.queries.recorder import QueryRecorder
 from poolwatch.queries.suggestions import register_pool, suggestion
 from poolwatch.safety import FaultReporter
@@ -45,18 +40,7 @@ from poolwatch.sizing.settings import Autosize
 if TYPE_CHECKING:
     from poolwatch.exposition.server import MetricsServer
 
-# What a held_idle finding tells to change.
-HELD_IDLE_ADVICE = (
-    "Release the connection before awaiting something else: commit or close the session, "
-    "or end the transaction block, before the outbound call, and take a connection again "
-    "after it; do slow work before opening the transaction."
-)
-
 __all__ = ["PoolWatch"]
-
-
-def _no_state() -> PoolState | None:
-    return None
 
 
 def _add_process_collectors(registry: CollectorRegistry) -> None:
@@ -118,7 +102,6 @@ class PoolWatch:
             ) from exc
         self.faults = FaultReporter(self.metrics.count_internal_error)
         self.recorder = QueryRecorder(self.settings, self.metrics, self._suggest)
-        self._observers: dict[str, PoolObserver] = {}
         self.guards = Guards(
             self.settings,
             self.metrics,
@@ -126,43 +109,26 @@ class PoolWatch:
             self.recorder.finder,
             lambda: list(self._observers.values()),
         )
-        self._probes: dict[str, PoolProbe] = {}
-        self.guards.maintenance.drifts = self._drifts
+        self.pools = PoolRegistry(limit_of=self.guards.limit_of)
+        self._observers = self.pools.observers  # by pool name (tests read it too)
+        self.guards.maintenance.drifts = self.pools.drifts
         self._undo: list[Callable[[], None]] = []
         self._switch = Switch()
         self._apps: list[Any] = []  # instrumented by instrument_app, each once
         self._server: MetricsServer | None = None
-        self._pool_gauges: PoolGauges | None = None
-        self._refresher: Refresher | None = None
+        self._shared: SharedFiles | None = None
         self._render_registry: Callable[[], CollectorRegistry] = lambda: registry
         if shared_dir is None:
-            registry.register(PoolStateCollector(self._sources, self.metrics.count_internal_error))
+            registry.register(
+                PoolStateCollector(self.pools.sources, self.metrics.count_internal_error)
+            )
         else:
-            self._enter_multiprocess(shared_dir)
+            shared = self._shared = share_files(
+                registry, shared_dir, self.metrics.count_internal_error, self.pools.sources
+            )
+            self._render_registry = shared.render
+            self._undo.append(shared.refresher.stop)
         self._scope_children: dict[str, Any] = {}
-
-    def _enter_multiprocess(self, shared_dir: str) -> None:
-        """Keep pool gauges in the shared files and render scrapes from every worker's."""
-        if not os.path.isdir(shared_dir):
-            raise ConfigError(
-                "PROMETHEUS_MULTIPROC_DIR", shared_dir, "must be an existing directory"
-            )
-        # prometheus_client picks where values live once, when it is imported.
-        if prometheus_values.ValueClass is prometheus_values.MutexValue:
-            raise ConfigError(
-                "PROMETHEUS_MULTIPROC_DIR",
-                shared_dir,
-                "was set after prometheus_client was imported; set it before the process "
-                "starts (gunicorn: raw_env or the environment)",
-            )
-        gauges = self._pool_gauges = PoolGauges(self.registry, self.metrics.count_internal_error)
-
-        def write_all() -> None:
-            gauges.write_all(self._sources())
-
-        self._render_registry = MultiprocessExposition(shared_dir, write_all)
-        self._refresher = Refresher(write_all)
-        self._undo.append(self._refresher.stop)
 
     # -- pools -------------------------------------------------------------------------
 
@@ -174,61 +140,31 @@ class PoolWatch:
         observer = self._observers.get(name)
         if observer is None:
             on_change = None
-            gauges = self._pool_gauges
-            if gauges is not None:  # multiprocess: other workers read these from files
+            shared = self._shared
+            if shared is not None:  # multiprocess: other workers read these from files
 
                 def on_change() -> None:
-                    gauges.write(self._source(name))
-                    if self._refresher is not None:
-                        self._refresher.ensure()
+                    shared.gauges.write(self.pools.source(name))
+                    shared.refresher.ensure()
 
             observer = self._observers[name] = PoolObserver(
                 name, self.metrics, self.faults, self.recorder, on_change
             )
-            observer.on_held_idle = functools.partial(self._held_idle, name)
+            observer.on_held_idle = HeldIdleReport(self.recorder, self.faults, name)
             self.guards.observe(observer)
         return observer
 
     def set_pool_probe(self, name: str, probe: PoolProbe) -> None:
         """Read the pool called ``name`` with ``probe`` at scrape time."""
         self.pool_events(name)
-        self._probes[name] = probe
+        self.pools.probes[name] = probe
 
     def findings(self) -> list[dict[str, Any]]:
         """The recent findings, newest first, as served on ``findings_path``."""
         return self.recorder.recent.recent()
 
     def _forget_probe(self, name: str) -> None:
-        self._probes.pop(name, None)
-
-    def _source(self, name: str) -> PoolSource:
-        observer = self._observers[name]
-        probe = self._probes.get(name, _no_state)
-        if name in self.guards.sizers:
-            probe = self._limited_probe(name, probe)
-        return PoolSource(
-            name, probe, observer.pending, observer.checked_out, lambda: observer.returning
-        )
-
-    def _limited_probe(self, name: str, probe: PoolProbe) -> PoolProbe:
-        # Under autosize the pool's max is the limit in force, not the driver's ceiling.
-        def read() -> PoolState | None:
-            state = probe()
-            limit = self.guards.limit_of(name)
-            if limit is None:
-                return state
-            if state is None:
-                return PoolState(used=None, idle=None, max=limit)
-            return PoolState(used=state.used, idle=state.idle, max=limit)
-
-        return read
-
-    def _drifts(self) -> list[tuple[str, int]]:
-        return [(source.name, read_pool(source).drift) for source in self._sources()]
-
-    def _sources(self) -> Iterator[PoolSource]:
-        for name in list(self._observers):
-            yield self._source(name)
+        self.pools.probes.pop(name, None)
 
     # -- instrumentation ---------------------------------------------------------------
 
@@ -293,7 +229,7 @@ class PoolWatch:
             "owner": self,
             "exclude_paths": frozenset(settings.exclude_paths),
             "switch": self._switch,
-            "exemplars": settings.exemplars and self._pool_gauges is None,
+            "exemplars": settings.exemplars and self._shared is None,
             "on_shutdown": self.guards.maintenance.stop,
         }
 
@@ -337,7 +273,7 @@ class PoolWatch:
                 raise ConfigError(
                     "metrics_port", port, f"cannot listen on {host}:{port} ({exc.strerror})"
                 ) from exc
-            if self._pool_gauges is None:
+            if self._shared is None:
                 raise ConfigError(
                     "metrics_port",
                     port,
@@ -448,7 +384,7 @@ class PoolWatch:
             return
         if not isinstance(pool, str) or not pool:
             raise ConfigError("pool", pool, "must be a non-empty string")
-        if pool in self._probes:
+        if pool in self.pools.probes:
             raise ConfigError("pool", pool, "is already instrumented; give each engine a name")
         from sqlalchemy.engine import Engine
 
@@ -537,36 +473,6 @@ class PoolWatch:
             raise
         except Exception as exc:
             self.faults.report("scope", exc)
-
-    def _held_idle(
-        self, pool: str, checkout: Checkout, held: float, idle: float, transaction: bool
-    ) -> None:
-        """A connection of ``pool`` was held ``held`` seconds, ``idle`` of them running no
-        statement: a finding, naming the lines either side of its longest gap."""
-        try:
-            after = checkout.after
-            if not after and self.recorder.active:  # the gap ran until the release: here
-                found = self.recorder.finder.find_path(2)
-                after = (found[1] or found[0]) if found is not None else ""
-            work = context.current_scope()
-            finding = Finding(
-                kind=HELD_IDLE,
-                route=checkout.route,
-                fingerprint="",
-                count=1,
-                duration=idle,
-                call_site=after.rpartition(" -> ")[2],
-                suggestion=HELD_IDLE_ADVICE,
-                pool=pool,
-                method=work.method if work is not None else "",
-                call_path=after,
-                held=held,
-                before=checkout.before,
-                transaction=transaction,
-            )
-            self.recorder.report_held_idle(finding)
-        except Exception as exc:
-            self.faults.report("detection", exc)
 
     def _suggest(self, kind: str, fingerprint: str, pool: str, by_relation: bool) -> str:
         return suggestion(

@@ -2,55 +2,26 @@
 
 Values that live in the pool itself (connections used, idle, max) are read from the
 driver when Prometheus scrapes, not copied on every event; beside them, poolwatch's own
-count of waiters and the drift between its checkouts and the driver's
-(:mod:`poolwatch.pools.reconcile`).
+count of waiters and the drift between its checkouts and the driver's, as
+:func:`poolwatch.pools.reading.read_pool` reads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
 
 from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
 from prometheus_client.registry import Collector
 
-from poolwatch.events import PoolState
-from poolwatch.pools.reconcile import drift
+from poolwatch.pools.reading import PoolSource, read_pool
 
-__all__ = [
-    "DRIFT_HELP",
-    "DRIFT_NAME",
-    "PoolReading",
-    "PoolSource",
-    "PoolStateCollector",
-    "read_pool",
-]
+__all__ = ["DRIFT_HELP", "DRIFT_NAME", "PoolStateCollector"]
 
 DRIFT_NAME = "poolwatch_pool_drift"
 DRIFT_HELP = (
     "Connections the driver has in use that poolwatch saw no checkout for (positive), or "
     "checkouts poolwatch holds that the driver has back (negative); 0 when they agree."
 )
-
-
-class PoolSource:
-    """One pool as the collector sees it: its probe and poolwatch's own counts."""
-
-    __slots__ = ("checked_out", "name", "pending", "probe", "returning")
-
-    def __init__(
-        self,
-        name: str,
-        probe: Callable[[], PoolState | None],
-        pending: Callable[[], int],
-        checked_out: Callable[[], int],
-        returning: Callable[[], int] = lambda: 0,
-    ) -> None:
-        self.name = name
-        self.probe = probe
-        self.pending = pending
-        self.checked_out = checked_out
-        self.returning = returning
 
 
 class PoolStateCollector(Collector):
@@ -117,28 +88,3 @@ class PoolStateCollector(Collector):
         yield limit
         yield pending
         yield drift
-
-
-class PoolReading(NamedTuple):
-    """One pool's gauges, as exposed."""
-
-    used: int
-    idle: int
-    max: int | None
-    pending: int
-    drift: int = 0
-
-
-def read_pool(source: PoolSource) -> PoolReading:
-    """Read a pool: the driver's own counts where it has them, poolwatch's otherwise, and
-    how far poolwatch's own count of checkouts is from the driver's (see :mod:`reconcile`).
-    """
-    state = source.probe()
-    waiting = source.pending()
-    own = source.checked_out()
-    if state is None or state.used is None:  # nothing to compare with
-        idle = 0 if state is None or state.idle is None else state.idle
-        return PoolReading(own, idle, None if state is None else state.max, waiting)
-    idle = 0 if state.idle is None else state.idle
-    off = drift(state.used, own, waiting, source.returning())
-    return PoolReading(state.used, idle, state.max, waiting, off)

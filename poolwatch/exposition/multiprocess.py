@@ -19,15 +19,26 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import values as prometheus_values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from poolwatch.exposition.collectors import DRIFT_HELP, DRIFT_NAME, PoolSource, read_pool
+from poolwatch.errors import ConfigError
+from poolwatch.exposition.collectors import DRIFT_HELP, DRIFT_NAME
+from poolwatch.pools.reading import PoolSource, read_pool
 
-__all__ = ["MultiprocessExposition", "PoolGauges", "Refresher", "multiprocess_dir"]
+__all__ = [
+    "MultiprocessExposition",
+    "PoolGauges",
+    "Refresher",
+    "SharedFiles",
+    "multiprocess_dir",
+    "share_files",
+]
 
 _UNTYPED = "db_client_connection_count"
 REFRESH_SECONDS = 0.5
@@ -176,3 +187,41 @@ class MultiprocessExposition:
         registry = CollectorRegistry()
         registry.register(_AllWorkers(self._path))
         return registry
+
+
+class SharedFiles(NamedTuple):
+    """What a PoolWatch in multiprocess mode keeps: its pool gauges (in the shared files),
+    the registry a scrape renders (every worker's files), and the refresher thread."""
+
+    gauges: PoolGauges
+    render: MultiprocessExposition
+    refresher: Refresher
+
+
+def share_files(
+    registry: CollectorRegistry,
+    shared_dir: str,
+    on_error: Callable[[str], None],
+    sources: Callable[[], Iterable[PoolSource]],
+) -> SharedFiles:
+    """Keep pool gauges in the shared files and render scrapes from every worker's.
+
+    Raises :class:`~poolwatch.ConfigError` when ``shared_dir`` is not a directory, or when
+    prometheus_client was imported before the variable was set (it picks where values
+    live once, at import).
+    """
+    if not os.path.isdir(shared_dir):
+        raise ConfigError("PROMETHEUS_MULTIPROC_DIR", shared_dir, "must be an existing directory")
+    if prometheus_values.ValueClass is prometheus_values.MutexValue:
+        raise ConfigError(
+            "PROMETHEUS_MULTIPROC_DIR",
+            shared_dir,
+            "was set after prometheus_client was imported; set it before the process "
+            "starts (gunicorn: raw_env or the environment)",
+        )
+    gauges = PoolGauges(registry, on_error)
+
+    def write_all() -> None:
+        gauges.write_all(sources())
+
+    return SharedFiles(gauges, MultiprocessExposition(shared_dir, write_all), Refresher(write_all))

@@ -179,7 +179,7 @@ KINDS: Mapping[str, Kind] = MappingProxyType(
                 before="blog/routes.py:33 in add_routes.<locals>.add_reviewed_comment",
                 transaction=True,
             ),
-            advice="poolwatch.agent.HELD_IDLE_ADVICE",
+            advice="poolwatch.pools.held_idle.HELD_IDLE_ADVICE",
             setting="nplusone_mode",
             metric="poolwatch_connection_idle_seconds",
             raises=False,
