@@ -40,24 +40,14 @@ DEV = ".[dev]"
 # pytest or prometheus_client; the load tests, the fault campaign, the stack matrix and
 # the generated files run once, on the newest.
 OLDEST_TESTS = (
-    "tests/test_tortoise_adapter.py",
-    "tests/test_sqlalchemy_adapter.py",
-    "tests/test_corpus_tortoise.py",
-    "tests/test_corpus_sqlalchemy.py",
-    "tests/test_never_lose.py",
-    "tests/test_routes.py",
-    "tests/test_app_endpoints.py",
-    "tests/test_middleware.py",
-    "tests/test_findings.py",
-    "tests/test_exposition.py",
-    "tests/test_exposition_promtool.py",
-    "tests/test_multiprocess.py",
+    "tests/adapters",
+    "tests/exposition",
+    "tests/queries/test_findings.py",
     "tests/test_public_api.py",
     "tests/test_config.py",
     "tests/test_demo.py",
     "tests/test_testing.py",
     "tests/test_pytest_plugin.py",
-    "tests/test_tracing.py",
     "tests/test_realapp.py",
 )
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_fingerprint_stability.py in fresh processes (each with its own hash
+"""Run by tests/queries/test_fingerprint_stability.py in fresh processes (each with its own hash
 seed): prints the fingerprint of every statement a small Tortoise app runs, one per line."""
 
 from __future__ import annotations

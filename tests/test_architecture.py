@@ -84,6 +84,7 @@ PURE = frozenset(
         "poolwatch.sizing.deadline",
         "poolwatch.pools.holders",
         "poolwatch.pools.reconcile",
+        "poolwatch.pools.reading",
     }
 )
 

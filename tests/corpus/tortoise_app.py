@@ -1,7 +1,7 @@
 """A Tortoise-ORM + FastAPI app whose endpoints each embody one query-pattern case.
 
 Every line that poolwatch must report ends with a marker comment: ``# N+1 <name>``,
-``# DUPLICATE <name>`` or ``# BULK_WRITE <name>``. tests/test_corpus_tortoise.py finds the
+``# DUPLICATE <name>`` or ``# BULK_WRITE <name>``. tests/adapters/test_corpus_tortoise.py finds the
 markers by scanning this file, so the expected call sites (``file:line in function``) stay
 exact when lines move. Unmarked lines must never be a finding's call site, except the loops
 under ``/allowed...`` routes, which only production's allow-lists accept.

@@ -17,7 +17,7 @@ import pytest
 
 from tests.metrics_helpers import parse_exposition
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 3
 POOL_MAX = 15  # pool_size 5 + max_overflow 10, per worker
 

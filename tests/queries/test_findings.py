@@ -192,7 +192,7 @@ async def test_findings_endpoint_lists_aggregated_findings_without_values(
     nplusone = body[1]
     assert nplusone["count"] == 6
     assert nplusone["fingerprint"] == "select ... from item where id = ?"
-    assert nplusone["call_site"].startswith("tests/test_findings.py:")
+    assert nplusone["call_site"].startswith("tests/queries/test_findings.py:")
     assert nplusone["call_site"].endswith(" in loop")
     assert SECRET not in response.text
     assert SECRET not in generate_latest(watch.registry).decode()
@@ -309,7 +309,9 @@ def test_log_line_per_finding(engine: Engine, caplog: pytest.LogCaptureFixture) 
     message = record.getMessage()
     assert message.startswith("poolwatch nplusone on job: 6 x 'select ... from item where id")
     assert "\n" not in message
-    assert " in test_log_line_per_finding -> tests/test_findings.py:" in message  # the caller
+    assert (
+        " in test_log_line_per_finding -> tests/queries/test_findings.py:" in message
+    )  # the caller
     assert message.endswith(" in loop")  # the loop
     finding = record.poolwatch_finding  # type: ignore[attr-defined]
     assert json.dumps(finding)

@@ -276,7 +276,7 @@ async def test_a_connection_held_too_long_is_reported_once_with_its_line(
     assert len(leaks) == 1, caplog.text
     leak = leaks[0].poolwatch_leak
     assert leak["route"] == "POST /import"
-    assert leak["call_site"].startswith("tests/test_autosize.py:")
+    assert leak["call_site"].startswith("tests/sizing/test_autosize.py:")
     assert "in test_a_connection_held_too_long" in leak["call_site"]
     assert (
         value(

@@ -27,9 +27,8 @@ def test_first_application_frame_outside_libraries() -> None:
     finder = CallSiteFinder(LIB)
     site = callsite_lib.query(finder)
     line = here(-1)
-    assert (
-        site == f"tests/test_callsite.py:{line} in test_first_application_frame_outside_libraries"
-    )
+    where = f"tests/queries/test_callsite.py:{line}"
+    assert site == f"{where} in test_first_application_frame_outside_libraries"
 
 
 def test_without_ignore_the_wrapper_is_the_call_site() -> None:
@@ -49,7 +48,7 @@ async def test_gather_children_without_application_frames_point_at_the_gather() 
     sites = await asyncio.gather(*(callsite_lib.async_query(finder) for _ in range(3)))
     line = here(-1)
     name = "test_gather_children_without_application_frames_point_at_the_gather"
-    assert set(sites) == {f"tests/test_callsite.py:{line} in {name}"}
+    assert set(sites) == {f"tests/queries/test_callsite.py:{line} in {name}"}
 
 
 async def test_gather_through_an_application_helper_points_into_the_helper() -> None:
@@ -60,7 +59,7 @@ async def test_gather_through_an_application_helper_points_into_the_helper() -> 
 
     line = here(-2)
     sites = await asyncio.gather(load(), load())
-    assert {s.split(" in ")[0] for s in sites if s} == {f"tests/test_callsite.py:{line}"}
+    assert {s.split(" in ")[0] for s in sites if s} == {f"tests/queries/test_callsite.py:{line}"}
 
 
 async def test_task_group_children_point_at_the_awaiting_block() -> None:
@@ -73,7 +72,7 @@ async def test_task_group_children_point_at_the_awaiting_block() -> None:
     assert len(results) == 1
     (site,) = results
     assert site is not None
-    assert site.startswith("tests/test_callsite.py:")
+    assert site.startswith("tests/queries/test_callsite.py:")
     assert int(site.split(":")[1].split(" ")[0]) in range(line - 1, line + 1)
 
 
@@ -83,12 +82,12 @@ def test_greenlet_child_is_followed_to_its_parent() -> None:
     # The lambda is application code in this file: that line is the call site.
     line = here(-2)
     assert site is not None
-    assert site.startswith(f"tests/test_callsite.py:{line}")
+    assert site.startswith(f"tests/queries/test_callsite.py:{line}")
 
     def library_only() -> str | None:
         return callsite_lib.query(finder)
 
-    library_finder = CallSiteFinder((*LIB, "tests.test_callsite"))
+    library_finder = CallSiteFinder((*LIB, "tests.queries.test_callsite"))
     assert callsite_lib.in_greenlet(lambda: callsite_lib.query(library_finder)) is None
     assert library_only() is not None
 
@@ -104,7 +103,7 @@ def test_library_modules() -> None:
 
 
 def test_paths_are_shown_relative_to_the_working_directory() -> None:
-    assert display_path(__file__) == "tests/test_callsite.py"
+    assert display_path(__file__) == "tests/queries/test_callsite.py"
     assert display_path("<string>") == "<string>"
 
 
@@ -140,7 +139,7 @@ def test_an_installed_wrapper_of_the_orm_is_library_code_by_where_it_lives(
     site = wrapper.deeper(finder, CallSiteFinder.find)
     line = here(-1)
     name = "test_an_installed_wrapper_of_the_orm_is_library_code_by_where_it_lives"
-    assert site == f"tests/test_callsite.py:{line} in {name}"
+    assert site == f"tests/queries/test_callsite.py:{line} in {name}"
 
 
 def test_with_no_application_frame_the_innermost_installed_frame_stands_in(
@@ -185,9 +184,9 @@ def test_a_path_runs_from_the_caller_to_the_helper_outermost_first() -> None:
     name = "test_a_path_runs_from_the_caller_to_the_helper_outermost_first"
     # (the comprehension has no frame of its own in the path, on any Python)
     assert frames[-3:] == [
-        f"tests/test_callsite.py:{line} in {name}",
-        f"tests/test_callsite.py:{_helper.__code__.co_firstlineno + 1} in _helper",
-        f"tests/test_callsite.py:{_path.__code__.co_firstlineno + 1} in _path",
+        f"tests/queries/test_callsite.py:{line} in {name}",
+        f"tests/queries/test_callsite.py:{_helper.__code__.co_firstlineno + 1} in _helper",
+        f"tests/queries/test_callsite.py:{_path.__code__.co_firstlineno + 1} in _path",
     ]
 
 

@@ -1,0 +1,177 @@
+"""Async engines: tasks sharing the pool, cancellations, timeouts; an asyncpg statement
+cancelled mid-flight."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+import sqlalchemy.exc
+from sqlalchemy import Table, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import poolwatch
+from poolwatch import PoolWatch
+from tests.adapters.sqlalchemy.readings import (
+    POOL,
+    SEED_ROWS,
+    assert_at_rest,
+    count_connects,
+    creations,
+    errors,
+    pending,
+    pg_url,
+    queries,
+    sample,
+    timeouts,
+    used,
+    wait_until,
+    waits,
+)
+
+# -- async engines -----------------------------------------------------------------------
+
+
+async def test_fifty_tasks_share_the_pool_and_see_the_callers_scope(
+    watch: PoolWatch, make_async_engine: Callable[..., Awaitable[AsyncEngine]], table: Table
+) -> None:
+    tasks, bad_every = 50, 5
+    engine = await make_async_engine(pool_size=5, max_overflow=0, pool_timeout=30)
+    opened = count_connects(engine)
+    watch.instrument_sqlalchemy(engine, pool=POOL)
+
+    async def work(n: int) -> None:
+        async with engine.connect() as conn:
+            row_id = n % SEED_ROWS + 1
+            (await conn.execute(select(table).where(table.c.id == row_id))).all()
+            if n % bad_every == 0:
+                with pytest.raises(sqlalchemy.exc.DBAPIError):
+                    await conn.execute(text(f"SELECT nope FROM {table.name}"))
+
+    # Queries run in SQLAlchemy's greenlet, which must share the task's context.
+    with poolwatch.scope("async"):
+        await asyncio.gather(*(work(n) for n in range(tasks)))
+
+    failures = tasks // bad_every
+    assert queries(watch, "SELECT", "async") == tasks + failures
+    assert errors(watch, "SELECT", "async") == failures
+    assert queries(watch, "SELECT", "none") == 0
+    assert waits(watch) == tasks
+    assert creations(watch) == opened[0] <= 5
+    assert timeouts(watch) == 0
+    assert_at_rest(watch, engine.sync_engine.pool)
+
+
+async def test_cancelling_tasks_that_wait_for_a_connection(
+    watch: PoolWatch, make_async_engine: Callable[..., Awaitable[AsyncEngine]], table: Table
+) -> None:
+    engine = await make_async_engine(pool_size=1, max_overflow=0, pool_timeout=30)
+    opened = count_connects(engine)
+    watch.instrument_sqlalchemy(engine, pool=POOL)
+
+    async def wait_for_connection() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(select(table))
+
+    async with engine.connect() as held:
+        await held.execute(select(table).where(table.c.id == 1))
+        waiters = [asyncio.create_task(wait_for_connection()) for _ in range(5)]
+        await wait_until(lambda: pending(watch) == 5)
+        for task in waiters:
+            task.cancel()
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        assert pending(watch) == 0
+        assert used(watch) == 1
+
+    assert timeouts(watch) == 0
+    assert waits(watch) == 1
+    assert_at_rest(watch, engine.sync_engine.pool)
+    async with engine.connect() as conn:  # the pool still works
+        await conn.execute(select(table).where(table.c.id == 2))
+    assert waits(watch) == 2
+    assert creations(watch) == opened[0] == 1
+    assert queries(watch, "SELECT", "none") == 2
+    assert_at_rest(watch, engine.sync_engine.pool)
+
+
+async def test_async_acquire_timeouts(
+    watch: PoolWatch, make_async_engine: Callable[..., Awaitable[AsyncEngine]]
+) -> None:
+    engine = await make_async_engine(pool_size=1, max_overflow=0, pool_timeout=0.05)
+    watch.instrument_sqlalchemy(engine, pool=POOL)
+    async with engine.connect():
+        for _ in range(2):
+            with pytest.raises(sqlalchemy.exc.TimeoutError):
+                await engine.connect().start()
+        assert (pending(watch), used(watch)) == (0, 1)
+    assert timeouts(watch) == 2
+    assert waits(watch) == 1 + 2
+    assert_at_rest(watch, engine.sync_engine.pool)
+
+
+async def test_successes_errors_timeouts_and_cancellations_together(
+    watch: PoolWatch, make_async_engine: Callable[..., Awaitable[AsyncEngine]], table: Table
+) -> None:
+    engine = await make_async_engine(pool_size=2, max_overflow=0, pool_timeout=0.2)
+    watch.instrument_sqlalchemy(engine, pool=POOL)
+    outcomes: dict[str, int] = {"ok": 0, "error": 0, "timeout": 0}
+
+    async def work(n: int) -> None:
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(select(table).where(table.c.id == n % SEED_ROWS + 1))
+                if n % 3 == 0:
+                    await conn.execute(text(f"SELECT nope FROM {table.name}"))
+                await asyncio.sleep(0.01 * (n % 4))
+        except sqlalchemy.exc.TimeoutError:
+            outcomes["timeout"] += 1
+        except sqlalchemy.exc.DBAPIError:
+            outcomes["error"] += 1
+        else:
+            outcomes["ok"] += 1
+
+    tasks = [asyncio.create_task(work(n)) for n in range(40)]
+    await asyncio.sleep(0.03)
+    for task in tasks[::7]:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    cancelled = sum(isinstance(r, asyncio.CancelledError) for r in results)
+
+    assert cancelled + sum(outcomes.values()) == 40
+    assert timeouts(watch) == outcomes["timeout"]
+    assert errors(watch, "SELECT", "none") == outcomes["error"]
+    assert_at_rest(watch, engine.sync_engine.pool)
+
+
+# -- PostgreSQL only ---------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_asyncpg_statement_cancelled_mid_flight(watch: PoolWatch, pg_dsn: str) -> None:
+    engine = create_async_engine(pg_url(pg_dsn, "asyncpg"), pool_size=2, max_overflow=0)
+    try:
+        async with engine.connect() as conn:  # the dialect's first-connect statements
+            await conn.execute(text("SELECT 1"))
+        watch.instrument_sqlalchemy(engine, pool=POOL)
+
+        async def sleep_in_database() -> None:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT pg_sleep(5)"))
+
+        task = asyncio.create_task(sleep_in_database())
+        await wait_until(lambda: used(watch) == 1)
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert queries(watch, "SELECT", "none") == 1
+        assert errors(watch, "SELECT", "none") == 0  # cancelled, not a database error
+        duration = sample(
+            watch, "db_client_operation_duration_seconds_sum", operation="SELECT", route="none"
+        )
+        assert duration >= 0.15  # cancelled 0.2 s after the checkout
+        assert_at_rest(watch, engine.sync_engine.pool)
+    finally:
+        await engine.dispose()

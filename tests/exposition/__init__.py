@@ -1,0 +1,3 @@
+"""Tests of poolwatch.exposition: the metrics endpoint and server, the middleware, route
+templates, multiprocess.
+"""

@@ -1,0 +1,3 @@
+"""Tests of poolwatch.pools: one pool's account (drift, idle time between statements, held-
+idle findings).
+"""

@@ -1,0 +1,3 @@
+"""Tests of poolwatch.sizing: the controller, the limiter, the database budget, autosize in
+every wiring.
+"""
