@@ -16,6 +16,7 @@ __all__ = [
     "driver_in_use",
     "driver_size",
     "mysql_open_transactions",
+    "mysql_transactions_settled",
     "pg_idle_in_transaction",
     "settled",
 ]
@@ -70,16 +71,33 @@ def pg_idle_in_transaction(dsn: str) -> int:
 
 
 def mysql_open_transactions(url: str) -> int:
-    """InnoDB transactions open on the server (a session left inside BEGIN)."""
+    """InnoDB transactions open on ``url``'s database (a session left inside BEGIN)."""
     import pymysql
 
     parts = urlsplit(url)
+    database = parts.path.lstrip("/")
     with (
         pymysql.connect(
             host=parts.hostname, port=parts.port, user=parts.username or "root"
         ) as connection,
         connection.cursor() as cursor,
     ):
-        cursor.execute("SELECT count(*) FROM information_schema.innodb_trx")
+        cursor.execute(
+            "SELECT count(*) FROM information_schema.innodb_trx AS trx "
+            "JOIN information_schema.processlist AS session "
+            "ON session.id = trx.trx_mysql_thread_id WHERE session.db = %s",
+            (database,),
+        )
         row = cursor.fetchone()
     return int(row[0]) if row else 0
+
+
+async def mysql_transactions_settled(url: str, seconds: float = 5.0) -> int:
+    """Waits (up to ``seconds``) for ``url``'s database to have no transaction open;
+    returns the count it ended with. A connection given back closed ends its session a
+    few loop turns late, and its transaction with it: on this loop, so it is awaited."""
+    for _ in range(int(seconds / 0.05)):
+        if not await asyncio.to_thread(mysql_open_transactions, url):
+            break
+        await asyncio.sleep(0.05)
+    return await asyncio.to_thread(mysql_open_transactions, url)

@@ -26,7 +26,7 @@ from poolwatch.adapters.tortoise import tortoise_version
 from tests.metrics_helpers import value
 from tests.pool_truth import (
     driver_in_use,
-    mysql_open_transactions,
+    mysql_transactions_settled,
     pg_idle_in_transaction,
     settled,
 )
@@ -207,7 +207,8 @@ async def test_a_cancelled_entry_gives_its_connection_back(
             if backend in ("asyncpg", "psycopg"):
                 assert pg_idle_in_transaction(request.getfixturevalue("pg_database")) == 0
             if backend == "mysql":
-                assert mysql_open_transactions(request.getfixturevalue("mysql_database")) == 0
+                database = request.getfixturevalue("mysql_database")
+                assert await mysql_transactions_settled(database) == 0
     finally:
         watch.uninstrument()
 

@@ -113,6 +113,11 @@ async def make_async_engine(
     yield make
     for engine in engines:
         await engine.dispose()
+    if async_url.startswith("sqlite"):
+        # The file goes with the test's tmp_path. A connection SQLAlchemy invalidated as
+        # its task was cancelled is closed only when aiosqlite's thread gets to it, and
+        # until then its read lock would fail a DROP here ("database is locked").
+        return
     cleanup = create_async_engine(async_url, poolclass=NullPool)
     async with cleanup.begin() as conn:
         await conn.run_sync(lambda sync: table.drop(sync, checkfirst=True))
