@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from prometheus_client import (
     REGISTRY,
@@ -49,6 +51,27 @@ def _add_process_collectors(registry: CollectorRegistry) -> None:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+
+
+class _EnginePool(NamedTuple):
+    """A SQLAlchemy engine instrumented under a pool name, and with which settings."""
+
+    instrumentation: Any  # SQLAlchemyInstrumentation, imported only when SQLAlchemy is used
+    sizing: Autosize | None
+
+
+def _engine_collected(watch: weakref.ref[PoolWatch], pool: str, instrumentation: Any) -> None:
+    """An engine the app let go was collected: its pool name is free, its gauges gone.
+    (Weakly bound: a module-level engine must not keep each PoolWatch of a test alive.)"""
+    owner = watch()
+    if owner is None:
+        return
+    current = owner._engines.get(pool)
+    if current is not None and current.instrumentation is instrumentation:
+        try:
+            owner._release_pool(pool)
+        except Exception as exc:
+            owner.faults.report("sqlalchemy", exc)
 
 
 class PoolWatch:
@@ -113,8 +136,13 @@ class PoolWatch:
         self._observers = self.pools.observers  # by pool name (tests read it too)
         self.guards.maintenance.drifts = self.pools.drifts
         self._undo: list[Callable[[], None]] = []
+        # SQLAlchemy engines by pool name, and what undoes each one's instrumentation.
+        self._engines: dict[str, _EnginePool] = {}
+        self._pool_undo: dict[str, list[Callable[[], None]]] = {}
         self._switch = Switch()
-        self._apps: list[Any] = []  # instrumented by instrument_app, each once
+        # Instrumented by instrument_app, each once; weakly: an app factory called per test
+        # must not keep every app it made alive.
+        self._apps: weakref.WeakSet[Any] = weakref.WeakSet()
         self._server: MetricsServer | None = None
         self._shared: SharedFiles | None = None
         self._render_registry: Callable[[], CollectorRegistry] = lambda: registry
@@ -181,13 +209,13 @@ class PoolWatch:
                 f"instrument_app() needs a Starlette/FastAPI app, got {type(app).__name__}; "
                 "wrap other ASGI apps with watch.wrap(app)"
             )
-        if any(seen is app for seen in self._apps):
+        if app in self._apps:
             # Its middleware is in place: a second one would count every request twice.
             self._activate()
             return app
         self._refuse_taken_paths(app)
         add_middleware(PoolWatchMiddleware, **self._middleware_options())
-        self._apps.append(app)
+        self._apps.add(app)
         return app
 
     def _refuse_taken_paths(self, app: Any) -> None:
@@ -384,8 +412,6 @@ class PoolWatch:
             return
         if not isinstance(pool, str) or not pool:
             raise ConfigError("pool", pool, "must be a non-empty string")
-        if pool in self.pools.probes:
-            raise ConfigError("pool", pool, "is already instrumented; give each engine a name")
         from sqlalchemy.engine import Engine
 
         from poolwatch.adapters.sqlalchemy import (
@@ -415,6 +441,8 @@ class PoolWatch:
             )
         if sizing is not None:
             sizing.bounds(ceiling)  # max unknown with unlimited overflow: fail now
+        if self._name_taken(pool, sync_engine, sizing):
+            return  # this very engine, instrumented so already: nothing to add
         existed = pool in self._observers
         instrumentation = SQLAlchemyInstrumentation(engine, self.pool_events(pool), self.faults)
         if sizing is not None:
@@ -440,9 +468,58 @@ class PoolWatch:
         self.set_pool_probe(pool, instrumentation.probe)
         register_pool(pool, "sqlalchemy", sqlalchemy_relations)
         self._activate()
-        self._undo.append(instrumentation.uninstall)
-        self._undo.append(lambda: self._forget_probe(pool))
-        self._undo.append(lambda: self.guards.forget(pool))
+        self._engines[pool] = _EnginePool(instrumentation, sizing)
+        if pool not in self._pool_undo:
+            self._undo.append(functools.partial(self._release_pool, pool))
+        self._pool_undo[pool] = [
+            instrumentation.uninstall,
+            lambda: self._forget_probe(pool),
+            lambda: self.guards.forget(pool),
+        ]
+        watch = weakref.ref(self)
+        weakref.finalize(sync_engine, _engine_collected, watch, pool, instrumentation)
+
+    def _name_taken(self, pool: str, engine: Any, sizing: Autosize | None) -> bool:
+        """Whether ``engine`` is already instrumented as ``pool`` (True: nothing to do),
+        after handing the name on if its last engine is done with; raises if another
+        engine still uses the name.
+
+        An app that builds an engine per test (and disposes it) instruments each one
+        under the same name; an app factory called per test instruments the same
+        module-level engine again. Neither may fail, nor pile up series.
+        """
+        previous = self._engines.get(pool)
+        if previous is None:
+            if pool in self.pools.probes:  # set by hand (set_pool_probe): not an engine's
+                raise ConfigError("pool", pool, "is already a pool of this PoolWatch")
+            return False
+        if previous.instrumentation.engine is engine:
+            if previous.sizing != sizing:
+                raise ConfigError(
+                    "autosize",
+                    sizing,
+                    f"differs from what engine {pool!r} was instrumented with "
+                    f"({previous.sizing}); instrument an engine with one setting",
+                )
+            return True
+        observer = self._observers.get(pool)
+        idle = observer is None or (observer.checked_out() == 0 and observer.pending() == 0)
+        if not (previous.instrumentation.gone() and idle):
+            raise ConfigError(
+                "pool",
+                pool,
+                "is the name of another engine still in use; give each engine its own name "
+                "(an engine disposed, or garbage-collected, hands its name on)",
+            )
+        self._release_pool(pool)
+        return False
+
+    def _release_pool(self, pool: str) -> None:
+        """Undo what instrumenting pool ``pool``'s engine did (its observer and series
+        stay: the name goes on)."""
+        self._engines.pop(pool, None)
+        for undo in reversed(self._pool_undo.pop(pool, [])):
+            undo()
 
     def uninstrument(self) -> None:
         """Undo every ``instrument_*`` call; the middleware becomes a pass-through."""

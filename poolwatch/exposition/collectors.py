@@ -78,6 +78,8 @@ class PoolStateCollector(Collector):
             except Exception:
                 self._on_error("collector")
                 continue
+            if reading is None:  # no pool right now: no gauges
+                continue
             count.add_metric([source.name, "idle"], reading.idle)
             count.add_metric([source.name, "used"], reading.used)
             if reading.max is not None:

@@ -16,6 +16,7 @@ gauge files; its counters stay in the sums, as counters must.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -85,6 +86,9 @@ class PoolGauges:
         """Write this worker's view of one pool to the shared files."""
         try:
             reading = read_pool(source)
+            if reading is None:  # no pool right now: its gauges leave the files
+                self._remove(source.name)
+                return
             self.count.labels(source.name, "idle").set(reading.idle)
             self.count.labels(source.name, "used").set(reading.used)
             if reading.max is not None:
@@ -93,6 +97,17 @@ class PoolGauges:
             self.drift.labels(source.name).set(reading.drift)
         except Exception:
             self._on_error("collector")
+
+    def _remove(self, pool: str) -> None:
+        for gauge, labels in (
+            (self.count, (pool, "idle")),
+            (self.count, (pool, "used")),
+            (self.max, (pool,)),
+            (self.pending, (pool,)),
+            (self.drift, (pool,)),
+        ):
+            with contextlib.suppress(KeyError):  # never written
+                gauge.remove(*labels)
 
     def write_all(self, sources: Iterable[PoolSource]) -> None:
         """Write every pool of this worker."""

@@ -47,14 +47,21 @@ class PoolReading(NamedTuple):
     drift: int = 0
 
 
-def read_pool(source: PoolSource) -> PoolReading:
+def read_pool(source: PoolSource) -> PoolReading | None:
     """Read a pool: the driver's own counts where it has them, poolwatch's otherwise, and
     how far poolwatch's own count of checkouts is from the driver's (see
     :mod:`~poolwatch.pools.reconcile`).
+
+    ``None`` when there is no pool to read: the probe says the pool does not exist (not
+    opened yet, closed, its engine disposed or gone) and nothing is out or waiting. Its
+    gauges are then left out of the scrape rather than shown at zero, so that pools an
+    app makes and closes (one per test) do not pile up series.
     """
     state = source.probe()
     waiting = source.pending()
     own = source.checked_out()
+    if state is None and not own and not waiting:
+        return None
     if state is None or state.used is None:  # nothing to compare with
         idle = 0 if state is None or state.idle is None else state.idle
         return PoolReading(own, idle, None if state is None else state.max, waiting)

@@ -48,7 +48,8 @@ class PoolRegistry:
 
     def drifts(self) -> list[tuple[str, int]]:
         """``(pool, drift)`` of every pool, read from the drivers now."""
-        return [(source.name, read_pool(source).drift) for source in self.sources()]
+        readings = ((source.name, read_pool(source)) for source in self.sources())
+        return [(name, reading.drift) for name, reading in readings if reading is not None]
 
     def _limited(self, name: str, probe: PoolProbe) -> PoolProbe:
         def read() -> PoolState | None:

@@ -6,11 +6,13 @@ counts how many pools share the database and what each holds.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
+from poolwatch.errors import PoolWatchError
 from poolwatch.sizing.appname import tag_server_settings, tagged_name
 from poolwatch.sizing.budget import POSTGRES_LIMITS_SQL, ServerLimits
 
@@ -29,18 +31,28 @@ def postgres_limits_reader(
         return None
     from sqlalchemy import text
 
+    # Weakly, like the instrumentation: the reader lives as long as autosize's sizer, and
+    # must not keep alive an engine the app let go.
     if not isinstance(engine, Engine):
-        async_engine = engine
+        async_ref = weakref.ref(engine)
 
         async def read_async() -> ServerLimits:
+            async_engine = async_ref()
+            if async_engine is None:
+                raise PoolWatchError("the engine is gone")
             async with async_engine.connect() as connection:
                 row = (await connection.execute(text(POSTGRES_LIMITS_SQL))).one()
             return ServerLimits.from_row(tuple(row))
 
         return read_async
 
+    sync_ref = weakref.ref(sync_engine)
+
     def read_sync() -> ServerLimits:
-        with sync_engine.connect() as connection:
+        current = sync_ref()
+        if current is None:
+            raise PoolWatchError("the engine is gone")
+        with current.connect() as connection:
             row = connection.execute(text(POSTGRES_LIMITS_SQL)).one()
         return ServerLimits.from_row(tuple(row))
 

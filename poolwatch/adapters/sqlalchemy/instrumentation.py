@@ -118,7 +118,9 @@ class SQLAlchemyInstrumentation:
                 "instrument_sqlalchemy() needs a SQLAlchemy Engine or AsyncEngine, "
                 f"got {type(engine).__name__}"
             )
-        self._engine = sync_engine
+        # Weakly: an app that builds an engine per test and drops it must be able to let
+        # it go; what poolwatch keeps of it is then gone() (see the agent's takeover).
+        self._engine_ref = weakref.ref(sync_engine)
         self._events = events
         self._faults = faults
         # Autosize's limiter and the acquire timeout, set before install; see _gated.
@@ -131,6 +133,9 @@ class SQLAlchemyInstrumentation:
         self._opened: dict[int, float] = {}
         # Connections being opened right now (the creator called, not yet returned).
         self.connecting = 0
+        # Set by Engine.dispose() (the pool's recreate), cleared by the next acquire: a
+        # disposed pool has no gauges until it is used again.
+        self.retired = False
         self._active = False
         self._shadows: list[_Shadow] = []
         # The pool listeners are registered on this empty pool of ours and copied into
@@ -138,6 +143,22 @@ class SQLAlchemyInstrumentation:
         self._anchor: Pool | None = None
         self._listeners: tuple[tuple[str, Callable[..., None]], ...] = ()
         forksafe.forget_in_child(self)
+
+    @property
+    def engine(self) -> Engine | None:
+        """The (sync) engine, or ``None`` once the app let it go."""
+        return self._engine_ref()
+
+    def gone(self) -> bool:
+        """Whether the engine is done with: garbage-collected, or disposed and not used
+        since. (Whether a connection of it is still out is the observer's to say.)"""
+        return self._engine_ref() is None or self.retired
+
+    def _require_engine(self) -> Engine:
+        engine = self._engine_ref()
+        if engine is None:
+            raise PoolWatchError("the engine was garbage-collected before it was instrumented")
+        return engine
 
     def after_fork(self) -> None:
         """In a child process: the parent's checkouts and transactions are not the
@@ -150,7 +171,7 @@ class SQLAlchemyInstrumentation:
 
     def install(self) -> None:
         """Hook the engine. Raises if it is already instrumented."""
-        engine, events, faults = self._engine, self._events, self._faults
+        engine, events, faults = self._require_engine(), self._events, self._faults
         dialect, pool = engine.dialect, engine.pool
         for target in (dialect, pool):
             owner = self._owners.get(target)
@@ -231,8 +252,9 @@ class SQLAlchemyInstrumentation:
             else:
                 setattr(target, shadow.name, shadow.previous)
         self._shadows.clear()
-        if event.contains(self._engine, "do_connect", self._tag_connection):
-            event.remove(self._engine, "do_connect", self._tag_connection)
+        engine = self._engine_ref()
+        if engine is not None and event.contains(engine, "do_connect", self._tag_connection):
+            event.remove(engine, "do_connect", self._tag_connection)
         anchor, self._anchor = self._anchor, None
         listeners, self._listeners = self._listeners, ()
         if anchor is not None:  # removes the copies in every pool too
@@ -245,7 +267,10 @@ class SQLAlchemyInstrumentation:
 
     def probe(self) -> PoolState | None:
         """The engine's current pool, read now (see :func:`read_pool_state`)."""
-        return read_pool_state(self._engine.pool)
+        engine = self._engine_ref()
+        if engine is None or self.retired:  # no pool to read right now
+            return None
+        return read_pool_state(engine.pool)
 
     def open_connections(self) -> int:
         """Connections the engine's pool holds open on the server, used or idle: the

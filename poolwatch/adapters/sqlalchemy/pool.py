@@ -112,6 +112,8 @@ class PoolOwner(Switch, Protocol):
     _permits: set[int]
     # DBAPI connections (their ids) with a transaction open (do_begin), since when.
     _opened: dict[int, float]
+    # Engine.dispose() was called and the pool not used since: it has no gauges.
+    retired: bool
 
 
 def _holder(connection: PoolProxiedConnection) -> int:
@@ -156,6 +158,7 @@ def timed_acquire(
     def connect() -> PoolProxiedConnection:
         if not owner._active:
             return original()
+        owner.retired = False  # in use (again, after a dispose)
         try:
             ticket = events.acquire_started()
         except Exception as err:
@@ -205,6 +208,7 @@ def following_recreate(
     def recreate() -> Pool:
         pool = original()
         if owner._active:
+            owner.retired = True  # until the new pool's first acquire
             try:
                 hook(pool)
             except Exception as err:

@@ -65,6 +65,8 @@ def read_pool_state(client: Any) -> PoolState | None:
     if lock is not None and hasattr(client, "filename"):  # SQLite: one connection, one lock
         used = 1 if lock.locked() else 0
         opened = 1 if getattr(client, "_connection", None) is not None else 0
+        if not opened and not used:  # not opened yet, or closed: no pool to read
+            return None
         return PoolState(used=used, idle=max(0, opened - used), max=1)
     return None
 
