@@ -16,6 +16,9 @@ Statements that the test's own code issues (its module, ``conftest.py``: whateve
 ``poolwatch_judge_test_code = true`` judges them too. When no statement of an instrumented
 pool ran in the whole session, the summary says so rather than passing in silence.
 
+It needs pytest 7.0 or newer (and any pluggy that pytest brings, 1.0 included); on an
+older pytest it warns once and does nothing.
+
 Markers: ``@pytest.mark.max_queries(n)`` fails a test that runs more than ``n`` data
 statements (in every mode); ``@pytest.mark.allow_nplusone`` accepts the N+1s of one test.
 Only statements of instrumented pools are seen (``PoolWatch().instrument_*``).
@@ -36,12 +39,37 @@ from poolwatch.testing import capture
 
 _MODES = ("off", "report", "warn", "raise")
 _DEFAULT_MODE = "report"
-_FINDINGS = pytest.StashKey[list[tuple[str, Finding]]]()
-_STATEMENTS = pytest.StashKey[list[int]]()  # statements seen in the session, in one cell
-_HELD = pytest.StashKey[list[tuple[str, Finding]]]()  # held_idle findings: listed only
+MINIMUM_PYTEST = (7, 0)  # pytest.StashKey, pytest.Parser/Config/Item as public names
+
+
+def supported(version: str) -> bool:
+    """Whether a pytest of this version can run the plugin."""
+    parts = []
+    for part in version.split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts) >= MINIMUM_PYTEST
+
+
+# An older pytest gets one warning and a plugin that does nothing: a plugin that broke
+# start-up would break the whole suite of every app that installs poolwatch.
+_SUPPORTED = supported(pytest.__version__)
+if _SUPPORTED:
+    _FINDINGS = pytest.StashKey[list[tuple[str, Finding]]]()
+    _STATEMENTS = pytest.StashKey[list[int]]()  # statements seen in the session, in one cell
+    _HELD = pytest.StashKey[list[tuple[str, Finding]]]()  # held_idle findings: listed only
+else:
+    warnings.warn(
+        f"poolwatch's pytest plugin needs pytest {'.'.join(map(str, MINIMUM_PYTEST))} or "
+        f"newer, found {pytest.__version__}: the plugin is off (the app's metrics are not "
+        "affected)",
+        stacklevel=1,
+    )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    if not _SUPPORTED:
+        return
     group = parser.getgroup("poolwatch", "poolwatch query checks")
     group.addoption(
         "--poolwatch-nplusone",
@@ -69,6 +97,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if not _SUPPORTED:
+        return
     config.addinivalue_line(
         "markers", "max_queries(n): fail the test if it runs more than n database statements"
     )
@@ -100,17 +130,44 @@ def _threshold(config: pytest.Config) -> int:
         raise pytest.UsageError(f"poolwatch_threshold={raw!r}: must be a whole number") from None
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, None]:
+    # An old-style wrapper: pytest 7.0 and pluggy 1.0 (what apps pin) know no other. A
+    # finding that fails the test is handed to pytest through the call's outcome (pluggy
+    # 1.1+; pluggy 1.0 takes it raised from here, and newer ones warn when it is raised).
     __tracebackhide__ = True  # the failure is the test's N+1, not this hook
+    if not _SUPPORTED:
+        yield
+        return
     mode = _mode(item.config)
     limit_marker = item.get_closest_marker("max_queries")
     if item.get_closest_marker("allow_nplusone") is not None:
         mode = "off"
     if mode == "off" and limit_marker is None:
-        return (yield)
+        yield
+        return
     with capture(name=item.nodeid, threshold=_threshold(item.config)) as captured:
-        result = yield
+        outcome = yield
+    if _raised(outcome):  # the test failed on its own: that is what it reports
+        return
+    try:
+        _judge(item, mode, limit_marker, captured)
+    except Exception as exc:
+        force = getattr(outcome, "force_exception", None)
+        if force is None:
+            raise
+        force(exc)
+
+
+def _raised(outcome: Any) -> bool:
+    """Whether the test call ended in an exception (``excinfo`` in pluggy 1.0, also
+    ``exception`` later)."""
+    return getattr(outcome, "excinfo", None) is not None
+
+
+def _judge(item: pytest.Item, mode: str, limit_marker: pytest.Mark | None, captured: Any) -> None:
+    """What one test's statements say: raises to fail the test, or records for the
+    summary."""
     item.config.stash[_STATEMENTS][0] += len(captured.queries)
     if limit_marker is not None:
         captured.assert_max_queries(_limit(limit_marker))
@@ -120,17 +177,16 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     )
     serious = [f for f in captured.findings if f.kind in (NPLUSONE, DUPLICATE) and judged(f)]
     if not serious or mode == "off":
-        return result
+        return
     if mode == "raise":
         raise NPlusOneError(serious, where=item.nodeid)
     if mode == "warn":
         warnings.warn(NPlusOneWarning(str(NPlusOneError(serious, where=item.nodeid))), stacklevel=1)
     item.config.stash[_FINDINGS].extend((item.nodeid, f) for f in serious)
-    return result
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if _mode(config) == "off" or _FINDINGS not in config.stash:
+    if not _SUPPORTED or _mode(config) == "off" or _FINDINGS not in config.stash:
         return
     findings = config.stash[_FINDINGS]
     if not config.stash[_STATEMENTS][0]:
