@@ -397,13 +397,19 @@ _display_cache: dict[str, str] = {}
 
 
 def display_path(filename: str) -> str:
-    """``filename`` relative to the working directory or its ``sys.path`` entry."""
+    """``filename`` relative to the project root (the working directory: where the app,
+    or pytest, was started), else to the ``sys.path`` entry it was imported from.
+
+    The project root first: ``src/app/routes.py``, not ``app/routes.py`` because ``src``
+    is on ``sys.path`` too, so that the log, the findings endpoint and the pytest report
+    name a file the same way, as the project's own tree does.
+    """
     shown = _display_cache.get(filename)
     if shown is None:
         shown = filename
         if os.path.isabs(filename):
-            roots = [os.getcwd(), *(p for p in sys.path if p and os.path.isabs(p))]
-            for root in sorted(roots, key=len, reverse=True):
+            entries = sorted((p for p in sys.path if p and os.path.isabs(p)), key=len, reverse=True)
+            for root in (os.getcwd(), *entries):
                 if filename.startswith(root.rstrip(os.sep) + os.sep):
                     shown = filename[len(root.rstrip(os.sep)) + 1 :]
                     break

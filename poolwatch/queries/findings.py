@@ -85,33 +85,29 @@ def _iso(timestamp: float) -> str:
 
 
 LINE_LIMIT = 300
-"""About how long a log line gets; the full finding is in the record's extra."""
+"""About how long a log line gets before its call path; the full finding is in the
+record's extra."""
 
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _short_path(path: str) -> str:
-    if len(path) > 140:
-        frames = path.split(" -> ")
-        path = _clip(frames[0], 60) + " -> ... -> " + _clip(frames[-1], 70)
-    return path
-
-
 def log_line(finding: Finding) -> str:
-    """``finding`` in one line of about ``LINE_LIMIT`` characters: what, where, how much.
+    """``finding`` in one line: what, where, how much, and its whole call path.
 
-    The call path keeps its innermost frames (the statement) and its outermost (the loop)
-    when it must be cut; the suggestion stays in the record's extra and the findings list.
+    The route and the statement are clipped to keep the line readable; the call path
+    never is: it is a few frames of the application's own code, and the loop's line,
+    which the fix needs, is one of the outer ones that a shortened path hid. The
+    suggestion stays in the record's extra and the findings list.
     """
-    path = _short_path(finding.path)
+    path = finding.path
     if finding.kind == HELD_IDLE:
         inside = " in a transaction" if finding.transaction else ""
         return (
             f"held_idle on {_clip(finding.where, 60)}: held {finding.held * 1000:.0f} ms, "
             f"idle {finding.duration * 1000:.0f} ms{inside}, longest between "
-            f"{_short_path(finding.before) or 'the checkout'} and {path or 'the release'}"
+            f"{finding.before or 'the checkout'} and {path or 'the release'}"
         )
     return (
         f"{finding.kind} on {_clip(finding.where, 60)}: {finding.count} x "

@@ -242,3 +242,27 @@ async def test_a_gathered_querys_path_ends_at_the_framework_too() -> None:
         assert path.endswith(
             " in test_a_gathered_querys_path_ends_at_the_framework_too.<locals>.endpoint"
         )
+
+
+def test_paths_are_shown_from_the_project_root_before_any_import_root(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A src layout: the project's root is the working directory, and its src/ is on
+    # sys.path too. The finding names src/app/routes.py, as the project's tree does (and
+    # as pytest's report does), not app/routes.py. A file outside the project is shown
+    # from the sys.path entry it was imported from.
+    import os
+    import sys
+
+    from poolwatch.queries import callsite
+
+    project, elsewhere = tmp_path / "project", tmp_path / "lib"
+    (project / "src" / "app").mkdir(parents=True)
+    (elsewhere / "pkg").mkdir(parents=True)
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "path", [str(project / "src"), str(elsewhere), *sys.path])
+    monkeypatch.setattr(callsite, "_display_cache", {})
+    inside = str(project / "src" / "app" / "routes.py")
+    assert callsite.display_path(inside) == os.path.join("src", "app", "routes.py")
+    outside = str(elsewhere / "pkg" / "mod.py")
+    assert callsite.display_path(outside) == os.path.join("pkg", "mod.py")

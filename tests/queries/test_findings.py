@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, text
 
 import poolwatch
 from poolwatch import Finding, NPlusOneError, PoolWatch
-from poolwatch.queries.findings import LINE_LIMIT, FindingsLog, FindingsLogger, log_line
+from poolwatch.queries.findings import FindingsLog, FindingsLogger, log_line
 from tests.metrics_helpers import value
 
 SECRET = "s3cret-findings-value"
@@ -318,7 +318,15 @@ def test_log_line_per_finding(engine: Engine, caplog: pytest.LogCaptureFixture) 
     assert finding["suggestion"].startswith("The same query runs once per row")
 
 
-def test_log_lines_stay_short_and_keep_both_ends_of_a_long_path() -> None:
+def test_a_log_line_keeps_the_whole_call_path_and_clips_the_rest() -> None:
+    # The loop is a middle frame (the service's for-loop between the endpoint and the
+    # repository): a path cut to its first and last frames hid the very line to fix.
+    frames = [
+        "app/api/routes/articles.py:41 in list_articles",
+        "app/services/article.py:136 in list_articles",  # the loop
+        *(f"app/services/helpers_{i}.py:{i} in helper_{i}" for i in range(4)),
+        "app/repositories/favorite.py:27 in count",
+    ]
     long = Finding(
         kind="nplusone",
         route="/api/v1/" + "x" * 200,
@@ -329,16 +337,12 @@ def test_log_lines_stay_short_and_keep_both_ends_of_a_long_path() -> None:
         suggestion="s" * 500,
         pool="main",
         method="GET",
-        call_path=" -> ".join(
-            ["app/services/article.py:136 in list_articles"]
-            + [f"app/services/helpers_{i}.py:{i} in helper_{i}" for i in range(6)]
-            + ["app/repositories/favorite.py:27 in count"]
-        ),
+        call_path=" -> ".join(frames),
     )
     line = log_line(long)
-    assert len(line) <= LINE_LIMIT + 40
-    assert "app/services/article.py:136 in list_articles" in line  # the loop
-    assert line.endswith("app/repositories/favorite.py:27 in count")  # the statement
+    assert line.endswith(" at " + " -> ".join(frames))  # every frame, in order
+    assert "x" * 100 not in line  # the route is clipped
+    assert " and ".join(f"c{i} = ?" for i in range(20)) not in line  # so is the statement
     assert "s" * 50 not in line  # the suggestion is in the extra
 
 
