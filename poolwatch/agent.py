@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import weakref
 from collections.abc import Callable, Mapping
@@ -24,6 +25,12 @@ from poolwatch.errors import ConfigError, NPlusOneError, PoolWatchError
 from poolwatch.events import PoolEvents, PoolProbe
 from poolwatch.exposition.collectors import PoolStateCollector
 from poolwatch.exposition.endpoints import Exposition
+from poolwatch.exposition.joining import (
+    Forwarder,
+    JoinCheck,
+    families_of,
+    registry_served_at,
+)
 from poolwatch.exposition.metrics import Metrics
 from poolwatch.exposition.middleware import ASGIApp, PoolWatchMiddleware, Switch
 from poolwatch.exposition.multiprocess import SharedFiles, multiprocess_dir, share_files
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
     from poolwatch.exposition.server import MetricsServer
 
 __all__ = ["PoolWatch"]
+
+logger = logging.getLogger("poolwatch")
 
 
 def _add_process_collectors(registry: CollectorRegistry) -> None:
@@ -143,6 +152,8 @@ class PoolWatch:
         # Instrumented by instrument_app, each once; weakly: an app factory called per test
         # must not keep every app it made alive.
         self._apps: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Registries of apps' own /metrics that poolwatch's metrics joined, each once.
+        self._joined: list[CollectorRegistry] = []
         self._server: MetricsServer | None = None
         self._shared: SharedFiles | None = None
         self._render_registry: Callable[[], CollectorRegistry] = lambda: registry
@@ -213,27 +224,49 @@ class PoolWatch:
             # Its middleware is in place: a second one would count every request twice.
             self._activate()
             return app
-        self._refuse_taken_paths(app)
-        add_middleware(PoolWatchMiddleware, **self._middleware_options())
+        joined = self._join_apps_metrics(app)
+        add_middleware(PoolWatchMiddleware, **self._middleware_options(joined))
         self._apps.add(app)
         return app
 
-    def _refuse_taken_paths(self, app: Any) -> None:
-        """Never answer a path the app has a route of its own for (its own ``/metrics``)."""
-        if self.settings.metrics_port is not None:
-            return  # the app's port serves none of poolwatch's paths
-        for path in sorted(self.exposition().paths):
-            if app_answers(app, path):
-                setting = "metrics_path" if path == self.settings.metrics_path else "findings_path"
-                raise ConfigError(
-                    setting,
-                    path,
-                    "is a route the app already has (its own metrics endpoint?); serve "
-                    f"poolwatch's on another path ({setting}='/poolwatch{path}'), or let the "
-                    "app's endpoint serve them: PoolWatch(use_global_registry=True, "
-                    "expose_metrics=False) when it serves prometheus_client's default "
-                    "registry (prometheus-fastapi-instrumentator, make_asgi_app())",
-                )
+    def _join_apps_metrics(self, app: Any) -> JoinCheck | None:
+        """An app that serves its own ``metrics_path`` keeps it, and it shows poolwatch's
+        metrics too: they join the registry it renders. Its own ``findings_path`` cannot
+        be shared (a JSON list is no registry): that one is refused, with the way out."""
+        settings = self.settings
+        if settings.metrics_port is not None:
+            return None  # the app's port serves none of poolwatch's paths
+        if settings.expose_findings and app_answers(app, settings.findings_path):
+            raise ConfigError(
+                "findings_path",
+                settings.findings_path,
+                "is a route the app already has; serve poolwatch's findings on another "
+                f"path (findings_path='/poolwatch{settings.findings_path}')",
+            )
+        path = settings.metrics_path
+        if not settings.expose_metrics or not app_answers(app, path):
+            return None
+        target = registry_served_at(app, path)
+        if self._shared is not None:
+            how = "its multiprocess files (PROMETHEUS_MULTIPROC_DIR), which it renders"
+        elif target is self.registry:
+            how = "the registry it renders, which is poolwatch's own"
+        else:
+            if not any(registry is target for registry in self._joined):
+                forwarder = Forwarder(self.registry, taken=families_of(target))
+                target.register(forwarder)
+                self._joined.append(target)
+                self._undo.append(lambda: target.unregister(forwarder))
+            name = "prometheus_client's global REGISTRY" if target is REGISTRY else "its registry"
+            how = f"{name}, which it renders"
+        logger.info(
+            "poolwatch: the app serves its own %s; poolwatch's metrics joined %s: one "
+            "endpoint shows both (to serve poolwatch's apart: metrics_path='/poolwatch%s')",
+            path,
+            how,
+            path,
+        )
+        return JoinCheck(path)
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
         """Wrap any ASGI application in the middleware."""
@@ -241,11 +274,11 @@ class PoolWatch:
             return app
         return PoolWatchMiddleware(app, **self._middleware_options())
 
-    def _middleware_options(self) -> dict[str, Any]:
+    def _middleware_options(self, joined: JoinCheck | None = None) -> dict[str, Any]:
         settings = self.settings
         exposition = None
         if settings.metrics_port is None:
-            exposition = self.exposition()
+            exposition = self.exposition(metrics=joined is None)
         else:
             # First: a port it cannot listen on leaves nothing installed.
             self.start_metrics_server()  # the app's own port serves none of it
@@ -259,16 +292,18 @@ class PoolWatch:
             "switch": self._switch,
             "exemplars": settings.exemplars and self._shared is None,
             "on_shutdown": self.guards.maintenance.stop,
+            "joined": joined,
         }
 
-    def exposition(self) -> Exposition:
-        """What answers ``metrics_path`` and ``findings_path``, for any HTTP server."""
+    def exposition(self, *, metrics: bool = True) -> Exposition:
+        """What answers ``metrics_path`` and ``findings_path``, for any HTTP server
+        (``metrics=False``: the findings only, the app serving the metrics itself)."""
         settings = self.settings
         return Exposition(
             registry=self._render_registry,
             findings=self.findings,
             faults=self.faults,
-            metrics_path=settings.metrics_path if settings.expose_metrics else None,
+            metrics_path=settings.metrics_path if settings.expose_metrics and metrics else None,
             findings_path=settings.findings_path if settings.expose_findings else None,
             bearer_token=settings.metrics_bearer_token,
             basic_auth=settings.metrics_basic_auth,

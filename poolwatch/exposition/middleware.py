@@ -21,6 +21,7 @@ from typing import Any
 from poolwatch import context
 from poolwatch.context import WorkScope
 from poolwatch.exposition.endpoints import Exposition
+from poolwatch.exposition.joining import JoinCheck
 from poolwatch.exposition.metrics import Metrics
 from poolwatch.exposition.routes import RouteTemplates, app_answers, route_path
 from poolwatch.exposition.tracing import trace_id_of
@@ -96,12 +97,17 @@ class PoolWatchMiddleware:
         owner: object = None,
         exemplars: bool = True,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
+        joined: JoinCheck | None = None,
     ) -> None:
         self.app = app
         self._faults = faults
         self._exposition = exposition
         self._served = exposition.paths if exposition is not None else frozenset()
-        self._excluded = exclude_paths | self._served
+        # The app's own metrics endpoint, which poolwatch's metrics joined: the app serves
+        # it, untimed, and its first response is read to see they are in it.
+        self._joined = joined
+        joined_paths = frozenset({joined.path}) if joined is not None else frozenset()
+        self._excluded = exclude_paths | self._served | joined_paths
         self._switch = switch or Switch()
         self._owner = owner
         self._exemplars = exemplars
@@ -128,6 +134,8 @@ class PoolWatchMiddleware:
                 and not self._app_owns(scope, path)
             ):
                 await self._serve(scope, send, self._exposition, path)
+            elif self._joined is not None and not self._joined.checked:
+                await self.app(scope, receive, self._joined.reading(send))
             else:
                 await self.app(scope, receive, send)
             return

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
-from prometheus_client import CollectorRegistry, Counter, make_asgi_app
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest, make_asgi_app
 from sqlalchemy import Engine, create_engine
 
 from poolwatch import ConfigError, PoolWatch, context
@@ -21,6 +22,15 @@ HTTP = "http_server_request_duration_seconds_count"
 @pytest.fixture
 def engine() -> Iterator[Engine]:
     engine = create_engine("sqlite://")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def file_engine(tmp_path: Path) -> Iterator[Engine]:
+    """A file database's engine: a QueuePool (5 + 10 overflow), shared by Starlette's
+    threads."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     yield engine
     engine.dispose()
 
@@ -48,16 +58,113 @@ def own_metrics_app(kind: str) -> tuple[FastAPI, CollectorRegistry]:
     return app, registry
 
 
-@pytest.mark.parametrize("kind", ["mount", "route"])
-def test_an_app_with_its_own_metrics_is_refused_with_the_ways_out(kind: str) -> None:
-    app, _ = own_metrics_app(kind)
+async def _scrape(app: FastAPI, path: str = "/metrics") -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        return await client.get(path, follow_redirects=True)
+
+
+async def test_an_apps_own_registry_mounted_at_metrics_shows_poolwatchs_too(
+    file_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = file_engine
+    # prometheus_client's make_asgi_app(registry) at /metrics: the default just works.
+    app, _ = own_metrics_app("mount")
+    watch = PoolWatch()
+    with caplog.at_level(logging.INFO, logger="poolwatch"):
+        watch.instrument_app(app)
+    watch.instrument_sqlalchemy(engine, pool="main")
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        text_ = (await _scrape(app, "/metrics/")).text  # the mount's own path
+    finally:
+        watch.uninstrument()
+    assert "shop_orders_total 1.0" in text_  # the app's own
+    assert 'db_client_connection_max{pool="main"} 15.0' in text_  # poolwatch's, beside them
+    assert text_.count("# HELP process_cpu_seconds_total") <= 1  # no family twice
+    lines = [r.getMessage() for r in caplog.records if "joined" in r.getMessage()]
+    assert lines == [
+        "poolwatch: the app serves its own /metrics; poolwatch's metrics joined its "
+        "registry, which it renders: one endpoint shows both (to serve poolwatch's apart: "
+        "metrics_path='/poolwatch/metrics')"
+    ]
+    assert "poolwatch_internal_errors_total" not in (await _scrape(app, "/metrics/")).text
+
+
+@pytest.mark.parametrize("tool", ["make_asgi_app", "instrumentator", "starlette_exporter"])
+async def test_apps_serving_the_default_registry_show_poolwatchs_metrics_in_it(
+    file_engine: Engine, tool: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = file_engine
+    app = FastAPI()
+
+    @app.get("/items")
+    def items() -> list[int]:
+        with engine.connect() as connection:
+            return [connection.exec_driver_sql("SELECT 1").scalar()]
+
+    if tool == "make_asgi_app":
+        app.mount("/metrics", make_asgi_app())
+    elif tool == "instrumentator":
+        instrumentator = pytest.importorskip("prometheus_fastapi_instrumentator")
+        instrumentator.Instrumentator().instrument(app).expose(app)
+    else:
+        exporter = pytest.importorskip("starlette_exporter")
+        app.add_middleware(exporter.PrometheusMiddleware)
+        app.add_route("/metrics", exporter.handle_metrics)
+    watch = PoolWatch()
+    with caplog.at_level(logging.WARNING, logger="poolwatch"):
+        watch.instrument_app(app)
+        watch.instrument_sqlalchemy(engine, pool="main")
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                assert (await client.get("/items")).json() == [1]
+                text_ = (await client.get("/metrics", follow_redirects=True)).text
+                again = (await client.get("/metrics", follow_redirects=True)).text
+        finally:
+            watch.uninstrument()
+    assert 'db_client_connection_max{pool="main"} 15.0' in text_
+    assert 'http_server_request_duration_seconds_count{method="GET",route="/items"' in text_
+    assert 'poolwatch_internal_errors_total{component="collector"} 0.0' in again
+    assert not [r for r in caplog.records if "does not show poolwatch's metrics" in r.message]
+    assert watch.registry is not REGISTRY
+    assert "poolwatch_internal_errors_total" not in generate_latest(REGISTRY).decode()  # undone
+
+
+async def test_an_endpoint_that_renders_something_else_is_told_once_at_its_first_scrape(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, _ = own_metrics_app("route")  # a hand-written /metrics returning its own text
+    watch = PoolWatch()
+    watch.instrument_app(app)
+    try:
+        with caplog.at_level(logging.WARNING, logger="poolwatch"):
+            for _ in range(3):
+                assert (await _scrape(app)).json() == "shop_orders_total 1.0"  # untouched
+    finally:
+        watch.uninstrument()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "the app's own /metrics does not show poolwatch's metrics" in warnings[0]
+    assert "PoolWatch(registry=...)" in warnings[0]
+    assert "metrics_path='/poolwatch/metrics'" in warnings[0]
+
+
+def test_an_apps_own_findings_path_is_refused_with_the_way_out() -> None:
+    app = FastAPI()
+
+    @app.get("/poolwatch/findings")
+    def findings() -> list[str]:
+        return []
+
     watch = PoolWatch()
     with pytest.raises(ConfigError) as refused:
         watch.instrument_app(app)
     message = str(refused.value)
-    assert message.startswith("metrics_path='/metrics': is a route the app already has")
-    assert "metrics_path='/poolwatch/metrics'" in message
-    assert "use_global_registry=True, expose_metrics=False" in message
+    assert message.startswith("findings_path='/poolwatch/findings': is a route the app already")
+    assert "findings_path='/poolwatch/poolwatch/findings'" in message
     assert app.user_middleware == []  # nothing half-installed
     assert watch._scope_closed not in context._scope_listeners
 
