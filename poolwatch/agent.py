@@ -70,8 +70,9 @@ class _EnginePool(NamedTuple):
 
 
 def _engine_collected(watch: weakref.ref[PoolWatch], pool: str, instrumentation: Any) -> None:
-    """An engine the app let go was collected: its pool name is free, its gauges gone.
-    (Weakly bound: a module-level engine must not keep each PoolWatch of a test alive.)"""
+    """An engine the app let go was collected, or its automatic instrumentation gave way
+    to an explicit one: its pool name is free, its gauges gone. (Weakly bound: a
+    module-level engine must not keep each PoolWatch of a test alive.)"""
     owner = watch()
     if owner is None:
         return
@@ -364,7 +365,10 @@ class PoolWatch:
             context.add_scope_listener(self._scope_closed)
 
     def instrument_tortoise(
-        self, *, autosize: Autosize | bool | Mapping[str, Any] | None = None
+        self,
+        *,
+        autosize: Autosize | bool | Mapping[str, Any] | None = None,
+        automatic: bool = False,
     ) -> None:
         """Instrument every Tortoise-ORM connection, on every backend.
 
@@ -375,6 +379,10 @@ class PoolWatch:
         set each pooled connection's effective size at run time, between ``min`` and the
         ``maxsize`` the connection was configured with (create it at the most you would
         ever allow). SQLite has no pool to size and is left as it is.
+
+        ``automatic=True`` is how ``poolwatch run`` calls it: nothing happens if any
+        PoolWatch instruments Tortoise already, and an explicit call later (of this
+        PoolWatch or another) takes over.
         """
         sizing = Autosize.coerce(autosize)  # bad settings fail here, before any request
         if not self.settings.enabled:
@@ -386,6 +394,8 @@ class PoolWatch:
             read_pool_state,
         )
 
+        if automatic and TortoiseInstrumentation.installed() is not None:
+            return  # instrumented already, explicitly or automatically: that one stays
         clients: dict[str, Any] = {}
 
         from poolwatch.adapters.tortoise.relations import tortoise_relations
@@ -422,8 +432,14 @@ class PoolWatch:
             return tags.setdefault(name, new_tag())
 
         instrumentation = TortoiseInstrumentation(
-            self.pool_events, on_client, gate_for, tag_for=tag_for
+            self.pool_events, on_client, gate_for, tag_for=tag_for, automatic=automatic
         )
+
+        def on_yield() -> None:  # an explicit instrumentation took over: stop reading
+            for name in clients:
+                self._forget_probe(name)
+
+        instrumentation.on_yield = on_yield
         instrumentation.install()
         self._activate()
         self._undo.append(instrumentation.uninstall)
@@ -434,6 +450,7 @@ class PoolWatch:
         *,
         pool: str = "main",
         autosize: Autosize | bool | Mapping[str, Any] | None = None,
+        automatic: bool = False,
     ) -> None:
         """Instrument a SQLAlchemy ``Engine`` or ``AsyncEngine``; ``pool`` is its label.
 
@@ -441,6 +458,10 @@ class PoolWatch:
         pool of a server database): its effective size then moves between ``min`` and
         ``pool_size + max_overflow``. The acquire timeout (``acquire_timeout``) applies to
         autosize's own wait; SQLAlchemy's ``pool_timeout`` still bounds the pool's.
+
+        ``automatic=True`` is how ``poolwatch run`` calls it: an engine that any PoolWatch
+        instruments already is left alone, and an explicit call later on this engine (of
+        this PoolWatch or another, under any name) takes over.
         """
         sizing = Autosize.coerce(autosize)
         if not self.settings.enabled:
@@ -476,10 +497,18 @@ class PoolWatch:
             )
         if sizing is not None:
             sizing.bounds(ceiling)  # max unknown with unlimited overflow: fail now
-        if self._name_taken(pool, sync_engine, sizing):
+        if automatic and SQLAlchemyInstrumentation.owner_of(sync_engine) is not None:
+            return  # instrumented already, explicitly or automatically: that one stays
+        if self._name_taken(pool, sync_engine, sizing, automatic):
             return  # this very engine, instrumented so already: nothing to add
         existed = pool in self._observers
-        instrumentation = SQLAlchemyInstrumentation(engine, self.pool_events(pool), self.faults)
+        instrumentation = SQLAlchemyInstrumentation(
+            engine, self.pool_events(pool), self.faults, automatic=automatic
+        )
+        # An explicit instrumentation of this engine took over: the name is free.
+        instrumentation.on_yield = functools.partial(
+            _engine_collected, weakref.ref(self), pool, instrumentation
+        )
         if sizing is not None:
             if sizing.tags_connections and taggable(engine):
                 instrumentation.tag = new_tag()
@@ -514,7 +543,9 @@ class PoolWatch:
         watch = weakref.ref(self)
         weakref.finalize(sync_engine, _engine_collected, watch, pool, instrumentation)
 
-    def _name_taken(self, pool: str, engine: Any, sizing: Autosize | None) -> bool:
+    def _name_taken(
+        self, pool: str, engine: Any, sizing: Autosize | None, automatic: bool = False
+    ) -> bool:
         """Whether ``engine`` is already instrumented as ``pool`` (True: nothing to do),
         after handing the name on if its last engine is done with; raises if another
         engine still uses the name.
@@ -529,6 +560,9 @@ class PoolWatch:
                 raise ConfigError("pool", pool, "is already a pool of this PoolWatch")
             return False
         if previous.instrumentation.engine is engine:
+            if previous.instrumentation.automatic and not automatic:
+                self._release_pool(pool)  # instrumented again as the app asks
+                return False
             if previous.sizing != sizing:
                 raise ConfigError(
                     "autosize",

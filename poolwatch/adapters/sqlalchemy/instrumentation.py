@@ -96,7 +96,9 @@ class SQLAlchemyInstrumentation:
         instrumentation.uninstall()
 
     An engine (its dialect and pools) can be instrumented by one instrumentation at a
-    time; :meth:`install` raises :class:`~poolwatch.errors.PoolWatchError` otherwise.
+    time; :meth:`install` raises :class:`~poolwatch.errors.PoolWatchError` otherwise,
+    except over an ``automatic`` one (what ``poolwatch run`` installs), which gives way
+    to an explicit one: see :meth:`give_way`.
     """
 
     # dialect or pool -> the instrumentation that hooked it
@@ -111,6 +113,8 @@ class SQLAlchemyInstrumentation:
         faults: FaultReporter,
         gate: Gate | None = None,
         tag: str | None = None,
+        *,
+        automatic: bool = False,
     ) -> None:
         sync_engine = getattr(engine, "sync_engine", engine)
         if not isinstance(sync_engine, Engine):
@@ -142,7 +146,21 @@ class SQLAlchemyInstrumentation:
         # the engine's; see _hook_pool.
         self._anchor: Pool | None = None
         self._listeners: tuple[tuple[str, Callable[..., None]], ...] = ()
+        # Installed without the app asking (``poolwatch run``): the app's own explicit
+        # instrumentation of this engine takes over, and on_yield tells our owner.
+        self.automatic = automatic
+        self.on_yield: Callable[[], None] | None = None
         forksafe.forget_in_child(self)
+
+    @classmethod
+    def owner_of(cls, engine: Engine | AsyncEngine) -> SQLAlchemyInstrumentation | None:
+        """The instrumentation that hooked ``engine`` now, if any."""
+        sync_engine = getattr(engine, "sync_engine", engine)
+        for target in (sync_engine.dialect, sync_engine.pool):
+            owner = cls._owners.get(target)
+            if owner is not None:
+                return owner
+        return None
 
     @property
     def engine(self) -> Engine | None:
@@ -170,11 +188,15 @@ class SQLAlchemyInstrumentation:
     # -- install / uninstall -------------------------------------------------------------
 
     def install(self) -> None:
-        """Hook the engine. Raises if it is already instrumented."""
+        """Hook the engine. Raises if it is already instrumented, unless by an automatic
+        instrumentation and this one is explicit: that one gives way first."""
         engine, events, faults = self._require_engine(), self._events, self._faults
         dialect, pool = engine.dialect, engine.pool
         for target in (dialect, pool):
             owner = self._owners.get(target)
+            if owner is not None and owner.automatic and not self.automatic:
+                owner.give_way()
+                owner = self._owners.get(target)
             if owner is not None:
                 raise PoolWatchError(
                     f"{engine!r} is already instrumented by poolwatch as "
@@ -237,6 +259,17 @@ class SQLAlchemyInstrumentation:
         except BaseException:
             self.uninstall()
             raise
+
+    def give_way(self) -> None:
+        """Hand the engine over to an explicit instrumentation: its owner is told
+        (``on_yield``, once) and lets the pool go, and every hook comes off."""
+        on_yield, self.on_yield = self.on_yield, None
+        try:
+            if on_yield is not None:
+                on_yield()
+        except Exception as exc:  # the explicit install goes on all the same
+            self._faults.report("sqlalchemy", exc)
+        self.uninstall()
 
     def uninstall(self) -> None:
         """Remove every listener and wrapper this instrumentation added."""

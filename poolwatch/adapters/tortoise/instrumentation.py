@@ -64,7 +64,8 @@ def _versions(versions: tuple[tuple[int, int], ...]) -> str:
 
 
 class TortoiseInstrumentation:
-    """Installs and removes the wrappers. One may be installed per process.
+    """Installs and removes the wrappers. One may be installed per process; an
+    ``automatic`` one (what ``poolwatch run`` installs) gives way to an explicit one.
 
     ``events_for(name)`` returns the :class:`PoolEvents` of the Tortoise connection
     ``name``; ``on_client(name, client)`` is told which root client serves that name so
@@ -79,6 +80,8 @@ class TortoiseInstrumentation:
         on_client: Callable[[str, Any], None],
         gate_for: Callable[[str, Any], Gate | None] | None = None,
         tag_for: Callable[[str], str | None] = lambda name: None,
+        *,
+        automatic: bool = False,
     ) -> None:
         self._events_for = events_for
         self._on_client = on_client
@@ -102,11 +105,24 @@ class TortoiseInstrumentation:
         self._observe_pools = False
         # Open transaction blocks, by their transaction clients' ids.
         self._began: dict[int, Open] = {}
+        # Installed without the app asking (``poolwatch run``): the app's own explicit
+        # instrumentation takes over, and on_yield tells our owner.
+        self.automatic = automatic
+        self.on_yield: Callable[[], None] | None = None
+
+    @classmethod
+    def installed(cls) -> TortoiseInstrumentation | None:
+        """The instrumentation installed in this process, if any."""
+        return cls._installed
 
     # -- install / uninstall -------------------------------------------------------------
 
     def install(self) -> None:
-        """Wrap Tortoise's classes. Raises if another instrumentation is installed."""
+        """Wrap Tortoise's classes. Raises if another instrumentation is installed,
+        unless an automatic one and this one is explicit: that one gives way first."""
+        installed = TortoiseInstrumentation._installed
+        if installed is not None and installed.automatic and not self.automatic:
+            installed.give_way()
         if TortoiseInstrumentation._installed is not None:
             raise PoolWatchError(
                 "Tortoise-ORM is already instrumented by another PoolWatch; "
@@ -172,6 +188,16 @@ class TortoiseInstrumentation:
                 found,
                 ", ".join(unwrapped),
             )
+
+    def give_way(self) -> None:
+        """Hand Tortoise over to an explicit instrumentation: its owner is told
+        (``on_yield``, once) and stops reading the pools, and every wrapper comes off."""
+        on_yield, self.on_yield = self.on_yield, None
+        try:
+            if on_yield is not None:
+                on_yield()
+        finally:
+            self.uninstall()
 
     def uninstall(self) -> None:
         """Restore every wrapped attribute to what it was."""
