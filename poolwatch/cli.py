@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from poolwatch.exposition.assets import ASSETS, export
+from poolwatch.launch import command as run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,7 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     export.add_argument("kind", choices=sorted(ASSETS), help="what to write")
     export.add_argument("directory", type=Path, help="where (created if missing)")
+    run_command.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "run":
+        return run_command.run(args)
     if args.command == "demo":
         return _demo(args.host, args.port, args.database_url)
     if args.command == "export":

@@ -46,6 +46,8 @@ LAYERS: tuple[tuple[tuple[str, tuple[str, ...]], ...], ...] = (
     (("sizing", ("poolwatch.sizing",)),),
     (("adapters", ("poolwatch.adapters",)), ("exposition", ("poolwatch.exposition",))),
     (("agent", ("poolwatch.agent",)),),
+    # poolwatch run: wires the agent into an app that was not changed for it.
+    (("launch", ("poolwatch.launch",)),),
     (
         (
             "front",
@@ -85,6 +87,12 @@ PURE = frozenset(
         "poolwatch.pools.holders",
         "poolwatch.pools.reconcile",
         "poolwatch.pools.reading",
+        "poolwatch.launch.names",
+        "poolwatch.launch.options",
+        "poolwatch.launch.workers",
+        "poolwatch.launch.shared_dir",
+        # run first in every process of the command: nothing of poolwatch at import
+        "poolwatch.launch._bootstrap.sitecustomize",
     }
 )
 
