@@ -140,7 +140,10 @@ async def test_successes_errors_timeouts_and_cancellations_together(
     cancelled = sum(isinstance(r, asyncio.CancelledError) for r in results)
 
     assert cancelled + sum(outcomes.values()) == 40
-    assert timeouts(watch) == outcomes["timeout"]
+    # A task cancelled as its wait for a connection ran out: its acquire timed out (the
+    # pool counts it, and so does poolwatch), yet the task ends cancelled. Which of the two
+    # comes first depends on the machine's timing; the count is exact up to those tasks.
+    assert outcomes["timeout"] <= timeouts(watch) <= outcomes["timeout"] + cancelled
     assert errors(watch, "SELECT", "none") == outcomes["error"]
     assert_at_rest(watch, engine.sync_engine.pool)
 
