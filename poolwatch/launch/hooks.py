@@ -11,8 +11,9 @@ may fail the app: a fault is logged and the app goes on.
   ``create_engine`` as it was when it was imported);
 * ``tortoise``: ``Tortoise.init`` and, from Tortoise 1.0, ``TortoiseContext.init``
   (``RegisterTortoise`` and ``register_tortoise`` call one of them);
-* ``gunicorn.arbiter``: a warning when gunicorn starts several workers that the
-  launcher did not see (a config file's ``workers``), with no multiprocess directory.
+* ``gunicorn.arbiter``, ``uvicorn.supervisors.multiprocess``: a warning when the server
+  starts several workers that the launcher did not see (a config file's ``workers``,
+  ``uvicorn.run(workers=2)``), with no multiprocess directory.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "sqlalchemy_imported",
     "starlette_imported",
     "tortoise_imported",
+    "uvicorn_supervisor_imported",
 ]
 
 logger = logging.getLogger("poolwatch")
@@ -167,32 +169,50 @@ def tortoise_imported(module: ModuleType) -> None:
         _wrap_init(context)
 
 
-# -- gunicorn ------------------------------------------------------------------------------
+# -- servers' own worker counts ---------------------------------------------------------------
+
+
+def _warn_unseen(server: str, workers: object, how: str) -> None:
+    if isinstance(workers, int) and workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        logger.warning(
+            "poolwatch run: %s starts %d workers, without multiprocess mode: each one's "
+            "/metrics shows only its own. %s, or run `poolwatch run --multiprocess -- ...`",
+            server,
+            workers,
+            how,
+        )
+
+
+def _before(cls: type, name: str, check: Callable[[Any], None]) -> None:
+    method = cls.__dict__.get(name)
+    if method is None or _wrapped(method):
+        return
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _tell("checking the workers", lambda: check(self))
+        return method(self, *args, **kwargs)
+
+    setattr(cls, name, _mark(wrapper))
 
 
 def gunicorn_imported(module: ModuleType) -> None:
     """``gunicorn.arbiter`` was imported: warn when its workers, set where the launcher
-    could not see them, run without multiprocess mode."""
-    arbiter = module.Arbiter
-    start = arbiter.__dict__.get("start")
-    if start is None or _wrapped(start):
-        return
+    could not see them (a config file), run without multiprocess mode."""
 
-    @functools.wraps(start)
-    def wrapper(self: Any) -> Any:
-        workers = getattr(self, "num_workers", 1)
-        if (
-            isinstance(workers, int)
-            and workers > 1
-            and not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        ):
-            logger.warning(
-                "poolwatch run: gunicorn starts %d workers, without multiprocess mode: "
-                "each one's /metrics shows only its own. Give the count on the command "
-                "line (-w %d) or run `poolwatch run --multiprocess -- gunicorn ...`",
-                workers,
-                workers,
-            )
-        return start(self)
+    def check(arbiter: Any) -> None:
+        workers = getattr(arbiter, "num_workers", 1)
+        _warn_unseen("gunicorn", workers, f"Give the count on the command line (-w {workers})")
 
-    arbiter.start = _mark(wrapper)
+    _before(module.Arbiter, "start", check)
+
+
+def uvicorn_supervisor_imported(module: ModuleType) -> None:
+    """``uvicorn.supervisors.multiprocess`` was imported: the same for uvicorn's workers
+    (``uvicorn.run(..., workers=2)`` in a ``python -m`` app)."""
+
+    def check(supervisor: Any) -> None:
+        workers = getattr(supervisor, "processes_num", 1)
+        _warn_unseen("uvicorn", workers, "Set WEB_CONCURRENCY instead of workers=")
+
+    _before(module.Multiprocess, "run", check)

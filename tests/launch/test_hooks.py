@@ -126,8 +126,24 @@ def test_gunicorn_workers_the_launcher_did_not_see_are_named(
         def start(self) -> str:
             return "started"
 
+    class Multiprocess:
+        processes_num = 2
+
+        def run(self) -> str:
+            return "supervising"
+
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     hooks.gunicorn_imported(_module("gunicorn.arbiter", Arbiter=Arbiter))
+    hooks.uvicorn_supervisor_imported(
+        _module("uvicorn.supervisors.multiprocess", Multiprocess=Multiprocess)
+    )
     with caplog.at_level(logging.WARNING, logger="poolwatch"):
         assert Arbiter().start() == "started"
+        assert Multiprocess().run() == "supervising"
     assert "gunicorn starts 4 workers, without multiprocess mode" in caplog.text
+    assert "uvicorn starts 2 workers, without multiprocess mode" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/run/metrics")
+    with caplog.at_level(logging.WARNING, logger="poolwatch"):
+        Arbiter().start()
+    assert caplog.text == ""

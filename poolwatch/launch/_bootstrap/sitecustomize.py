@@ -36,6 +36,7 @@ HOOKS = {
     "sqlalchemy.ext.asyncio.engine": "sqlalchemy_asyncio_imported",
     "tortoise": "tortoise_imported",
     "gunicorn.arbiter": "gunicorn_imported",
+    "uvicorn.supervisors.multiprocess": "uvicorn_supervisor_imported",
 }
 
 Hook = Callable[[ModuleType], None]
