@@ -186,8 +186,11 @@ class Automatic:
 
     def _instrument_later(self, ref: weakref.ref[Any]) -> None:
         engine = ref()
-        if engine is not None:
-            self._instrument_engine(engine)
+        try:
+            if engine is not None:
+                self._instrument_engine(engine)
+        except Exception:  # on the app's event loop: never let it see ours
+            logger.exception("poolwatch run: instrumenting an engine failed; the app goes on")
 
     def _instrument_engine(self, engine: Any) -> None:
         with self._lock:

@@ -74,13 +74,15 @@ FACTORY = """\
     from fastapi import APIRouter, FastAPI, Request
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 
     def create_app() -> FastAPI:
         @asynccontextmanager
         async def lifespan(app: FastAPI):
+            # (SQLAlchemy 2.0 gives a SQLite file a NullPool by default, 2.1 a queue.)
             engine = create_async_engine("sqlite+aiosqlite:///orders.db", pool_size=3,
-                                         max_overflow=2)
+                                         max_overflow=2, poolclass=AsyncAdaptedQueuePool)
             app.state.engine = engine
             yield
             await engine.dispose()

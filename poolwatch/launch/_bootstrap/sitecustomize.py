@@ -173,9 +173,9 @@ def _remove_at_exit(environ: Any) -> None:
 
 def _chain() -> None:
     """Run the ``sitecustomize`` this one hides (a virtualenv's, a distribution's)."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.realpath(__file__))
     mine = sys.modules.pop("sitecustomize", None)
-    hidden = [p for p in sys.path if os.path.abspath(p or os.curdir) == here]
+    hidden = [p for p in sys.path if os.path.realpath(p or os.curdir) == here]
     for entry in hidden:
         sys.path.remove(entry)
     try:
@@ -193,8 +193,8 @@ def _chain() -> None:
 
 def start(environ: Any = os.environ) -> PostImportHooks | None:
     """Install the hooks in this process (if ``poolwatch run`` started it)."""
-    if RUN not in environ:
-        return None
+    if RUN not in environ or any(type(f).__name__ == "PostImportHooks" for f in sys.meta_path):
+        return None  # not a poolwatch run command, or started already
     hooks = PostImportHooks()
     sys.meta_path.insert(0, hooks)
     for name, function in HOOKS.items():
