@@ -10,6 +10,19 @@ part of the route).
 The router leaves the matched route in ``scope["route"]``; a mount leaves the concrete
 prefix it matched in ``root_path``, which is turned back into the mount's template by
 replaying the mounts of the app's routing table on the request's path.
+
+Routes the app did not declare through FastAPI count as routes all the same: FastAPI's
+own (``/openapi.json``, ``/docs``, ``/redoc``, ``/docs/oauth2-redirect``, wherever
+``docs_url`` and the others put them) and any plain Starlette ``Route`` are labelled by
+their path template. FastAPI's router (0.92 as 0.165) and Starlette's older ones (0.25)
+do not name them in ``scope["route"]``, but every router leaves the matched route's
+``endpoint`` in the scope, which finds the route again.
+
+A mount of an app with no routes of its own (``StaticFiles``, a plain ASGI app) is
+labelled by its mount path followed by ``/{path}`` (``/static/{path}``): Starlette's own
+template of the mount and the ``http.route`` FastAPI reports, which a route declared at
+``/static`` itself cannot be mistaken for. A URL that no route and no mount answered has no
+template: ``unmatched``.
 """
 
 from __future__ import annotations
@@ -28,7 +41,8 @@ class RouteTemplates:
     """Resolves the route template of a routed ASGI scope of one application.
 
     ``root`` is the application (or router) whose ``routes`` the request went through; it
-    is only needed for requests that entered a mount.
+    is only needed for requests that entered a mount or reached a route the router did not
+    name in the scope.
     """
 
     __slots__ = ("_mounts", "_root")
@@ -48,13 +62,20 @@ class RouteTemplates:
             if own is None or not prefix:  # most requests: no mount
                 return own
             return self._mounted(prefix, scope)[0] + own
+        endpoint = scope.get("endpoint")
         if not prefix:
-            return None
-        # Under a mount, with no route of the mounted app in the scope: Starlette before
-        # 0.4x names only FastAPI's routes there, so the mounted app's routes are matched
-        # again; a plain ASGI app mounted as is (or no match) leaves the mount itself.
+            # A route no router named in the scope (FastAPI's docs, a Starlette Route): the
+            # one whose endpoint the router left there. No endpoint: nothing matched.
+            routes = getattr(self._root, "routes", None)
+            if endpoint is None or not routes:
+                return None
+            return _leaf(routes, route_path(scope), endpoint)
+        # Under a mount, with no route of the mounted app in the scope (older Starlette,
+        # 0.25 among them, and FastAPI's router name only FastAPI's routes there), the
+        # mounted app's routes are matched again; a plain ASGI app mounted as is (or no
+        # match) leaves the mount itself.
         template, routes = self._mounted(prefix, scope)
-        return template + (_leaf(routes, route_path(scope)) or "/{path}")
+        return template + (_leaf(routes, route_path(scope), endpoint) or "/{path}")
 
     def _mounted(self, prefix: str, scope: Mapping[str, Any]) -> tuple[str, Sequence[object]]:
         known = self._mounts.get(prefix)
@@ -154,9 +175,14 @@ def _replay(
     return None
 
 
-def _leaf(routes: Sequence[object], path: str) -> str | None:
-    """The template of the first of ``routes`` (not a mount) whose path matches."""
+def _leaf(routes: Sequence[object], path: str, endpoint: object = None) -> str | None:
+    """The template of the route of ``routes`` (not a mount) the router chose for ``path``.
+
+    The first whose path matches and whose endpoint is the one the router left in the
+    scope, else the first whose path matches (the router tries them in that order).
+    """
     mount, host = _mount_class(), _host_class()
+    first = None
     for route in routes:
         if (mount is not None and isinstance(route, mount)) or (
             host is not None and isinstance(route, host)
@@ -164,9 +190,12 @@ def _leaf(routes: Sequence[object], path: str) -> str | None:
             continue
         regex = getattr(route, "path_regex", None)
         template = getattr(route, "path_format", None)
-        if regex is not None and isinstance(template, str) and regex.match(path):
+        if regex is None or not isinstance(template, str) or not regex.match(path):
+            continue
+        if endpoint is None or getattr(route, "endpoint", None) is endpoint:
             return template
-    return None
+        first = first or template
+    return first
 
 
 @cache
