@@ -8,8 +8,9 @@ built (its first lifespan event or request), an engine created, Tortoise initial
   PoolWatch, unless it has poolwatch's middleware already (the app called
   ``instrument_app``): then nothing is added, and that app's PoolWatch takes the engines
   and Tortoise the app did not instrument itself, so its ``/metrics`` shows them. An app
-  first built inside a request poolwatch already times is mounted in another: left
-  alone, its requests are the outer app's.
+  first built inside a request poolwatch already times is mounted in another (or wrapped
+  by ``watch.wrap``): left alone, its requests are the outer one's, and so are the
+  engines when that one is the app's own.
 * **Engines** created before the first app is built (module-level ones) wait for it, so
   the app's own ``instrument_sqlalchemy`` calls, which come with the app, go first;
   later ones are instrumented on the next turn of the event loop (the line after
@@ -129,15 +130,18 @@ class Automatic:
                 return
             self._apps.add(app)
         work = current_scope()
+        owner: object = None
         if work is not None and work.owner is not None:
-            return  # mounted in an app whose middleware times this request
-        has_middleware, owner = explicit_owner(app)
-        if has_middleware:
-            with self._lock:
-                if self.target is None and owner is not None and not self.started:
-                    self.target = owner
+            # Mounted in (or wrapped by) an app whose poolwatch middleware times this
+            # request: its requests are that one's.
+            owner = work.owner
         else:
-            self._instrument_app(app)
+            has_middleware, owner = explicit_owner(app)
+            if not has_middleware:
+                self._instrument_app(app)
+        with self._lock:
+            if self.target is None and isinstance(owner, PoolWatch) and not self.started:
+                self.target = owner  # the app's own: it takes what the app left
         self._start()
 
     def _instrument_app(self, app: Any) -> None:

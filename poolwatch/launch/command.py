@@ -19,6 +19,7 @@ it cannot be run), sets up the environment and replaces itself with the command
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -37,6 +38,7 @@ __all__ = [
     "BOOTSTRAP",
     "RUN",
     "Launch",
+    "UsageError",
     "add_parser",
     "prepare",
     "resolve",
@@ -107,26 +109,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "argv",
         nargs=argparse.REMAINDER,
         metavar="COMMAND [ARGS...]",
-        help="the command to run, after --",
+        help="the command to run (after --, which is optional)",
     )
 
 
+@dataclasses.dataclass(frozen=True)
 class Launch:
     """What the launcher will run: the program found, its argv and environment."""
 
-    def __init__(
-        self,
-        program: str,
-        argv: list[str],
-        environ: dict[str, str],
-        shared: Path | None,
-        notes: list[str],
-    ) -> None:
-        self.program = program
-        self.argv = argv
-        self.environ = environ
-        self.shared = shared  # the multiprocess directory made for it, if any
-        self.notes = notes  # what to tell the user before it runs
+    program: str
+    argv: list[str]
+    environ: dict[str, str]
+    shared: Path | None  # the multiprocess directory made for it, if any
+    notes: list[str]  # what to tell the user before it runs
 
 
 class UsageError(Exception):

@@ -127,16 +127,22 @@ async def test_an_app_with_its_own_poolwatch_keeps_it_and_it_gets_the_other_engi
     assert requests == 1
 
 
-def test_an_app_mounted_in_a_timed_request_is_left_alone(automatic: Automatic) -> None:
-    sub = FastAPI()
-    token = context.enter(WorkScope(asgi_scope={}, owner=object()))
+def test_an_app_built_in_a_timed_request_is_left_to_that_requests_poolwatch(
+    automatic: Automatic, engines: list[Engine], tmp_path: Path, make_watch: Any
+) -> None:
+    # Mounted in an app with poolwatch's middleware, or wrapped by watch.wrap(app).
+    shop = _engine(engines, f"sqlite:///{tmp_path / 'shop.db'}")
+    automatic.engine_created(shop)
+    own, sub = make_watch(), FastAPI()
+    token = context.enter(WorkScope(asgi_scope={}, owner=own))
     try:
         automatic.app_building(sub)
     finally:
         context.leave(token)
     assert sub.user_middleware == []
     assert automatic._watch is None
-    assert not automatic.started
+    assert automatic.target is own
+    assert "shop" in _pools(own)
 
 
 async def test_a_request_another_middleware_times_is_counted_once(
