@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
+from sqlalchemy.util import greenlet_spawn
 
 from poolwatch import PoolWatch
 from tests.adapters.sqlalchemy.readings import SEED_ROWS, pg_url
@@ -107,7 +108,10 @@ async def make_async_engine(
             if (await conn.execute(select(table.c.id).limit(1))).first() is None:
                 rows = [{"id": i, "name": f"row-{i}"} for i in range(1, SEED_ROWS + 1)]
                 await conn.execute(insert(table), rows)
-        await engine.dispose()
+        # Closes the pool's connections but keeps the pool: AsyncEngine.dispose() makes a
+        # new one, whose first connections deadlock each other on SQLAlchemy before 2.0.25
+        # when they open at once (sqlalchemy#10813, with or without poolwatch).
+        await greenlet_spawn(engine.sync_engine.pool.dispose)
         return engine
 
     yield make
