@@ -5,7 +5,9 @@
 * ``tests``: the whole suite on the newest supported versions (pinned in pyproject's
   ``dev`` extra), against a throwaway PostgreSQL and MariaDB;
 * ``oldest``: the tests of everything that touches an ORM, FastAPI/Starlette, pytest or
-  prometheus_client, on the oldest supported versions (``scripts/oldest.txt``);
+  prometheus_client, on the oldest supported versions: ``oldest(stack='bounds')`` on the
+  lower bounds themselves (``scripts/oldest.txt``), ``oldest(stack='tortoise')`` on the
+  oldest Tortoise and what installs beside it (``scripts/oldest-tortoise.txt``);
 * ``docs``: the documentation site, ``mkdocs build --strict``.
 
 ``python3 -m nox -s tests -- -k tortoise -x`` runs one job, with arguments for pytest.
@@ -50,6 +52,28 @@ OLDEST_TESTS = (
     "tests/test_pytest_plugin.py",
     "tests/test_realapp.py",
 )
+# The lower bounds do not all install together: Tortoise 0.21 needs Pydantic 2, FastAPI 0.92
+# Pydantic 1. scripts/oldest.txt (SQLAlchemy 2.0.0, FastAPI 0.92, prometheus-client 0.14.1)
+# runs what needs no Tortoise, SQLModel (SQLAlchemy 2.0.14) or AsyncAttrs (2.0.13);
+# scripts/oldest-tortoise.txt (Tortoise 0.21.0, FastAPI 0.100, SQLAlchemy 2.0.25) runs all.
+OLDEST_BOUNDS_TESTS = (
+    "tests/adapters/sqlalchemy",
+    "tests/adapters/test_completion.py",
+    "tests/exposition/test_routes.py",
+    "tests/exposition/test_app_endpoints.py",
+    "tests/exposition/test_endpoints.py",
+    "tests/exposition/test_histogram.py",
+    "tests/exposition/test_multiprocess.py",
+    "tests/exposition/test_server.py",
+    "tests/exposition/test_tracing.py",
+    "tests/queries/test_findings.py",
+    "tests/test_public_api.py",
+    "tests/test_testing.py",
+)
+OLDEST = {
+    "bounds": ("scripts/oldest.txt", OLDEST_BOUNDS_TESTS),
+    "tortoise": ("scripts/oldest-tortoise.txt", OLDEST_TESTS),
+}
 
 
 def in_ci() -> bool:
@@ -118,14 +142,16 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
-def oldest(session: nox.Session) -> None:
+@nox.parametrize("stack", list(OLDEST))
+def oldest(session: nox.Session, stack: str) -> None:
     """The ORM, web framework, pytest and Prometheus client tests on the oldest
     supported versions (poolwatch from this checkout, without its own pins)."""
-    session.install("-r", "scripts/oldest.txt")
+    requirements, selection = OLDEST[stack]
+    session.install("-r", requirements)
     session.install("--no-deps", "-e", ".")
     with test_servers(session) as environment:
         session.run(
-            "python", "-m", "pytest", "-q", *(session.posargs or OLDEST_TESTS), env=environment
+            "python", "-m", "pytest", "-q", *(session.posargs or selection), env=environment
         )
     if session.posargs:
         return
