@@ -44,6 +44,7 @@ DEV = ".[dev]"
 OLDEST_TESTS = (
     "tests/adapters",
     "tests/exposition",
+    "tests/launch",
     "tests/queries/test_findings.py",
     "tests/test_public_api.py",
     "tests/test_config.py",

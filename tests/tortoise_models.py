@@ -1,9 +1,16 @@
-"""Models for the Tortoise adapter tests."""
+"""Models for the Tortoise adapter tests, and what those tests share."""
 
 from __future__ import annotations
 
+import pytest
 from tortoise import fields
 from tortoise.models import Model
+
+# Tortoise 0.21.0's psycopg client opens its pool in the constructor, which psycopg_pool
+# 3.2+ deprecates (0.21.7 creates it closed, then awaits `open()`): not a poolwatch warning.
+IGNORE_OLD_PSYCOPG_CLIENT = pytest.mark.filterwarnings(
+    "ignore:opening the async pool .* in the constructor:RuntimeWarning"
+)
 
 
 class Author(Model):

@@ -34,12 +34,9 @@ from poolwatch import PoolWatch
 from poolwatch.testing import capture
 from tests.corpus import tortoise_app
 from tests.corpus.tortoise_app import SECRET
+from tests.tortoise_models import IGNORE_OLD_PSYCOPG_CLIENT
 
-# Tortoise 0.21.0's psycopg client opens its pool in the constructor, which psycopg_pool
-# 3.2+ deprecates (0.21.7 creates it closed, then awaits `open()`): not a poolwatch warning.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:opening the async pool .* in the constructor:RuntimeWarning"
-)
+pytestmark = IGNORE_OLD_PSYCOPG_CLIENT
 
 APP_FILE = "tests/corpus/tortoise_app.py"
 PRODUCTION: dict[str, Any] = {

@@ -30,12 +30,9 @@ from tests.pool_truth import (
     pg_idle_in_transaction,
     settled,
 )
+from tests.tortoise_models import IGNORE_OLD_PSYCOPG_CLIENT
 
-# Tortoise 0.21.0's psycopg client opens its pool in the constructor, which psycopg_pool
-# 3.2+ deprecates (0.21.7 creates it closed, then awaits `open()`): not a poolwatch warning.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:opening the async pool .* in the constructor:RuntimeWarning"
-)
+pytestmark = IGNORE_OLD_PSYCOPG_CLIENT
 
 RECLAIMED = "poolwatch_connections_reclaimed_total"
 DRIFT = "poolwatch_pool_drift"

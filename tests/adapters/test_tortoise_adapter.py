@@ -27,13 +27,9 @@ import poolwatch
 from poolwatch import PoolWatch, PoolWatchError
 from poolwatch.adapters.tortoise import read_pool_state
 from tests.metrics_helpers import pool_gauges, total, value
-from tests.tortoise_models import Author, Book
+from tests.tortoise_models import IGNORE_OLD_PSYCOPG_CLIENT, Author, Book
 
-# Tortoise 0.21.0's psycopg client opens its pool in the constructor, which psycopg_pool
-# 3.2+ deprecates (0.21.7 creates it closed, then awaits `open()`): not a poolwatch warning.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:opening the async pool .* in the constructor:RuntimeWarning"
-)
+pytestmark = IGNORE_OLD_PSYCOPG_CLIENT
 
 SECRET = "s3cr3t-param-value-7731"
 OPS = "db_client_operation_duration_seconds_count"

@@ -13,6 +13,9 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 
 from poolwatch import PoolWatch
 from tests.metrics_helpers import value
+from tests.tortoise_models import IGNORE_OLD_PSYCOPG_CLIENT
+
+pytestmark = IGNORE_OLD_PSYCOPG_CLIENT
 
 
 def _url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:
