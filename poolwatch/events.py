@@ -22,6 +22,7 @@ __all__ = [
     "ROLLED_BACK_BY_ERROR",
     "SLOW_QUERY",
     "TRANSACTION_OUTCOMES",
+    "UNUSED_EAGER_LOAD",
     "Finding",
     "PoolEvents",
     "PoolProbe",
@@ -34,8 +35,9 @@ DUPLICATE = "duplicate"
 SLOW_QUERY = "slow_query"
 BULK_WRITE = "bulk_write"
 HELD_IDLE = "held_idle"
+UNUSED_EAGER_LOAD = "unused_eager_load"
 # Every kind of Finding (its ``kind``); poolwatch.queries.kinds describes each.
-FINDING_KINDS = (NPLUSONE, DUPLICATE, SLOW_QUERY, BULK_WRITE, HELD_IDLE)
+FINDING_KINDS = (NPLUSONE, DUPLICATE, SLOW_QUERY, BULK_WRITE, HELD_IDLE, UNUSED_EAGER_LOAD)
 
 # How a transaction ended (the ``outcome`` of PoolEvents.transaction_finished).
 COMMIT = "commit"
@@ -211,6 +213,16 @@ class Finding:
     held: float = 0.0
     before: str = ""
     transaction: bool = False
+    callers: tuple[str, ...] = ()
+    """Every distinct call path that ran the statements, when more than one did (a
+    duplicate repeated by the endpoint and by a helper it calls); ``call_path`` is the
+    first."""
+    relations: tuple[str, ...] = ()
+    """The ORM relations involved, as ``Model.attribute``: the chain an N+1 walked
+    (``Article.author``, ``Author.profile``), or the eager loads nothing read."""
+    waited_on: str = ""
+    """held_idle: what the connection waited on in its longest gap, where known (the
+    function sent to a thread pool, a network call, a sleep)."""
 
     @property
     def path(self) -> str:
