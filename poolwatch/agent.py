@@ -38,8 +38,10 @@ from poolwatch.exposition.routes import app_answers
 from poolwatch.pools.held_idle import HeldIdleReport
 from poolwatch.pools.observer import PoolObserver
 from poolwatch.pools.registry import PoolRegistry
+from poolwatch.queries.callsite import register_relation_namer
+from poolwatch.queries.detect import Evidence
 from poolwatch.queries.recorder import QueryRecorder
-from poolwatch.queries.suggestions import register_pool, suggestion
+from poolwatch.queries.suggestions import register_pool, relation_target, suggestion
 from poolwatch.safety import FaultReporter
 from poolwatch.sizing.appname import new_tag
 from poolwatch.sizing.gate import Gate
@@ -134,7 +136,7 @@ class PoolWatch:
                 "already holds poolwatch's metrics; give each PoolWatch its own registry",
             ) from exc
         self.faults = FaultReporter(self.metrics.count_internal_error)
-        self.recorder = QueryRecorder(self.settings, self.metrics, self._suggest)
+        self.recorder = QueryRecorder(self.settings, self.metrics, self._suggest, self._target)
         self.guards = Guards(
             self.settings,
             self.metrics,
@@ -476,7 +478,11 @@ class PoolWatch:
             postgres_limits_reader,
             taggable,
         )
-        from poolwatch.adapters.sqlalchemy.relations import sqlalchemy_relations
+        from poolwatch.adapters.sqlalchemy.relations import (
+            LAZY_LOADER_MODULE,
+            lazy_loaded_relation,
+            sqlalchemy_relations,
+        )
 
         sync_engine = getattr(engine, "sync_engine", engine)
         if not isinstance(sync_engine, Engine):  # an AsyncEngine wraps one
@@ -531,6 +537,7 @@ class PoolWatch:
             raise
         self.set_pool_probe(pool, instrumentation.probe)
         register_pool(pool, "sqlalchemy", sqlalchemy_relations)
+        register_relation_namer(LAZY_LOADER_MODULE, lazy_loaded_relation)
         self._activate()
         self._engines[pool] = _EnginePool(instrumentation, sizing)
         if pool not in self._pool_undo:
@@ -620,7 +627,11 @@ class PoolWatch:
         except Exception as exc:
             self.faults.report("scope", exc)
 
-    def _suggest(self, kind: str, fingerprint: str, pool: str, by_relation: bool) -> str:
-        return suggestion(
-            kind, fingerprint, pool, by_relation, lambda exc: self.faults.report("hints", exc)
-        )
+    def _suggest(self, evidence: Evidence) -> str:
+        return suggestion(evidence, self._hint_fault)
+
+    def _target(self, pool: str, relation: str) -> str | None:
+        return relation_target(pool, relation, self._hint_fault)
+
+    def _hint_fault(self, exc: BaseException) -> None:
+        self.faults.report("hints", exc)

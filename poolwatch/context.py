@@ -96,6 +96,13 @@ class WorkScope:
             self._route = route
         return route
 
+    @property
+    def endpoint(self) -> Any:
+        """The function the router matched the request to (``scope["endpoint"]``), if
+        any: where a response's serialization is blamed."""
+        asgi = self._asgi
+        return None if asgi is None else asgi.get("endpoint")
+
 
 _current: contextvars.ContextVar[WorkScope | None] = contextvars.ContextVar(
     "poolwatch_scope", default=None

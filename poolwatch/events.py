@@ -173,6 +173,14 @@ class QueryEvent(NamedTuple):
     """The application frames that issued it, outermost first (``call_site`` is the last)."""
     by_relation: bool = False
     """An ORM's relation loader ran it (a lazy load, ``fetch_related``)."""
+    relation: str = ""
+    """The relation that loader loaded, ``Model.attribute``, where the ORM names it."""
+    orm_call: str = ""
+    """The ORM operation that ran it as part of one call (``Session.merge``,
+    ``Session.flush``), if one did."""
+    serialized: bool = False
+    """The response's serialization ran it after the endpoint returned (a
+    ``response_model`` reading a relation): the call path is the endpoint's."""
 
     @property
     def path(self) -> str:
@@ -244,12 +252,22 @@ class Finding:
                 f"{self.before or 'the checkout'} and {self.path or 'the release'}. "
                 f"{self.suggestion}"
             )
+        if len(self.relations) > 1 and self.kind == NPLUSONE:  # one loop down a chain
+            what = (
+                f"{self.count} queries along {' -> '.join(self.relations)}, the first "
+                f"{self.fingerprint!r}"
+            )
+        else:
+            what = f"{self.count} x {self.fingerprint!r}"
+        callers = f" (also from {'; '.join(self.callers[1:])})" if self.callers else ""
         return (
-            f"{self.kind} on {self.where}: {self.count} x {self.fingerprint!r} "
-            f"({self.duration * 1000:.1f} ms) at {self.path}. "
-            f"{self.suggestion}"
+            f"{self.kind} on {self.where}: {what} ({self.duration * 1000:.1f} ms) at "
+            f"{self.path}{callers}. {self.suggestion}"
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The finding as JSON-ready values."""
-        return dataclasses.asdict(self)
+        """The finding as JSON-ready values (lists for its tuples, as JSON has them)."""
+        values = dataclasses.asdict(self)
+        for name in ("callers", "relations"):
+            values[name] = list(values[name])
+        return values

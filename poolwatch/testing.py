@@ -40,7 +40,7 @@ from poolwatch.queries.recorder import (
     remove_finding_sink,
     remove_sink,
 )
-from poolwatch.queries.suggestions import suggestion
+from poolwatch.queries.suggestions import relation_target, suggestion
 
 __all__ = ["Capture", "assert_max_queries", "capture"]
 
@@ -136,7 +136,7 @@ class Capture:
         self._open = False
         ambient = self._ambient
         route, method = (ambient.route, ambient.method) if ambient is not None else (self.name, "")
-        own = detect(self._own, self.policy, route, suggestion, method)
+        own = detect(self._own, self.policy, route, suggestion, method, targets=relation_target)
         with self._lock:
             self.findings.extend(own)
         if exc_type is None and self.raise_on_findings:
@@ -157,7 +157,7 @@ class Capture:
 
     # -- fed by poolwatch --------------------------------------------------------------
 
-    def _on_query(self, event: QueryEvent) -> None:
+    def _on_query(self, event: QueryEvent, call: object = None) -> None:
         if event.operation == TRANSACTION_END:
             if current_scope() is self._ambient:
                 self._own.transaction_ended(event.pool)
@@ -171,7 +171,7 @@ class Capture:
                 self.findings.append(slow_finding(event, suggestion))
         # Statements of requests are judged per request when it ends; the rest here.
         if current_scope() is self._ambient and not nplusone_allowed():
-            self._own.add(event)
+            self._own.add(event, call)
 
     def _on_finding(self, finding: Finding) -> None:
         with self._lock:
@@ -180,7 +180,14 @@ class Capture:
     def _on_scope_closed(self, work: WorkScope) -> None:
         if work is self._ambient or work.grouped is None:
             return
-        found = detect(work.grouped, self.policy, work.route, suggestion, work.method)
+        found = detect(
+            work.grouped,
+            self.policy,
+            work.route,
+            suggestion,
+            work.method,
+            targets=relation_target,
+        )
         with self._lock:
             self.findings.extend(found)
 

@@ -10,6 +10,14 @@ app deployed into ``site-packages`` itself), the innermost installed frame that 
 known library stands in. Walking the stack is the only way to get it without patching
 attribute access; it is kept cheap by deciding "library or not" once per code object.
 
+The walk also notes three kinds of library frame below the application's, because they
+change what a statement means (see :class:`Trace`): an ORM's relation loader (a lazy
+load: the relation it loads is named by the adapter that registered a namer for it), an
+ORM operation that runs several statements in one call by design (``Session.merge``'s
+loads by primary key, a flush's writes, a cascade's loads), and a serializer (FastAPI
+validating a ``response_model`` after the endpoint returned, with no application frame
+left on the stack: the request's endpoint is the place to blame).
+
 Two places hide the user's frame from a plain stack walk, and both are followed:
 
 * SQLAlchemy's asyncio layer runs the ORM in a greenlet whose stack ends at the
@@ -22,14 +30,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import linecache
 import os
 import sys
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import CodeType, FrameType
 from typing import Any, NamedTuple
 
-__all__ = ["LIBRARY_PACKAGES", "MAX_PATH", "CallSite", "CallSiteFinder"]
+__all__ = [
+    "LIBRARY_PACKAGES",
+    "MAX_PATH",
+    "CallSite",
+    "CallSiteFinder",
+    "Trace",
+    "function_site",
+    "register_relation_namer",
+]
 
 # Top-level packages whose frames are never the call site. Everything from the standard
 # library is added at run time (sys.stdlib_module_names).
@@ -55,8 +72,10 @@ _MAX_TASK_HOPS = 8
 _MAX_CACHED_CODES = 65536
 
 # What a code object is, decided once: the application's, an installed package's (a
-# library, unless no frame is the application's), or a known library's.
-_APP, _INSTALLED, _LIBRARY, _RELATION, _INLINE = 0, 1, 2, 3, 4
+# library, unless no frame is the application's), or a known library's; a known library's
+# frame may also be a relation loader, an ORM operation or a serializer (bits, combined).
+_APP, _INSTALLED, _LIBRARY, _INLINE = 0, 1, 2, 3
+_RELATION, _OPERATION, _SERIALIZER = 4, 8, 16
 # Comprehensions have frames of their own before Python 3.12 and none after: left out of
 # paths, so a path reads the same on every Python (the line is the enclosing one's).
 _INLINED = frozenset({"<listcomp>", "<dictcomp>", "<setcomp>"})
@@ -67,8 +86,42 @@ _RELATION_LOADERS = {
     "tortoise.models": ("fetch_related",),
     "tortoise.backends.base.executor": ("_prefetch_",),
 }
+# ORM operations that run several statements in one call by design, by qualified name:
+# a merge loads each object it merges (and its cascade) by primary key, a refresh reloads,
+# a flush writes the unit of work, a delete loads the collections its cascade deletes, a
+# bulk operation sends its batches. Statements under one such call are one call's cost:
+# a loop is many calls, never many statements of one.
+_OPERATIONS = {
+    "sqlalchemy.orm.session": frozenset(
+        {
+            "Session.merge", "Session.merge_all", "Session.refresh", "Session.flush",
+            "Session.delete", "Session.delete_all",
+        }
+    ),
+    "tortoise.models": frozenset({"Model.fetch_related"}),
+    "tortoise.queryset": frozenset(
+        {"BulkCreateQuery._execute", "BulkUpdateQuery._execute", "BulkUpdateQuery._execute_many"}
+    ),
+}  # fmt: skip
+# FastAPI's modules that run a request's endpoint and then validate and encode what it
+# returned. Reached before any application frame, they mean that no application code ran
+# the statement: the response's serialization did (a response_model reading a relation),
+# and the application frames further out (a test's client, the app's own middleware)
+# are not where it came from: the request's endpoint is.
+_SERIALIZERS = ("fastapi.routing", "fastapi._compat", "fastapi.encoders")
+# module -> a function that names the relation a loader frame of that module loads
+# (``Article.author``); registered by the ORM adapters.
+_relation_namers: dict[str, Callable[[FrameType], str | None]] = {}
+
+
+def register_relation_namer(module: str, namer: Callable[[FrameType], str | None]) -> None:
+    """Name the relation that a relation-loader frame of ``module`` loads with ``namer``
+    (an adapter's: it reads its ORM's own objects). ``namer`` may return ``None``."""
+    _relation_namers[module] = namer
+
+
 # Why a walk ended: the path is complete, the frame that runs a task, the end of a stack.
-_FULL, _AT_TASK, _END_OF_STACK = 0, 1, 2
+_FULL, _AT_TASK, _END_OF_STACK, _SERIALIZING = 0, 1, 2, 3
 
 
 class CallSite(NamedTuple):
@@ -80,6 +133,33 @@ class CallSite(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line} in {self.function}"
+
+
+class Trace(NamedTuple):
+    """Where a statement came from (see :meth:`CallSiteFinder.find_path`)."""
+
+    site: str
+    """The innermost application frame, ``file:line in function`` ("" if none)."""
+    path: str
+    """The application frames, outermost first, joined by ``" -> "``."""
+    by_relation: bool
+    """An ORM's relation loader ran the statement."""
+    origin: str
+    """The path's outermost function, ``file in function``."""
+    relation: str = ""
+    """The relation the loader loads, ``Model.attribute``, where its adapter names it."""
+    operation: FrameType | None = None
+    """The frame of the ORM operation that ran it (a merge, a flush), if one did: one
+    call, told apart from the next by the frame's identity while it is held."""
+    serialized: bool = False
+    """No application frame, and a response serializer ran it: ``path`` is empty and the
+    request's endpoint is where it came from."""
+
+    @property
+    def operation_name(self) -> str:
+        """``Session.merge``: the ORM operation's qualified name, or ""."""
+        frame = self.operation
+        return "" if frame is None else frame.f_code.co_qualname
 
 
 class CallSiteFinder:
@@ -99,9 +179,7 @@ class CallSiteFinder:
         # (id(code), offset) -> (code, "file:line in function"): a loop formats one string
         self._sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
         # (code id and offset..., relation) -> ((call site, path, relation, origin), codes)
-        self._paths: dict[
-            tuple[object, ...], tuple[tuple[str, str, bool, str], tuple[CodeType, ...]]
-        ] = {}
+        self._paths: dict[tuple[object, ...], tuple[Trace, tuple[CodeType, ...]]] = {}
         self._stop = _task_boundary_code()
 
     def find(self, skip: int = 1) -> str | None:
@@ -113,15 +191,15 @@ class CallSiteFinder:
         found = self.find_path(skip + 1, depth=1)  # one frame: the walk ends there
         return None if found is None else found[0]
 
-    def find_path(self, skip: int = 1, depth: int = MAX_PATH) -> tuple[str, str, bool, str] | None:
-        """The call site and the application call path of the code running now, whether
-        an ORM's relation loader runs it (a lazy load, ``fetch_related``), and the path's
-        origin: its outermost function (``file in function``, no line).
+    def find_path(self, skip: int = 1, depth: int = MAX_PATH) -> Trace | None:
+        """Where the code running now comes from: its call site and application call
+        path, and what ran the statement below them (:class:`Trace`).
 
         The path is the innermost ``depth`` application frames, outermost first,
         joined by ``" -> "``: ``service.py:136 in list_articles -> favorite.py:27 in
         count``. The loop that calls a per-row helper is in it, and two callers of one
-        helper have two paths. The call site is its innermost frame.
+        helper have two paths. The call site is its innermost frame. ``None`` when no
+        frame is the application's (nor a serializer's).
         """
         try:
             frame: FrameType | None = sys._getframe(skip)
@@ -132,18 +210,28 @@ class CallSiteFinder:
         # its bytecode): formatting "file:line in function" (f_lineno decodes the line
         # table) happens once per distinct path.
         keys: list[object] = []
-        ended, installed, relation = self._walk(frame, path, depth, keys)
+        walk = _Walk()
+        ended = self._walk(frame, path, depth, walk, keys)
         if ended is _END_OF_STACK and len(path) < depth:
-            relation = self._from_greenlet_parent(path, depth) or relation
+            self._from_greenlet_parent(path, depth, walk)
         if not path and ended is _AT_TASK:
             path = self._from_awaiting_task(depth)
-        if not path and installed is not None:
-            path = [installed]
+        loader = walk.loader
+        relation = "" if loader is None else _relation_name(loader)
         if not path:
-            return None
+            # No application frame: FastAPI's serialization ran it, or a relation was
+            # loaded with no application code on the stack at all, which only a
+            # framework reading the objects an endpoint returned does (FastAPI validates
+            # a sync endpoint's response in the thread pool, and a compiled pydantic 1
+            # leaves no frame of its own there).
+            if walk.serializer or (loader is not None and walk.installed is None):
+                return Trace("", "", loader is not None, "", relation, walk.operation, True)
+            if walk.installed is None:
+                return None
+            path = [walk.installed]
         if len(keys) != len(path):  # frames found beyond the walk: keyed here
             keys = [(id(f.f_code) << 32) | f.f_lasti for f in path]
-        keys.append(relation)
+        keys.append(loader is not None)
         key = tuple(keys)
         known = self._paths.get(key)
         if known is None:
@@ -152,11 +240,14 @@ class CallSiteFinder:
             sites = [self._site(frame) for frame in reversed(path)]
             code = path[-1].f_code
             origin = f"{display_path(code.co_filename)} in {code.co_qualname}"
-            found = (sites[-1], " -> ".join(sites), relation, origin)
+            found = Trace(sites[-1], " -> ".join(sites), loader is not None, origin)
             # The entry holds the code objects its key names by id, so no id is reused
             # while it is cached.
             known = self._paths[key] = (found, tuple(frame.f_code for frame in path))
-        return known[0]
+        trace = known[0]
+        if relation or walk.operation is not None:  # per statement: not cached
+            return trace._replace(relation=relation, operation=walk.operation)
+        return trace
 
     # -- the walk ----------------------------------------------------------------------
 
@@ -165,11 +256,12 @@ class CallSiteFinder:
         frame: FrameType | None,
         path: list[FrameType],
         depth: int,
+        walk: _Walk,
         keys: list[object] | None = None,
-    ) -> tuple[int, FrameType | None, bool]:
+    ) -> int:
         """Collect application frames from ``frame`` outwards into ``path`` (innermost
-        first); returns why the walk ended, the innermost installed-package frame, and
-        whether a relation loader ran below the first application frame.
+        first), and into ``walk`` what ran below the first of them; returns why the walk
+        ended.
 
         It ends with ``depth`` frames, ``_MAX_GAP`` library frames past the last
         application frame (the framework that called the endpoint), or at the frame that
@@ -178,8 +270,6 @@ class CallSiteFinder:
         """
         library = self._library
         stop = self._stop
-        installed: FrameType | None = None
-        relation = False
         gap = 0
         # Most frames are a library's, below the first application frame: their way
         # through the loop is kept to the fewest tests (a hot loop: ~25 frames a query).
@@ -193,37 +283,40 @@ class CallSiteFinder:
                 if keys is not None:
                     keys.append((id(code) << 32) | frame.f_lasti)
                 if len(path) >= depth:
-                    return _FULL, installed, relation
+                    return _FULL
                 gap = 0
             elif path:
                 if verdict is not _INLINE:
                     gap += 1
                     if gap > _MAX_GAP:
-                        return _FULL, installed, relation
-            elif verdict is not _LIBRARY:
-                if verdict is _INSTALLED:
-                    installed = installed or frame
-                elif verdict is _RELATION:
-                    relation = True
+                        return _FULL
+            elif verdict is not _LIBRARY and verdict is not _INLINE:
+                walk.note(frame, verdict)
+                if walk.serializer:
+                    return _SERIALIZING
             if code is stop:
-                return _AT_TASK, installed, relation
+                return _AT_TASK
             frame = frame.f_back
-        return _END_OF_STACK, installed, relation
+        return _END_OF_STACK
 
     def _judge(self, code: CodeType, frame: FrameType) -> int:
         if len(self._library) >= _MAX_CACHED_CODES:
             self._library.clear()
             self._seen.clear()
         module = _module_of(frame)
-        loaders = _RELATION_LOADERS.get(module)
         if code.co_name in _INLINED:
             verdict = _INLINE
         elif module.startswith(_APPLICATION_PACKAGES):
             verdict = _APP
-        elif loaders is not None and code.co_name.startswith(loaders):
-            verdict = _RELATION
         elif is_library_module(module, self._ignore):
             verdict = _LIBRARY
+            loaders = _RELATION_LOADERS.get(module)
+            if loaders is not None and code.co_name.startswith(loaders):
+                verdict |= _RELATION
+            if code.co_qualname in _OPERATIONS.get(module, ()):
+                verdict |= _OPERATION
+            if module.startswith(_SERIALIZERS):
+                verdict |= _SERIALIZER
         elif is_installed(code.co_filename):
             verdict = _INSTALLED
         else:
@@ -248,21 +341,17 @@ class CallSiteFinder:
 
     # -- where a plain walk cannot see -------------------------------------------------
 
-    def _from_greenlet_parent(self, path: list[FrameType], depth: int) -> bool:
-        """Continue the walk on the greenlets that wait for this one; True if a relation
-        loader runs there below the application's frames."""
+    def _from_greenlet_parent(self, path: list[FrameType], depth: int, walk: _Walk) -> None:
+        """Continue the walk on the greenlets that wait for this one."""
         greenlet = sys.modules.get("greenlet")
         if greenlet is None:
-            return False
+            return
         current = greenlet.getcurrent()
-        relation = False
         while (parent := current.parent) is not None:
-            ended, _, loads = self._walk(parent.gr_frame, path, depth)
-            relation = relation or loads
+            ended = self._walk(parent.gr_frame, path, depth, walk)
             if ended != _END_OF_STACK or len(path) >= depth:
                 break
             current = parent
-        return relation
 
     def _from_awaiting_task(self, depth: int) -> list[FrameType]:
         try:
@@ -309,6 +398,60 @@ class CallSiteFinder:
                 if gap > _MAX_GAP:
                     break
         return found
+
+
+class _Walk:
+    """What one walk found below the application's frames."""
+
+    __slots__ = ("installed", "loader", "operation", "serializer")
+
+    def __init__(self) -> None:
+        self.installed: FrameType | None = None  # the innermost installed-package frame
+        self.loader: FrameType | None = None  # the innermost relation loader
+        self.operation: FrameType | None = None  # the outermost ORM operation
+        self.serializer = False
+
+    def note(self, frame: FrameType, verdict: int) -> None:
+        """A frame below the application's that is not a plain library's."""
+        if verdict is _INSTALLED:
+            if self.installed is None:
+                self.installed = frame
+            return
+        if verdict & _RELATION and self.loader is None:
+            self.loader = frame  # the innermost: the load running now
+        if verdict & _OPERATION:
+            self.operation = frame  # the outermost: the call the application made
+        if verdict & _SERIALIZER:
+            self.serializer = True
+
+
+def _relation_name(loader: FrameType) -> str:
+    namer = _relation_namers.get(_module_of(loader))
+    if namer is None:
+        return ""
+    try:
+        return namer(loader) or ""
+    except Exception:  # an ORM's objects not as expected: the relation stays unnamed
+        return ""
+
+
+def function_site(function: Any) -> str | None:
+    """``file:line in function`` of a function's ``def`` line (decorators skipped), for
+    naming an endpoint; ``None`` for anything without Python code."""
+    while hasattr(function, "__wrapped__"):
+        function = function.__wrapped__
+    code = getattr(function, "__code__", None)
+    if not isinstance(code, CodeType):
+        return None
+    line = code.co_firstlineno
+    # co_firstlineno is the first decorator's line: the def is the first line after it
+    # that starts one.
+    for offset in range(16):
+        text = linecache.getline(code.co_filename, line + offset).lstrip()
+        if text.startswith(("def ", "async def ")):
+            line += offset
+            break
+    return str(CallSite(display_path(code.co_filename), line, code.co_qualname))
 
 
 def _module_of(frame: FrameType) -> str:

@@ -7,17 +7,22 @@ the rules are tested by feeding events.
 
 The rules:
 
-* **N+1**: reads with one fingerprint from one application call path on one pool,
-  ``threshold`` times or more (and ``min_duration`` seconds in total), with at least two
-  different parameter sets. A group whose statements carry multi-item ``IN (...)`` lists
+* **N+1**: reads with one fingerprint from one application call path on one pool, in
+  ``threshold`` calls or more (and ``min_duration`` seconds in total), with at least two
+  different parameter sets. A call is one statement, or all the statements one ORM
+  operation ran by design (a ``Session.merge`` loading what it merges, a flush, a
+  cascade): those are that call's cost, and a loop is many calls. Loops whose loads walk
+  a chain of relations from one place (``article.author``, then ``author.profile``) are
+  one finding, naming the chain. A group whose statements carry multi-item ``IN (...)`` lists
   is a chunked batch load, not a loop, and is left alone; one ``IN (?)`` per row is
   still a loop. Two callers of one helper (a current-user dependency and the route)
   have two call paths, so two groups.
 * **duplicate**: the same statement with the same parameters on the same pool,
   ``duplicate_threshold`` times, with no write on that pool and no COMMIT or ROLLBACK in
-  between (after either, a read may see other rows).
-* **bulk write**: INSERT/UPDATE/DELETE with one fingerprint from one call path,
-  ``threshold`` times: a hint to batch, never an N+1.
+  between (after either, a read may see other rows); every distinct call path that ran
+  it is listed.
+* **bulk write**: INSERT/UPDATE/DELETE with one fingerprint from one call path, in
+  ``threshold`` calls: a hint to batch, never an N+1.
 
 Statements that read no application table (``select 1``, ``select version()``, catalog
 reads, ``SHOW``, ``PRAGMA``, savepoints) are the driver's or the dialect's bookkeeping:
@@ -29,14 +34,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from fnmatch import fnmatchcase
+from typing import NamedTuple
 
 from poolwatch.events import BULK_WRITE, DUPLICATE, NPLUSONE, SLOW_QUERY, Finding, QueryEvent
 
 __all__ = [
     "DATA_OPERATIONS",
+    "Evidence",
     "Policy",
     "ScopeQueries",
     "Suggest",
+    "Targets",
     "detect",
     "late_finding",
     "slow_finding",
@@ -52,9 +60,34 @@ _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
 DATA_OPERATIONS = _READS | _WRITES
 """Statements that touch data; BEGIN, COMMIT, SET and the like are bookkeeping."""
 
-Suggest = Callable[[str, str, str, bool], str]
-"""``suggest(kind, fingerprint, pool, by_relation)`` -> what to change, in one sentence;
-``by_relation``: an ORM's relation loader ran the statements (its relation may be named)."""
+# Distinct callers of a duplicate kept per statement: past a few, the first ones tell.
+MAX_CALLERS = 8
+
+
+class Evidence(NamedTuple):
+    """What a finding's advice is worded from: what the rules saw, no values."""
+
+    kind: str
+    fingerprint: str
+    pool: str
+    by_relation: bool = False
+    """An ORM's relation loader ran the statements."""
+    relations: tuple[str, ...] = ()
+    """The relations they loaded, ``Model.attribute``, a chain outermost first."""
+    orm_call: str = ""
+    """The ORM operation each call ran them in (``Session.merge``), if one did."""
+    endpoint: str = ""
+    """The endpoint whose response's serialization ran them, if that is where."""
+    loaded: tuple[str, ...] = ()
+    """Relations the scope's queries loaded eagerly already (``Model.attribute``)."""
+
+
+Suggest = Callable[[Evidence], str]
+"""``suggest(evidence)`` -> what to change, in one sentence or two."""
+
+Targets = Callable[[str, str], "str | None"]
+"""``targets(pool, "Article.author")`` -> the model the relation loads (``"Author"``),
+if the pool's ORM knows it: how a chain of relations is followed."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,11 +127,17 @@ class _Group:
     """Statements of one fingerprint from one call path on one pool."""
 
     __slots__ = (
-        "again", "batched", "by_relation", "call_site", "count", "operation", "pool", "seconds",
+        "again", "batched", "by_relation", "call", "call_site", "calls", "count",
+        "operation", "orm_call", "pool", "relation", "reported", "seconds", "serialized",
     )  # fmt: skip
 
     def __init__(self, operation: str, pool: str, call_site: str) -> None:
         self.count = 0
+        # Calls: statements, but all those of one ORM operation's call count once.
+        self.calls = 0
+        # The last ORM operation's frame, held so that its identity tells the next call
+        # from it (a frame's id is reused once it is let go); dropped when judged.
+        self.call: object = None
         self.seconds = 0.0
         self.batched = 0
         # Reads that repeated an earlier one of this group exactly (same parameters):
@@ -108,12 +147,33 @@ class _Group:
         self.pool = pool
         self.call_site = call_site
         self.by_relation = False
+        self.relation = ""
+        self.orm_call = ""
+        self.serialized = False
+        self.reported = False  # a finding already: a late statement reports it no more
+
+    def take(self, event: QueryEvent, call: object) -> None:
+        """Count ``event``, run by the ORM operation whose frame is ``call``, if any."""
+        self.count += 1
+        if call is None:
+            self.calls += 1
+        elif call is not self.call:
+            self.calls += 1
+            self.call = call
+            self.orm_call = event.orm_call
+        self.seconds += event.seconds
+        if event.by_relation:
+            self.by_relation = True
+            if event.relation and not self.relation:
+                self.relation = event.relation
+        if event.serialized:
+            self.serialized = True
 
 
 class _Repeat:
     """One exact statement (text and parameters) on one pool and how often it ran."""
 
-    __slots__ = ("call_site", "count", "fingerprint", "path", "pool", "seconds")
+    __slots__ = ("call_site", "count", "fingerprint", "path", "paths", "pool", "seconds")
 
     def __init__(self, first: QueryEvent, again: QueryEvent) -> None:
         self.count = 2
@@ -122,15 +182,25 @@ class _Repeat:
         self.call_site = first.call_site
         self.path = first.path
         self.pool = first.pool
+        # Each distinct call path that ran it, the first first.
+        self.paths = [first.path]
+        self.caller(again.path)
+
+    def caller(self, path: str) -> None:
+        if path not in self.paths and len(self.paths) < MAX_CALLERS:
+            self.paths.append(path)
 
 
 class ScopeQueries:
     """The queries of one scope, grouped for detection as they arrive."""
 
-    __slots__ = ("first", "groups", "repeats", "reported", "writes")
+    __slots__ = ("first", "groups", "loaded", "repeats", "reported", "writes")
 
     def __init__(self) -> None:
         self.groups: dict[_Key, _Group] = {}
+        # Relations the scope's queries loaded eagerly (Model.attribute): advice never
+        # asks for a loader that is there already.
+        self.loaded: set[str] = set()
         # identity -> the first event with it; identity -> counts, once it repeats
         self.first: dict[int, QueryEvent] = {}
         self.repeats: dict[int, _Repeat] = {}
@@ -146,8 +216,12 @@ class ScopeQueries:
         """A COMMIT or ROLLBACK on ``pool``: later reads repeat nothing before it."""
         self.writes[pool] = self.writes.get(pool, 0) + 1
 
-    def add(self, event: QueryEvent) -> tuple[_Key, _Group] | None:
-        """Record ``event``; returns its group (``None`` for statements not grouped)."""
+    def add(self, event: QueryEvent, call: object = None) -> tuple[_Key, _Group] | None:
+        """Record ``event``; returns its group (``None`` for statements not grouped).
+
+        ``call`` is the frame of the ORM operation that ran it (a merge, a flush), if one
+        did: the statements of one such call count as one call.
+        """
         operation = event.operation
         if operation not in DATA_OPERATIONS:
             return None  # BEGIN, COMMIT, SET, PRAGMA: the ORM's bookkeeping
@@ -158,10 +232,7 @@ class ScopeQueries:
             if len(self.groups) >= MAX_GROUPS:
                 return None
             group = self.groups[key] = _Group(operation, event.pool, event.call_site)
-        group.count += 1
-        group.seconds += event.seconds
-        if event.by_relation:
-            group.by_relation = True
+        group.take(event, call)
         if event.in_list > 1:
             group.batched += 1
         identity = event.identity
@@ -185,6 +256,7 @@ class ScopeQueries:
         if repeat is not None:
             repeat.count += 1
             repeat.seconds += event.seconds
+            repeat.caller(path)
             return repeat.path == path
         # Most statements run once: keep the event itself, and make the counter only when
         # the same statement and parameters come back.
@@ -198,67 +270,150 @@ class ScopeQueries:
         return first.path == path
 
 
-def _group_finding(
-    key: _Key,
-    group: _Group,
-    policy: Policy,
+def _is_finding(group: _Group, policy: Policy) -> str | None:
+    """The kind of finding ``group`` makes under ``policy``, if any."""
+    if group.calls < policy.threshold or group.seconds < policy.min_duration:
+        return None
+    if group.operation not in _READS:
+        return BULK_WRITE
+    # N+1 is one statement run for rows: with different parameters. The very same
+    # statement and parameters, however often, is a duplicate (found below); a loop
+    # whose rows share some parameters (6 posts by 2 authors) is still the loop.
+    if group.count - group.again < 2:
+        return None
+    # A chunked batch load: all but perhaps its last chunk carry many ids.
+    if group.batched >= group.count - 1:
+        return None
+    return NPLUSONE
+
+
+def _endpoint(group: _Group) -> str:
+    """The endpoint's name, when the response's serialization ran the group."""
+    if not group.serialized:
+        return ""
+    return group.call_site.rpartition(" in ")[2]
+
+
+def _finding(
+    kind: str,
+    links: list[tuple[_Key, _Group]],
     route: str,
-    suggest: Suggest,
     *,
     method: str,
-) -> Finding | None:
-    if group.count < policy.threshold or group.seconds < policy.min_duration:
-        return None
-    if group.operation in _READS:
-        # N+1 is one statement run for rows: with different parameters. The very same
-        # statement and parameters, however often, is a duplicate (found below); a loop
-        # whose rows share some parameters (6 posts by 2 authors) is still the loop.
-        if group.count - group.again < 2:
-            return None
-        # A chunked batch load: all but perhaps its last chunk carry many ids.
-        if group.batched >= group.count - 1:
-            return None
-        kind = NPLUSONE
-    else:
-        kind = BULK_WRITE
-    fingerprint, call_path, pool = key
+    suggest: Suggest,
+    loaded: tuple[str, ...],
+) -> Finding:
+    """One finding from one group, or from the groups of one chain of relations."""
+    (fingerprint, call_path, pool), head = links[0]
+    relations = tuple(group.relation for _, group in links if group.relation)
+    evidence = Evidence(
+        kind,
+        fingerprint,
+        pool,
+        by_relation=any(group.by_relation for _, group in links),
+        relations=relations,
+        orm_call=head.orm_call,
+        endpoint=_endpoint(head),
+        loaded=loaded,
+    )
     return Finding(
         kind=kind,
         route=route,
         fingerprint=fingerprint,
-        count=group.count,
-        duration=group.seconds,
-        call_site=group.call_site,
-        suggestion=suggest(kind, fingerprint, pool, group.by_relation),
+        count=sum(group.count for _, group in links),
+        duration=sum(group.seconds for _, group in links),
+        call_site=head.call_site,
+        suggestion=suggest(evidence),
         pool=pool,
         method=method,
         call_path=call_path,
+        relations=relations,
     )
 
 
+def _chains(
+    loops: list[tuple[_Key, _Group]], targets: Targets | None
+) -> list[list[tuple[_Key, _Group]]]:
+    """N+1 groups, those that walk one chain of relations from one place joined.
+
+    ``article.author.profile`` read per row is two loops from one line: the authors,
+    then their profiles. Two groups of one call path and pool link when the model the
+    first one's relation loads is the model of the second one's relation.
+    """
+    if targets is None or sum(1 for _, group in loops if group.relation) < 2:
+        return [[loop] for loop in loops]
+    by_place: dict[tuple[str, str], list[tuple[_Key, _Group]]] = {}
+    for loop in loops:
+        (_, path, pool), _ = loop
+        by_place.setdefault((path, pool), []).append(loop)
+    chains: list[list[tuple[_Key, _Group]]] = []
+    for (_, pool), place in by_place.items():
+        # model -> the loop whose relation starts at it (one each: else no chain)
+        starts: dict[str, tuple[_Key, _Group] | None] = {}
+        for loop in place:
+            model = loop[1].relation.partition(".")[0]
+            if model:
+                starts[model] = None if model in starts else loop
+        following: dict[int, tuple[_Key, _Group]] = {}
+        for loop in place:
+            target = targets(pool, loop[1].relation) if loop[1].relation else None
+            successor = starts.get(target) if target else None
+            if successor is not None and successor is not loop:
+                following[id(loop[1])] = successor
+        followers = {id(group) for _, group in following.values()}
+        for loop in place:
+            if id(loop[1]) in followers:
+                continue  # a later link of some chain
+            chain = [loop]
+            while (after := following.get(id(chain[-1][1]))) is not None and after not in chain:
+                chain.append(after)
+            chains.append(chain)
+    return chains
+
+
 def detect(
-    queries: ScopeQueries, policy: Policy, route: str, suggest: Suggest, method: str = ""
+    queries: ScopeQueries,
+    policy: Policy,
+    route: str,
+    suggest: Suggest,
+    method: str = "",
+    *,
+    targets: Targets | None = None,
 ) -> list[Finding]:
     """The findings of one scope, biggest first, allow-listed ones left out.
 
     Exact repeats inside an N+1 loop (the same author loaded for several posts) are part
-    of that loop's finding, not findings of their own: one fix removes both.
+    of that loop's finding, not findings of their own: one fix removes both. ``targets``
+    follows relations from model to model, so a chain of loops is one finding.
     """
     findings: list[Finding] = []
-    loops: set[_Key] = set()
+    loops: list[tuple[_Key, _Group]] = []
+    loaded = tuple(sorted(queries.loaded))
     for key, group in queries.groups.items():
-        finding = _group_finding(key, group, policy, route, suggest, method=method)
-        if finding is not None:
-            findings.append(finding)
-            if finding.kind == NPLUSONE:
-                loops.add(key)
+        group.call = None  # judged: the operation frame is not needed any more
+        kind = _is_finding(group, policy)
+        group.reported = kind is not None
+        if kind == NPLUSONE:
+            loops.append((key, group))
+        elif kind is not None:
+            findings.append(
+                _finding(kind, [(key, group)], route, method=method, suggest=suggest, loaded=loaded)
+            )
+    for chain in _chains(loops, targets):
+        findings.append(
+            _finding(NPLUSONE, chain, route, method=method, suggest=suggest, loaded=loaded)
+        )
+    looped = {key for key, _ in loops}
     # Several repeated statements of one fingerprint from one call path are one finding.
     repeated: dict[_Key, list[_Repeat]] = {}
     for repeat in queries.repeats.values():
         key = (repeat.fingerprint, repeat.path, repeat.pool)
-        if repeat.count >= policy.duplicate_threshold and key not in loops:
+        if repeat.count >= policy.duplicate_threshold and key not in looped:
             repeated.setdefault(key, []).append(repeat)
     for (fingerprint, call_path, pool), repeats in repeated.items():
+        callers: list[str] = []
+        for repeat in repeats:
+            callers.extend(p for p in repeat.paths if p not in callers)
         findings.append(
             Finding(
                 kind=DUPLICATE,
@@ -267,10 +422,11 @@ def detect(
                 count=sum(r.count for r in repeats),
                 duration=sum(r.seconds for r in repeats),
                 call_site=repeats[0].call_site,
-                suggestion=suggest(DUPLICATE, fingerprint, pool, False),
+                suggestion=suggest(Evidence(DUPLICATE, fingerprint, pool)),
                 pool=pool,
                 method=method,
                 call_path=call_path,
+                callers=tuple(callers) if len(callers) > 1 else (),
             )
         )
     findings = [f for f in findings if not policy.allows(f)]
@@ -290,15 +446,18 @@ def late_finding(
     """A finding made by a query that arrived after its scope was judged.
 
     A task that outlives its request (``asyncio.create_task`` in an endpoint) can still
-    loop; its group is reported once, when it reaches the threshold.
+    loop; its group is reported once, when it becomes a finding.
     """
-    key, group = added
-    if group.count != policy.threshold:
+    _, group = added
+    if group.reported:
         return None
-    finding = _group_finding(key, group, policy, route, suggest, method=method)
-    if finding is None or policy.allows(finding):
+    kind = _is_finding(group, policy)
+    if kind is None:
         return None
-    return finding
+    group.reported = True
+    loaded = tuple(sorted(queries.loaded))
+    finding = _finding(kind, [added], route, method=method, suggest=suggest, loaded=loaded)
+    return None if policy.allows(finding) else finding
 
 
 def slow_finding(event: QueryEvent, suggest: Suggest, method: str = "") -> Finding:
@@ -310,7 +469,7 @@ def slow_finding(event: QueryEvent, suggest: Suggest, method: str = "") -> Findi
         count=1,
         duration=event.seconds,
         call_site=event.call_site,
-        suggestion=suggest(SLOW_QUERY, event.fingerprint, event.pool, False),
+        suggestion=suggest(Evidence(SLOW_QUERY, event.fingerprint, event.pool)),
         pool=event.pool,
         method=method,
         call_path=event.call_path,

@@ -4,7 +4,13 @@ A lazy relation load has a recognisable shape: it selects from one table filteri
 column by one value (``WHERE post.author_id = ?``, or SQLAlchemy's ``WHERE ? =
 posts.author_id``). The ORM adapters describe every relation as a :class:`Relation`
 (which table and column its lazy load filters on); matching the two names the relation,
-and the suggestion names the attribute to prefetch.
+and the suggestion names the attribute to prefetch. Where the ORM's loader named the
+relation itself (SQLAlchemy's lazy loads), no matching is needed, and a chain of them
+(``article.author.profile``) is advised as one chained option.
+
+Advice never asks for what the code already does: a relation the scope loaded eagerly
+and then queried again is advised to be read from what was loaded; loads an ORM
+operation makes by design (a merge, a refresh, a cascade) are advised at that operation.
 """
 
 from __future__ import annotations
@@ -14,8 +20,17 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from poolwatch.events import BULK_WRITE, DUPLICATE, NPLUSONE, SLOW_QUERY
+from poolwatch.queries.detect import Evidence
 
-__all__ = ["FORWARD", "MANY_TO_MANY", "REVERSE", "Relation", "filtered_column", "suggest"]
+__all__ = [
+    "FORWARD",
+    "MANY_TO_MANY",
+    "REVERSE",
+    "Relation",
+    "filtered_column",
+    "relation_named",
+    "suggest",
+]
 
 FORWARD = "forward"  # many-to-one / one-to-one: the load filters the target's key
 REVERSE = "reverse"  # one-to-many: the load filters the foreign key column
@@ -118,10 +133,105 @@ _ANY_NPLUSONE = (
 )
 
 
-def _nplusone(
-    fingerprint: str, relations: Sequence[Relation], orm: str | None, by_relation: bool
+def relation_named(name: str, relations: Sequence[Relation]) -> Relation | None:
+    """The relation ``Model.attribute`` among ``relations``, if there."""
+    model, _, attribute = name.partition(".")
+    return next((r for r in relations if r.model == model and r.attribute == attribute), None)
+
+
+def _chained(chain: Sequence[Relation]) -> str:
+    """The one option that loads a chain of relations, outermost first."""
+    if chain[0].orm == TORTOISE:
+        nested = "__".join(r.attribute for r in chain)
+        return f'`{chain[0].model}.all().prefetch_related("{nested}")`'
+    if len(chain) == 1:
+        return _prefetch(chain[0])
+    text = "`" + ".".join(f"selectinload({r.model}.{r.attribute})" for r in chain) + "`"
+    if all(r.kind == FORWARD for r in chain):
+        text += " (or `joinedload` at each step: one JOIN instead of one query per step)"
+    return text
+
+
+def _known(evidence: Evidence, relations: Sequence[Relation]) -> list[Relation]:
+    """The relations the loader named, described, in chain order; [] if any is unknown."""
+    found = [relation_named(name, relations) for name in evidence.relations]
+    return [r for r in found if r is not None] if all(found) else []
+
+
+def _reread(relation: Relation) -> str:
+    """Advice for a relation loaded eagerly and then queried again per row."""
+    row = relation.model.lower()
+    if relation.orm == TORTOISE:
+        return (
+            f"{relation.model}.{relation.attribute} is prefetched already by the query that "
+            f"fetched the rows, and each row queries it again: iterate the prefetched "
+            f"`{row}.{relation.attribute}` (or `{row}.{relation.attribute}.related_objects`) "
+            f"instead of calling `.all()`, `.filter()` or `.count()` on it, which run a new "
+            "query."
+        )
+    return (
+        f"{relation.model}.{relation.attribute} is loaded already by the eager load of the "
+        f"query that fetched the rows, and each row queries it again: read "
+        f"`{row}.{relation.attribute}` instead of selecting its rows anew."
+    )
+
+
+def _serialized(evidence: Evidence, chain: Sequence[Relation]) -> str:
+    endpoint = evidence.endpoint
+    if chain:
+        walked = ", then ".join(f"{r.model}.{r.attribute}" for r in chain)
+        option = _chained(chain)
+        verb = "use" if chain[0].orm == TORTOISE else "add"
+        return (
+            f"FastAPI serialized the response of `{endpoint}` after it returned, and its "
+            f"response model read {walked} for each row, one query each: {verb} {option} "
+            "to the endpoint's query, or leave the relation out of the response model."
+        )
+    return (
+        f"FastAPI serialized the response of `{endpoint}` after it returned, and its "
+        "response model read a relation for each row, one query each: load that relation "
+        "with the endpoint's query (an eager load), or leave it out of the response model."
+    )
+
+
+# The ORM operations whose calls in a loop make a finding, and what to do instead
+# (Tortoise's fetch_related is a relation loader: its advice names the relation).
+_OPERATIONS = {
+    "Session.merge": (
+        "Each `Session.merge()` loads the object it merges by primary key (and what its "
+        "cascade='merge' relationships reach) unless the session holds it already: one "
+        "SELECT per merged row here. Load the rows first with one query "
+        "(`select(Model).where(Model.id.in_(ids))`) so that merge finds them in the "
+        "session, or pass `load=False` for objects known to match the database."
+    ),
+    "Session.refresh": (
+        "Each `Session.refresh()` reloads its object with a SELECT of its own: select "
+        "the rows again in one query with `.execution_options(populate_existing=True)`, "
+        "or skip the refresh where the object is current (`expire_on_commit=False`)."
+    ),
+    "Session.delete": (
+        "Each `Session.delete()` loads the collections its cascade will delete, one "
+        "object at a time: delete the rows in one statement "
+        "(`delete(Model).where(Model.id.in_(ids))`), with `ON DELETE CASCADE` and "
+        "`passive_deletes=True` on the relationship, or load those collections with the "
+        "rows (`selectinload`)."
+    ),
+}
+_OPERATIONS["Session.merge_all"] = _OPERATIONS["Session.merge"]
+_OPERATIONS["Session.delete_all"] = _OPERATIONS["Session.delete"]
+
+
+def _matched(
+    fingerprint: str,
+    relations: Sequence[Relation],
+    orm: str | None,
+    by_relation: bool,
+    loaded: Sequence[str] = (),
 ) -> str:
     matched = [r for r in _matches(fingerprint, relations) if orm is None or r.orm == orm]
+    reread = [r for r in matched if f"{r.model}.{r.attribute}" in loaded]
+    if reread:
+        return _reread(reread[0])
     # Rows filtered by a relation's foreign key are that relation's rows, however the query
     # was written. A filter on a primary key is any lookup by id (session.get(User, id)):
     # it is a relation's only if the ORM's relation loader ran it.
@@ -168,21 +278,35 @@ def _bulk_write(fingerprint: str, orm: str | None) -> str:
     return f"One {verb.upper()} per row: write the rows together with {how}."
 
 
-def suggest(
-    kind: str,
-    fingerprint: str,
-    relations: Sequence[Relation],
-    orm: str | None = None,
-    *,
-    by_relation: bool = True,
-) -> str:
-    """One sentence saying what to change for a finding of ``kind`` on ``fingerprint``.
+def _nplusone(evidence: Evidence, relations: Sequence[Relation], orm: str | None) -> str:
+    operation = _OPERATIONS.get(evidence.orm_call)
+    if operation is not None:
+        return operation
+    chain = _known(evidence, relations)
+    if evidence.endpoint:
+        return _serialized(evidence, chain)
+    reread = [r for r in chain if f"{r.model}.{r.attribute}" in evidence.loaded]
+    if reread:
+        return _reread(reread[0])
+    if chain:
+        verb = "use" if chain[0].orm == TORTOISE else "add"
+        where = " on the query that fetched them" if verb == "use" else " to that query"
+        return (
+            f"Load {chain[-1].target} with the rows that need it: {verb} {_chained(chain)}{where}."
+        )
+    return _matched(evidence.fingerprint, relations, orm, evidence.by_relation, evidence.loaded)
 
-    A relation is named only when ``by_relation`` (the ORM's relation loader ran the
-    statements) and one of ``relations`` of ``orm`` loads this shape.
+
+def suggest(evidence: Evidence, relations: Sequence[Relation], orm: str | None = None) -> str:
+    """One sentence or two saying what to change for the finding ``evidence`` describes.
+
+    A relation is named when the ORM's loader named it, or when ``evidence.by_relation``
+    (the ORM's relation loader ran the statements) and one of ``relations`` of ``orm``
+    loads this shape.
     """
+    kind = evidence.kind
     if kind == NPLUSONE:
-        return _nplusone(fingerprint, relations, orm, by_relation)
+        return _nplusone(evidence, relations, orm)
     if kind == DUPLICATE:
         return (
             "The same query with the same parameters ran more than once in this request, "
@@ -190,7 +314,7 @@ def suggest(
             "hoist the query out of the loop)."
         )
     if kind == BULK_WRITE:
-        return _bulk_write(fingerprint, orm)
+        return _bulk_write(evidence.fingerprint, orm)
     if kind == SLOW_QUERY:
         return (
             "Look at its plan (EXPLAIN ANALYZE): an index on the filtered or joined "

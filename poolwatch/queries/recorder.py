@@ -17,11 +17,12 @@ from poolwatch.context import NO_ROUTE, WorkScope, nplusone_allowed
 from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
 from poolwatch.exposition.metrics import Metrics
-from poolwatch.queries.callsite import CallSiteFinder
+from poolwatch.queries.callsite import CallSiteFinder, Trace, function_site
 from poolwatch.queries.detect import (
     Policy,
     ScopeQueries,
     Suggest,
+    Targets,
     detect,
     late_finding,
     slow_finding,
@@ -32,21 +33,24 @@ from poolwatch.queries.fingerprint import DIALECTS, END, READ, WRITE, SqlShape, 
 __all__ = ["TRANSACTION_END", "UNKNOWN_SITE", "QueryRecorder", "add_sink", "remove_sink"]
 
 UNKNOWN_SITE = "unknown"
-_UNKNOWN = (UNKNOWN_SITE, UNKNOWN_SITE, False, UNKNOWN_SITE)
+_UNKNOWN = Trace(UNKNOWN_SITE, UNKNOWN_SITE, False, UNKNOWN_SITE)
+_MAX_ENDPOINTS = 4096
 _JUDGED = frozenset({READ, WRITE})  # what detection groups: the app's reads and writes
 TRANSACTION_END = "END"
 """The operation of the event a capture gets for a COMMIT or ROLLBACK (never listed)."""
 
-# The open testing.capture() blocks: each sees every statement while it is open.
-_sinks: list[Callable[[QueryEvent], None]] = []
+# The open testing.capture() blocks: each sees every statement while it is open, with the
+# frame of the ORM operation that ran it (see ScopeQueries.add), if one did.
+Sink = Callable[[QueryEvent, object], None]
+_sinks: list[Sink] = []
 
 
-def add_sink(sink: Callable[[QueryEvent], None]) -> None:
+def add_sink(sink: Sink) -> None:
     """Hand every recorded statement to ``sink`` (for :func:`poolwatch.testing.capture`)."""
     _sinks.append(sink)
 
 
-def remove_sink(sink: Callable[[QueryEvent], None]) -> None:
+def remove_sink(sink: Sink) -> None:
     """Undo :func:`add_sink`."""
     if sink in _sinks:
         _sinks.remove(sink)
@@ -95,7 +99,13 @@ def identity(sql: str, params: Any, pool: str = "", origin: str = "") -> int:
 class QueryRecorder:
     """Statements in, findings out, for one PoolWatch."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, suggest: Suggest) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        suggest: Suggest,
+        targets: Targets | None = None,
+    ) -> None:
         self.mode = settings.nplusone_mode
         self.enabled = self.mode != "off"
         self.policy = Policy(
@@ -112,7 +122,10 @@ class QueryRecorder:
         self._logger = FindingsLogger(settings.findings_log_interval)
         self._metrics = metrics
         self._suggest = suggest
+        self._targets = targets
         self._route_children: dict[str, tuple[Any, Any, Any]] = {}
+        # endpoint function -> its "file:line in function", for serialization's findings
+        self._endpoints: dict[Any, str] = {}
         self._shapers: dict[str, Callable[[str], SqlShape]] = {d: shaper(d) for d in DIALECTS}
         self._generic = shaper()
 
@@ -150,7 +163,11 @@ class QueryRecorder:
         else:
             operation = sql_shape.operation
         # Skip find_path, record and PoolObserver.query: they are always there.
-        site, path, by_relation, origin = self.finder.find_path(3) or _UNKNOWN
+        trace = self.finder.find_path(3) or _UNKNOWN
+        site, path, by_relation, origin, relation, call, serialized = trace
+        if serialized:  # the response's serialization: the endpoint is the place
+            site = path = self._endpoint_site(work)
+            origin = site
         # tuple.__new__ directly: the NamedTuple constructor is one more Python call.
         event: QueryEvent = tuple.__new__(
             QueryEvent,
@@ -166,25 +183,43 @@ class QueryRecorder:
                 identity(sql, params, pool, origin) if role == READ else None,
                 path,
                 by_relation,
+                relation,
+                "" if call is None else trace.operation_name,
+                serialized,
             ),
         )
         if grouping and work is not None:
-            grouped = work.grouped
-            if grouped is None:
-                grouped = work.grouped = ScopeQueries()
-            added = grouped.add(event)
-            if work.closed and added is not None and self.enabled:
-                late = late_finding(
-                    grouped, added, self.policy, event.route, self._suggest, method=work.method
-                )
-                if late is not None:
-                    self._report([late], grouped)
+            self._group(work, event, call)
         if self.enabled and seconds >= self.slow_threshold:
             self._report_slow(event, "" if work is None else work.method)
         if _sinks:
             for sink in tuple(_sinks):
-                sink(event)
+                sink(event, call)
         return path or site
+
+    def _group(self, work: WorkScope, event: QueryEvent, call: object) -> None:
+        grouped = work.grouped
+        if grouped is None:
+            grouped = work.grouped = ScopeQueries()
+        added = grouped.add(event, call)
+        if work.closed and added is not None and self.enabled:
+            late = late_finding(
+                grouped, added, self.policy, event.route, self._suggest, method=work.method
+            )
+            if late is not None:
+                self._report([late], grouped)
+
+    def _endpoint_site(self, work: WorkScope | None) -> str:
+        """``file:line in function`` of the request's endpoint, or "unknown"."""
+        endpoint = None if work is None else work.endpoint
+        if endpoint is None:
+            return UNKNOWN_SITE
+        site = self._endpoints.get(endpoint)
+        if site is None:
+            if len(self._endpoints) >= _MAX_ENDPOINTS:
+                self._endpoints.clear()
+            site = self._endpoints[endpoint] = function_site(endpoint) or UNKNOWN_SITE
+        return site
 
     def transaction_ended(self, work: WorkScope | None, pool: str) -> None:
         """A COMMIT or ROLLBACK on ``pool``: reads after it repeat none before it."""
@@ -194,7 +229,7 @@ class QueryRecorder:
             route = NO_ROUTE if work is None else work.route
             event = QueryEvent("", TRANSACTION_END, "", 0.0, False, pool, route, 0, None)
             for sink in tuple(_sinks):
-                sink(event)
+                sink(event, None)
 
     # -- per scope ---------------------------------------------------------------------
 
@@ -208,7 +243,9 @@ class QueryRecorder:
         grouped = work.grouped
         if grouped is None:
             return []
-        findings = detect(grouped, self.policy, route, self._suggest, work.method)
+        findings = detect(
+            grouped, self.policy, route, self._suggest, work.method, targets=self._targets
+        )
         if findings:
             self._report(findings, grouped)
             if self.mode == "raise" and any(f.kind in (NPLUSONE, DUPLICATE) for f in findings):

@@ -103,6 +103,10 @@ class Expect:
     """Text the finding's suggestion must contain."""
     loop: str = ""
     """A marker whose line must be in the finding's call path: the loop above the site."""
+    relations: tuple[str, ...] | None = None
+    """The relations the finding must name, a chain outermost first (if given)."""
+    callers: tuple[str, ...] = ()
+    """Markers of every call path the finding must list as its callers."""
 
 
 def nplusone(marker: str, count: int, hint: str = "") -> Expect:
@@ -208,7 +212,15 @@ CASES = [
     Case(
         "duplicate-same-params",
         "/duplicate/same-params",
-        (Expect(DUPLICATE, ("duplicate first", "duplicate second"), 2, "reuse it"),),
+        (
+            Expect(
+                DUPLICATE,
+                ("duplicate first", "duplicate second"),
+                2,
+                "reuse it",
+                callers=("duplicate first", "duplicate second"),
+            ),
+        ),
         queries=2,
     ),
     Case("same-sql-different-values", "/duplicate/different-values", queries=2),
@@ -217,6 +229,68 @@ CASES = [
     Case("exists-insert-exists", "/real/exists-insert-exists", method="POST", queries=3),
     Case("read-commit-read", "/real/read-commit-read", queries=2),
     Case("merge-graph", "/real/merge-graph", method="POST"),
+    # -- loads an ORM operation makes by design: one call's cost, never the app's loop
+    Case("one-merge-loading-six", "/real/merge-strangers", method="POST"),
+    Case(
+        "merge-per-row",
+        "/real/merge-per-row",
+        (nplusone("N+1 merge per row", 6, "load=False"),),
+        method="POST",
+        queries=6,
+    ),
+    Case(
+        "refresh-per-row",
+        "/real/refresh-per-row",
+        (nplusone("N+1 refresh per row", 6, "populate_existing=True"),),
+        queries=7,
+    ),
+    Case(
+        "a-chain-of-relations-from-one-line",
+        "/real/chain-in-one-line",
+        (
+            Expect(
+                NPLUSONE,
+                ("N+1 chain",),
+                18,
+                "selectinload(Author.books).selectinload(Book.publisher)",
+                relations=("Author.books", "Book.publisher"),
+            ),
+        ),
+        flavors=(SYNC,),  # an async session never loads lazily
+        queries=19,
+    ),
+    # -- response models over relations, read while FastAPI serializes: the endpoint's
+    Case(
+        "serialized-relation",
+        "/serialize/authors",
+        (
+            Expect(
+                NPLUSONE,
+                ("N+1 serialized books",),
+                6,
+                "selectinload(Author.books)",
+                relations=("Author.books",),
+            ),
+        ),
+        flavors=(SYNC,),
+        queries=7,
+    ),
+    Case(
+        "serialized-chain",
+        "/serialize/authors-publishers",
+        (
+            Expect(
+                NPLUSONE,
+                ("N+1 serialized chain",),
+                18,
+                "selectinload(Author.books).selectinload(Book.publisher)",
+                relations=("Author.books", "Book.publisher"),
+            ),
+        ),
+        flavors=(SYNC,),
+        queries=19,
+    ),
+    Case("serialized-with-its-loads", "/serialize/clean", flavors=(SYNC,), queries=3),
     Case(
         "service-loop-over-a-repository-helper",
         "/real/service-loop",
@@ -384,6 +458,10 @@ def assert_findings(found: list[dict[str, Any]], case: Case, flavor: str, report
         (match,) = matches
         assert match["count"] == expect.count, message
         assert expect.hint in match["suggestion"], f"{match['suggestion']!r}\n{message}"
+        if expect.relations is not None:
+            assert tuple(match["relations"]) == expect.relations, message
+        callers = [call_site(module, marker) for marker in expect.callers]
+        assert [path.rpartition(" -> ")[2] for path in match["callers"]] == callers, message
         if expect.loop:
             loop = call_site(module, expect.loop)
             assert loop in match["call_path"].split(" -> "), f"{loop} not in the path\n{message}"

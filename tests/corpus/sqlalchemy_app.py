@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, HTTPException, Request
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker, subqueryload
 
@@ -379,3 +380,84 @@ def merge_graph(session: SessionDep) -> dict[str, int]:
     merged = session.merge(Author(id=1, name="author-1", books=books))
     session.rollback()
     return {"books": len(books), "merged": int(merged is not None)}
+
+
+@router.post("/real/merge-strangers")
+def merge_strangers(session: SessionDep) -> dict[str, int]:
+    # One merge of an author with six books of other authors: merge loads each book by
+    # primary key, six loads by design of one call, no loop of the app's.
+    books = [Book(id=i, title=f"book-{i}", author_id=1, publisher_id=i) for i in range(3, 9)]
+    session.merge(Author(id=1, name="author-1", books=books))
+    session.rollback()
+    return {"books": len(books)}
+
+
+@router.post("/real/merge-per-row")
+def merge_per_row(session: SessionDep) -> dict[str, int]:
+    # Detached rows (from a request body, a cache) merged one by one: a load each.
+    rows = [Author(id=i, name=f"author-{i}") for i in range(1, AUTHORS + 1)]
+    merged = [session.merge(row) for row in rows]  # N+1 merge per row
+    session.rollback()
+    return {"merged": len(merged)}
+
+
+@router.get("/real/refresh-per-row")
+def refresh_per_row(session: SessionDep) -> list[str]:
+    authors = all_authors(session)
+    session.expire_all()
+    for author in authors:
+        session.refresh(author)  # N+1 refresh per row
+    return [author.name for author in authors]
+
+
+@router.get("/real/chain-in-one-line")
+def chain_in_one_line(session: SessionDep) -> dict[str, list[str]]:
+    # Each author's books, then each book's publisher: two loops down one chain of
+    # relations, from one line.
+    authors = all_authors(session)
+    return {a.name: [b.publisher.name for b in a.books] for a in authors}  # N+1 chain
+
+
+# -- response models over relations: FastAPI serializes after the endpoint returns -------
+
+
+class PublisherOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+
+
+class BookOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    title: str
+
+
+class BookWithPublisherOut(BookOut):
+    publisher: PublisherOut
+
+
+class AuthorOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    books: list[BookOut]
+
+
+class AuthorWithPublishersOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    books: list[BookWithPublisherOut]
+
+
+@router.get("/serialize/authors", response_model=list[AuthorOut])
+def serialize_authors(session: SessionDep) -> list[Author]:  # N+1 serialized books
+    return all_authors(session)
+
+
+@router.get("/serialize/authors-publishers", response_model=list[AuthorWithPublishersOut])
+def serialize_authors_publishers(session: SessionDep) -> list[Author]:  # N+1 serialized chain
+    return all_authors(session)
+
+
+@router.get("/serialize/clean", response_model=list[AuthorWithPublishersOut])
+def serialize_clean(session: SessionDep) -> list[Author]:
+    query = select(Author).options(selectinload(Author.books).selectinload(Book.publisher))
+    return list(session.scalars(query.order_by(Author.id)))

@@ -408,3 +408,31 @@ async def merge_graph(session: SessionDep) -> dict[str, int]:
     merged = await session.merge(Author(id=1, name="author-1", books=books))
     await session.rollback()
     return {"books": len(books), "merged": int(merged is not None)}
+
+
+@router.post("/real/merge-strangers")
+async def merge_strangers(session: SessionDep) -> dict[str, int]:
+    # One merge of an author with six books of other authors: merge loads each book by
+    # primary key, six loads by design of one call, no loop of the app's.
+    books = [Book(id=i, title=f"book-{i}", author_id=1, publisher_id=i) for i in range(3, 9)]
+    await session.merge(Author(id=1, name="author-1", books=books))
+    await session.rollback()
+    return {"books": len(books)}
+
+
+@router.post("/real/merge-per-row")
+async def merge_per_row(session: SessionDep) -> dict[str, int]:
+    # Detached rows (from a request body, a cache) merged one by one: a load each.
+    rows = [Author(id=i, name=f"author-{i}") for i in range(1, AUTHORS + 1)]
+    merged = [await session.merge(row) for row in rows]  # N+1 merge per row
+    await session.rollback()
+    return {"merged": len(merged)}
+
+
+@router.get("/real/refresh-per-row")
+async def refresh_per_row(session: SessionDep) -> list[str]:
+    authors = await all_authors(session)
+    session.expire_all()
+    for author in authors:
+        await session.refresh(author)  # N+1 refresh per row
+    return [author.name for author in authors]

@@ -5,11 +5,18 @@ from __future__ import annotations
 import pytest
 
 from poolwatch import Finding, QueryEvent
-from poolwatch.queries.detect import MAX_GROUPS, Policy, ScopeQueries, detect, late_finding
+from poolwatch.queries.detect import (
+    MAX_GROUPS,
+    Evidence,
+    Policy,
+    ScopeQueries,
+    detect,
+    late_finding,
+)
 
 
-def suggest(kind: str, fingerprint: str, pool: str, by_relation: bool = False) -> str:
-    return f"fix {kind}"
+def suggest(evidence: Evidence) -> str:
+    return f"fix {evidence.kind}"
 
 
 def event(
@@ -224,8 +231,8 @@ def test_allow_call_sites_match_any_line_of_the_path() -> None:
 def test_a_relation_loader_is_passed_to_the_suggestion() -> None:
     seen: list[bool] = []
 
-    def record(kind: str, fingerprint: str, pool: str, by_relation: bool) -> str:
-        seen.append(by_relation)
+    def record(evidence: Evidence) -> str:
+        seen.append(evidence.by_relation)
         return ""
 
     queries = ScopeQueries()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from poolwatch.queries.detect import Evidence
 from poolwatch.queries.fingerprint import fingerprint
 from poolwatch.queries.hints import (
     FORWARD,
@@ -13,6 +14,18 @@ from poolwatch.queries.hints import (
     filtered_column,
     suggest,
 )
+
+
+def advise(
+    kind: str,
+    sql: str,
+    relations: list[Relation],
+    orm: str | None = None,
+    *,
+    by_relation: bool = True,
+) -> str:
+    return suggest(Evidence(kind, sql, "main", by_relation=by_relation), relations, orm)
+
 
 TORTOISE = [
     Relation("tortoise", "Author", "books", "book", "author_id", REVERSE, "Book"),
@@ -45,15 +58,15 @@ def test_filtered_column(sql: str, expected: tuple[str, str] | None) -> None:
 
 
 def test_tortoise_reverse_and_forward_relations_are_named() -> None:
-    reverse = suggest(
+    reverse = advise(
         "nplusone", fingerprint('SELECT "id" FROM "book" WHERE "author_id"=?'), TORTOISE
     )
     assert 'Author.all().prefetch_related("books")' in reverse
-    forward = suggest(
+    forward = advise(
         "nplusone", fingerprint('SELECT "id" FROM "author" WHERE "id"=? LIMIT ?'), TORTOISE
     )
     assert 'Book.all().prefetch_related("author")' in forward
-    m2m = suggest(
+    m2m = advise(
         "nplusone",
         fingerprint(
             'SELECT "tag"."id" FROM "tag" JOIN "book_tag" ON x WHERE "book_tag"."book_id"=?'
@@ -64,21 +77,21 @@ def test_tortoise_reverse_and_forward_relations_are_named() -> None:
 
 
 def test_sqlalchemy_relations_name_the_loader_option() -> None:
-    reverse = suggest(
+    reverse = advise(
         "nplusone", fingerprint("SELECT books.id FROM books WHERE ? = books.author_id"), SQLALCHEMY
     )
     assert "selectinload(Author.books)" in reverse
-    forward = suggest(
+    forward = advise(
         "nplusone", fingerprint("SELECT authors.id FROM authors WHERE authors.id = ?"), SQLALCHEMY
     )
     assert "joinedload(Book.author)" in forward
 
 
 def test_unknown_tables_get_the_generic_hint_of_the_orm_that_ran_them() -> None:
-    tortoise = suggest("nplusone", "select ... from audit where x = ?", [], "tortoise")
+    tortoise = advise("nplusone", "select ... from audit where x = ?", [], "tortoise")
     assert "prefetch_related" in tortoise
     assert "selectinload" not in tortoise
-    sqlalchemy = suggest("nplusone", "select ... from audit where x = ?", [], "sqlalchemy")
+    sqlalchemy = advise("nplusone", "select ... from audit where x = ?", [], "sqlalchemy")
     assert "selectinload" in sqlalchemy
     assert "prefetch_related" not in sqlalchemy
     assert "Tortoise" not in sqlalchemy
@@ -86,15 +99,15 @@ def test_unknown_tables_get_the_generic_hint_of_the_orm_that_ran_them() -> None:
 
 def test_a_relation_of_another_orm_is_never_named() -> None:
     sql = fingerprint('SELECT "id" FROM "book" WHERE "author_id"=?')
-    assert "Author.books" not in suggest("nplusone", sql, TORTOISE, "sqlalchemy")
+    assert "Author.books" not in advise("nplusone", sql, TORTOISE, "sqlalchemy")
 
 
 def test_other_kinds() -> None:
-    assert "bulk_create" in suggest(
+    assert "bulk_create" in advise(
         "bulk_write", "insert into book (title) values (?)", [], "tortoise"
     )
-    assert "add_all" in suggest(
+    assert "add_all" in advise(
         "bulk_write", "insert into books (title) values (?)", [], "sqlalchemy"
     )
-    assert "reuse" in suggest("duplicate", "select 1", [])
-    assert "EXPLAIN" in suggest("slow_query", "select 1", [])
+    assert "reuse" in advise("duplicate", "select 1", [])
+    assert "EXPLAIN" in advise("slow_query", "select 1", [])

@@ -1,13 +1,22 @@
 """SQLAlchemy's ORM relationships, described for fix suggestions
-(see :mod:`poolwatch.queries.hints`)."""
+(see :mod:`poolwatch.queries.hints`), and the relation a lazy load loads."""
 
 from __future__ import annotations
 
+from types import FrameType
 from typing import Any
 
 from poolwatch.queries.hints import FORWARD, MANY_TO_MANY, REVERSE, SQLALCHEMY, Relation
 
-__all__ = ["sqlalchemy_relations"]
+__all__ = ["LAZY_LOADER_MODULE", "lazy_loaded_relation", "sqlalchemy_relations"]
+
+LAZY_LOADER_MODULE = "sqlalchemy.orm.strategies"
+"""The module of the lazy loader frames :func:`lazy_loaded_relation` names."""
+
+# id(loader strategy) -> (strategy, "Model.attribute" or ""): one per relationship, for
+# the process's life (mappers live as long).
+_names: dict[int, tuple[Any, str]] = {}
+_MAX_NAMES = 4096
 
 _KINDS = {"MANYTOONE": FORWARD, "ONETOMANY": REVERSE, "MANYTOMANY": MANY_TO_MANY}
 
@@ -53,3 +62,24 @@ def _describe(relationship: Any) -> Relation | None:
         _KINDS.get(relationship.direction.name, REVERSE),
         relationship.mapper.class_.__name__,
     )
+
+
+def lazy_loaded_relation(frame: FrameType) -> str | None:
+    """``Article.author``: the relationship a lazy loader frame loads (its
+    ``LazyLoader._load_for_state`` or ``_emit_lazyload``); ``None`` for a deferred
+    column's load, which names no relationship.
+
+    The strategy is the frame's ``self``; its ``parent_property`` is the relationship.
+    """
+    strategy = frame.f_locals.get("self")
+    known = _names.get(id(strategy))
+    if known is not None and known[0] is strategy:
+        return known[1] or None
+    prop = getattr(strategy, "parent_property", None)
+    name = ""
+    if prop is not None and hasattr(prop, "direction"):  # a relationship, not a column
+        name = f"{prop.parent.class_.__name__}.{prop.key}"
+    if len(_names) >= _MAX_NAMES:
+        _names.clear()
+    _names[id(strategy)] = (strategy, name)
+    return name or None
