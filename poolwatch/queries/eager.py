@@ -32,6 +32,7 @@ __all__ = [
     "EagerLoad",
     "ScopeEagerLoads",
     "advice",
+    "example_advice",
     "unused_findings",
 ]
 
@@ -166,6 +167,16 @@ def advice(load: EagerLoad) -> str:
     elif load.loader == "select_related" and not load.part:
         fix = f'remove "{load.attribute}" from `select_related(...)`'
     return f"Nothing read {load.relation}, which {what} loaded ({cost}): {fix}."
+
+
+def example_advice(kind: str, fingerprint: str, relations: object, orm: str) -> str:
+    """:func:`advice` for one example load per ORM (``Post.comments``), called as the
+    reference calls every kind's advice (``kind``, ``fingerprint``, ``relations`` unused)."""
+    if orm == SQLALCHEMY:
+        option, loader = "selectinload(Post.comments)", "selectinload"
+    else:
+        option, loader = 'prefetch_related("comments")', "prefetch_related"
+    return advice(EagerLoad("Post.comments", option, loader, orm, "", ""))
 
 
 def unused_findings(
