@@ -112,7 +112,8 @@ def test_the_advice_is_worded_per_orm_and_loader() -> None:
     joined = advice(
         _load("Article.author", loader="joinedload", option="joinedload(Article.author)")
     )
-    assert "a wider join" in joined and "raiseload(Article.author)" in joined
+    assert "a wider join" in joined
+    assert "raiseload(Article.author)" in joined
     prefetch = advice(
         _load(
             "Author.posts",
@@ -160,4 +161,5 @@ def test_a_scope_tracks_a_bounded_number_of_loads_and_releases_once() -> None:
     scope.release()
     scope.release()
     assert undone == ["x"]
-    assert scope.by_token == {} and scope.holds == []
+    assert scope.by_token == {}
+    assert scope.holds == []

@@ -75,38 +75,40 @@ def eager_parts(statement: Any) -> list[tuple[object, list[Part]]]:
         return []
     found: list[tuple[object, list[Part]]] = []
     for option in options:
-        elements = getattr(option, "context", None)
-        if not elements:
-            continue
-        parts: list[Part] = []
-        written: list[str] = []
-        for element in elements:
-            strategy = getattr(element, "strategy", None)
-            path = getattr(element, "path", None)
-            if not strategy or path is None or len(path) < 3:
-                written.append("")
-                continue
-            loader = EAGER_LOADERS.get(dict(strategy).get("lazy", ""))
-            local = getattr(element, "local_opts", None) or {}
-            prop, parent = path[-2], path[-3]
-            key = getattr(prop, "key", None)
-            cls = getattr(parent, "class_", None)
-            if loader is None or "eager_from_alias" in local or not key or cls is None:
-                written.append(f"defaultload({cls.__name__ if cls else '?'}.{key})")
-                continue
-            text = f"{loader}({cls.__name__}.{key})"
-            before = ".".join(w for w in written if w)
-            parts.append((cls, key, loader, "", f".{text}" if written else "", before))
-            written.append(text)
+        parts = option_parts(option)
         if parts:
-            whole = ".".join(w for w in written if w)
-            found.append(
-                (
-                    option,
-                    [(c, k, loader, whole, part, keep) for c, k, loader, _, part, keep in parts],
-                )
-            )
+            found.append((option, parts))
     return found
+
+
+def option_parts(option: Any) -> list[Part]:
+    """The eager parts of one loader option (a ``Load``), read from its ``context`` of
+    ``_LoadElement`` s: each element's ``path`` and ``strategy`` (the one reader)."""
+    elements = getattr(option, "context", None)
+    if not elements:
+        return []
+    parts: list[Part] = []
+    written: list[str] = []
+    for element in elements:
+        strategy = getattr(element, "strategy", None)
+        path = getattr(element, "path", None)
+        if not strategy or path is None or len(path) < 3:
+            written.append("")
+            continue
+        loader = EAGER_LOADERS.get(dict(strategy).get("lazy", ""))
+        local = getattr(element, "local_opts", None) or {}
+        prop, parent = path[-2], path[-3]
+        key = getattr(prop, "key", None)
+        cls = getattr(parent, "class_", None)
+        if loader is None or "eager_from_alias" in local or not key or cls is None:
+            written.append(f"defaultload({cls.__name__ if cls else '?'}.{key})")
+            continue
+        text = f"{loader}({cls.__name__}.{key})"
+        before = ".".join(w for w in written if w)
+        parts.append((cls, key, loader, "", f".{text}" if written else "", before))
+        written.append(text)
+    whole = ".".join(w for w in written if w)
+    return [(c, k, loader, whole, part, keep) for c, k, loader, _, part, keep in parts]
 
 
 class _WatchedAttribute(InstrumentedAttribute[Any]):
@@ -133,8 +135,9 @@ def _note(loads: ScopeEagerLoads, key: str | None, instance: object, *, read: bo
         by_token = loads.by_token
         if not by_token:
             return
-        for option in instance_state(instance).load_options:
-            tracked = by_token.get(id(option))
+        state = instance_state(instance)
+        for option in state.load_options:
+            tracked = by_token.get(_token(loads, state.session_id, option))
             if tracked is None:
                 continue
             for load in tracked:
@@ -147,6 +150,19 @@ def _note(loads: ScopeEagerLoads, key: str | None, instance: object, *, read: bo
                     load.loaded += 1
     except Exception as exc:
         _report(exc)
+
+
+def _token(loads: ScopeEagerLoads, session_id: object, option: object) -> int:
+    """Which tracked loads rows carrying ``option`` belong to: the option's shape in that
+    session. Not the option object itself: on a cached statement SQLAlchemy gives the rows
+    the options of the statement first compiled, not those of the one executed."""
+    shapes: dict[int, tuple[Any, ...]] = loads.adapter.setdefault("sqlalchemy.shapes", {})
+    shape = shapes.get(id(option))
+    if shape is None:
+        shape = tuple((id(c), k, loader) for c, k, loader, *_ in option_parts(option))
+        shapes[id(option)] = shape
+        loads.holds.append(option)  # its id stays its own while the scope lasts
+    return hash((session_id, shape))
 
 
 def _report(exc: Exception, watch: EagerWatch | None = None) -> None:
@@ -254,7 +270,7 @@ class EagerHooks:
                 if loads.add(load):
                     made.append(load)
             if made:
-                loads.bind(id(option), made, option)
+                loads.bind(_token(loads, state.session.hash_key, option), made)
         self._listen(state.session, loads)
 
     # -- the rows ----------------------------------------------------------------------
