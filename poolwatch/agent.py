@@ -40,6 +40,7 @@ from poolwatch.pools.observer import PoolObserver
 from poolwatch.pools.registry import PoolRegistry
 from poolwatch.queries.callsite import register_relation_namer
 from poolwatch.queries.detect import Evidence
+from poolwatch.queries.eagerwatch import EagerWatch
 from poolwatch.queries.recorder import QueryRecorder
 from poolwatch.queries.suggestions import register_pool, relation_target, suggestion
 from poolwatch.safety import FaultReporter
@@ -137,6 +138,10 @@ class PoolWatch:
             ) from exc
         self.faults = FaultReporter(self.metrics.count_internal_error)
         self.recorder = QueryRecorder(self.settings, self.metrics, self._suggest, self._target)
+        # What the adapters' eager-load hooks ask: is this scope judged, from where.
+        self._eager = EagerWatch(
+            lambda: self.recorder.active, self.recorder.finder.find_path, self.faults
+        )
         self.guards = Guards(
             self.settings,
             self.metrics,
@@ -434,7 +439,12 @@ class PoolWatch:
             return tags.setdefault(name, new_tag())
 
         instrumentation = TortoiseInstrumentation(
-            self.pool_events, on_client, gate_for, tag_for=tag_for, automatic=automatic
+            self.pool_events,
+            on_client,
+            gate_for,
+            tag_for=tag_for,
+            automatic=automatic,
+            eager=self._eager,
         )
 
         def on_yield() -> None:  # an explicit instrumentation took over: stop reading
@@ -509,7 +519,11 @@ class PoolWatch:
             return  # this very engine, instrumented so already: nothing to add
         existed = pool in self._observers
         instrumentation = SQLAlchemyInstrumentation(
-            engine, self.pool_events(pool), self.faults, automatic=automatic
+            engine,
+            self.pool_events(pool),
+            self.faults,
+            automatic=automatic,
+            eager=self._eager.for_pool(pool),
         )
         # An explicit instrumentation of this engine took over: the name is free.
         instrumentation.on_yield = functools.partial(

@@ -18,6 +18,7 @@ from poolwatch.errors import NPlusOneError
 
 if TYPE_CHECKING:
     from poolwatch.queries.detect import ScopeQueries
+    from poolwatch.queries.eager import ScopeEagerLoads
 
 __all__ = [
     "NO_ROUTE",
@@ -49,6 +50,7 @@ class WorkScope:
         "_route",
         "_templates",
         "closed",
+        "eager",
         "grouped",
         "method",
         "owner",
@@ -75,6 +77,9 @@ class WorkScope:
         self.owner = owner
         # Its statements grouped for N+1 detection, made on the first one recorded.
         self.grouped: ScopeQueries | None = None
+        # Its eager loads (unused_eager_load), made by an adapter on the first one seen
+        # while the scope is judged; released once every listener has judged it.
+        self.eager: ScopeEagerLoads | None = None
         # Set once the scope has been judged; statements arriving later (from a task that
         # outlived its request) are judged one group at a time.
         self.closed = False
@@ -152,6 +157,9 @@ def close(work: WorkScope, *, raise_findings: bool) -> None:
         except NPlusOneError as exc:
             error = error or exc
     work.closed = True
+    eager, work.eager = work.eager, None
+    if eager is not None:  # its watched relations and listeners come off now
+        eager.release()
     if error is not None and raise_findings:
         raise error
 

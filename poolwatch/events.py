@@ -197,7 +197,9 @@ class Finding:
 
     ``kind`` is ``"nplusone"`` (one query per row of an earlier result), ``"duplicate"``
     (the very same query and parameters again), ``"slow_query"``, ``"bulk_write"``
-    (one INSERT/UPDATE/DELETE per row where one batched statement would do) or
+    (one INSERT/UPDATE/DELETE per row where one batched statement would do),
+    ``"unused_eager_load"`` (an eager load of ``relations`` that nothing read, ``count``
+    times; ``fingerprint`` is the query's, ``call_path`` where the app issued it) or
     ``"held_idle"`` (one checkout held ``held`` seconds, ``duration`` of them running no
     statement; the longest gap was after ``before`` and until ``call_path``, either of
     them empty for the checkout or the release; ``transaction``: inside one).
@@ -251,6 +253,11 @@ class Finding:
                 f"{' inside a transaction' if self.transaction else ''}, longest between "
                 f"{self.before or 'the checkout'} and {self.path or 'the release'}. "
                 f"{self.suggestion}"
+            )
+        if self.kind == UNUSED_EAGER_LOAD:
+            return (
+                f"unused_eager_load on {self.where}: {', '.join(self.relations)} loaded "
+                f"{self.count} x and never read, at {self.path}. {self.suggestion}"
             )
         if len(self.relations) > 1 and self.kind == NPLUSONE:  # one loop down a chain
             what = (

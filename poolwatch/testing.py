@@ -31,8 +31,9 @@ from types import TracebackType
 from poolwatch import context
 from poolwatch.context import WorkScope, current_scope, nplusone_allowed
 from poolwatch.errors import NPlusOneError
-from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
+from poolwatch.events import DUPLICATE, NPLUSONE, UNUSED_EAGER_LOAD, Finding, QueryEvent
 from poolwatch.queries.detect import DATA_OPERATIONS, Policy, ScopeQueries, detect, slow_finding
+from poolwatch.queries.eagerwatch import eager_findings, note_eager_loads
 from poolwatch.queries.recorder import (
     TRANSACTION_END,
     add_finding_sink,
@@ -51,8 +52,9 @@ class Capture:
     Attributes:
         queries: every data statement (SELECT, INSERT, UPDATE, DELETE) in order; BEGIN,
             COMMIT and other bookkeeping are left out, so counts agree across drivers.
-        findings: N+1, duplicate, bulk-write and slow-query findings, filled as each
-            request ends and completed when the block ends.
+        findings: N+1, duplicate, bulk-write, slow-query, held-idle and unused eager
+            load findings, filled as each request ends and completed when the block ends.
+            Eager loads are tracked inside requests and ``poolwatch.scope`` blocks only.
     """
 
     def __init__(
@@ -97,6 +99,11 @@ class Capture:
     def duplicates(self) -> list[Finding]:
         """The duplicate-query findings."""
         return [f for f in self.findings if f.kind == DUPLICATE]
+
+    @property
+    def unused_eager_loads(self) -> list[Finding]:
+        """The unused eager load findings (an option whose relation nothing read)."""
+        return [f for f in self.findings if f.kind == UNUSED_EAGER_LOAD]
 
     def report(self) -> str:
         """The statements and findings, one per line, for an assertion message."""
@@ -180,6 +187,7 @@ class Capture:
     def _on_scope_closed(self, work: WorkScope) -> None:
         if work is self._ambient or work.grouped is None:
             return
+        note_eager_loads(work)
         found = detect(
             work.grouped,
             self.policy,
@@ -188,6 +196,7 @@ class Capture:
             work.method,
             targets=relation_target,
         )
+        found += eager_findings(work, self.policy.allows)
         with self._lock:
             self.findings.extend(found)
 

@@ -75,6 +75,7 @@ PURE = frozenset(
         "poolwatch.queries.fingerprint",
         "poolwatch.queries.callsite",
         "poolwatch.queries.detect",
+        "poolwatch.queries.eager",
         "poolwatch.queries.findings",
         "poolwatch.queries.hints",
         "poolwatch.queries.kinds",

@@ -44,8 +44,8 @@ QUERIES_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 # The parts of poolwatch that count their own faults (the ``component`` label).
 COMPONENTS = (
-    "autosize", "budget", "collector", "detection", "exposition", "hints", "leaks",
-    "lifespan", "middleware", "pool", "query", "scope", "sqlalchemy", "tracing",
+    "autosize", "budget", "collector", "detection", "eager_loads", "exposition", "hints",
+    "leaks", "lifespan", "middleware", "pool", "query", "scope", "sqlalchemy", "tracing",
 )  # fmt: skip
 
 
@@ -142,6 +142,12 @@ class Metrics:
         self.duplicate_queries = Counter(
             "poolwatch_duplicate_queries",
             "Requests (or scopes) that ran one statement with the same parameters twice.",
+            ["route"],
+            registry=registry,
+        )
+        self.unused_eager_loads = Counter(
+            "poolwatch_unused_eager_loads",
+            "Requests (or scopes) with at least one eager load whose relation nothing read.",
             ["route"],
             registry=registry,
         )

@@ -198,9 +198,9 @@ class ScopeQueries:
 
     def __init__(self) -> None:
         self.groups: dict[_Key, _Group] = {}
-        # Relations the scope's queries loaded eagerly (Model.attribute): advice never
-        # asks for a loader that is there already.
-        self.loaded: set[str] = set()
+        # Relations the scope's queries loaded eagerly (Model.attribute) -> the call paths
+        # of those queries: advice never asks for a loader that is there already.
+        self.loaded: dict[str, set[str]] = {}
         # identity -> the first event with it; identity -> counts, once it repeats
         self.first: dict[int, QueryEvent] = {}
         self.repeats: dict[int, _Repeat] = {}
@@ -301,11 +301,15 @@ def _finding(
     *,
     method: str,
     suggest: Suggest,
-    loaded: tuple[str, ...],
+    loaded: dict[str, set[str]],
 ) -> Finding:
     """One finding from one group, or from the groups of one chain of relations."""
     (fingerprint, call_path, pool), head = links[0]
     relations = tuple(group.relation for _, group in links if group.relation)
+    # A relation loaded eagerly by a query elsewhere, and queried again here; loaded only
+    # here, the statements are the eager load itself (a prefetch run per row).
+    paths = {path for (_, path, _), _ in links}
+    elsewhere = tuple(sorted(name for name, where in loaded.items() if where - paths))
     evidence = Evidence(
         kind,
         fingerprint,
@@ -314,7 +318,7 @@ def _finding(
         relations=relations,
         orm_call=head.orm_call,
         endpoint=_endpoint(head),
-        loaded=loaded,
+        loaded=elsewhere,
     )
     return Finding(
         kind=kind,
@@ -388,7 +392,7 @@ def detect(
     """
     findings: list[Finding] = []
     loops: list[tuple[_Key, _Group]] = []
-    loaded = tuple(sorted(queries.loaded))
+    loaded = queries.loaded
     for key, group in queries.groups.items():
         group.call = None  # judged: the operation frame is not needed any more
         kind = _is_finding(group, policy)
@@ -455,8 +459,7 @@ def late_finding(
     if kind is None:
         return None
     group.reported = True
-    loaded = tuple(sorted(queries.loaded))
-    finding = _finding(kind, [added], route, method=method, suggest=suggest, loaded=loaded)
+    finding = _finding(kind, [added], route, method=method, suggest=suggest, loaded=queries.loaded)
     return None if policy.allows(finding) else finding
 
 

@@ -14,13 +14,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from poolwatch.events import HELD_IDLE, Finding
+from poolwatch.events import HELD_IDLE, UNUSED_EAGER_LOAD, Finding
 
 __all__ = ["LINE_LIMIT", "FindingsLog", "FindingsLogger", "log_line"]
 
 logger = logging.getLogger("poolwatch.findings")
 
-_Key = tuple[str, str, str, str, str]
+_Key = tuple[str, str, str, str, str, tuple[str, ...]]
 
 
 class _Entry:
@@ -46,7 +46,15 @@ class FindingsLog:
 
     def add(self, finding: Finding) -> None:
         """Record one occurrence of ``finding``."""
-        key = (finding.kind, finding.method, finding.route, finding.fingerprint, finding.call_path)
+        key = (
+            finding.kind,
+            finding.method,
+            finding.route,
+            finding.fingerprint,
+            finding.call_path,
+            # Two unused relations of one query are two entries.
+            finding.relations if finding.kind == UNUSED_EAGER_LOAD else (),
+        )
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
@@ -109,6 +117,13 @@ def log_line(finding: Finding) -> str:
             f"idle {finding.duration * 1000:.0f} ms{inside}, longest between "
             f"{finding.before or 'the checkout'} and {path or 'the release'}"
         )
+    if finding.kind == UNUSED_EAGER_LOAD:
+        return (
+            f"unused_eager_load on {_clip(finding.where, 60)}: "
+            f"{', '.join(finding.relations)} loaded {finding.count} x and never read"
+            f"{f' ({_clip(finding.fingerprint, 90)!r})' if finding.fingerprint else ''} "
+            f"at {path}"
+        )
     return (
         f"{finding.kind} on {_clip(finding.where, 60)}: {finding.count} x "
         f"{_clip(finding.fingerprint, 90)!r} ({finding.duration * 1000:.1f} ms) at {path}"
@@ -133,7 +148,7 @@ class FindingsLogger:
 
     def log(self, finding: Finding) -> bool:
         """Log ``finding`` unless one like it was logged recently; True if logged."""
-        key = (finding.kind, finding.fingerprint, finding.where)
+        key = (finding.kind, finding.fingerprint + " ".join(finding.relations), finding.where)
         now = self._clock()
         with self._lock:
             last = self._last.get(key)

@@ -27,6 +27,7 @@ __all__ = [
     "MANY_TO_MANY",
     "REVERSE",
     "Relation",
+    "example_advice",
     "filtered_column",
     "relation_named",
     "suggest",
@@ -295,6 +296,12 @@ def _nplusone(evidence: Evidence, relations: Sequence[Relation], orm: str | None
             f"Load {chain[-1].target} with the rows that need it: {verb} {_chained(chain)}{where}."
         )
     return _matched(evidence.fingerprint, relations, orm, evidence.by_relation, evidence.loaded)
+
+
+def example_advice(kind: str, fingerprint: str, relations: Sequence[Relation], orm: str) -> str:
+    """:func:`suggest` for a finding known only by its kind and fingerprint: how the
+    reference words each kind's advice for an example, per ORM."""
+    return suggest(Evidence(kind, fingerprint, ""), relations, orm)
 
 
 def suggest(evidence: Evidence, relations: Sequence[Relation], orm: str | None = None) -> str:

@@ -15,12 +15,20 @@ import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from poolwatch.events import BULK_WRITE, DUPLICATE, HELD_IDLE, NPLUSONE, SLOW_QUERY, Finding
+from poolwatch.events import (
+    BULK_WRITE,
+    DUPLICATE,
+    HELD_IDLE,
+    NPLUSONE,
+    SLOW_QUERY,
+    UNUSED_EAGER_LOAD,
+    Finding,
+)
 
 __all__ = ["HINTS", "KINDS", "Kind"]
 
 # The function that words the advice of the statement findings per ORM, from the models.
-HINTS = "poolwatch.queries.hints.suggest"
+HINTS = "poolwatch.queries.hints.example_advice"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -182,6 +190,35 @@ KINDS: Mapping[str, Kind] = MappingProxyType(
             advice="poolwatch.pools.held_idle.HELD_IDLE_ADVICE",
             setting="nplusone_mode",
             metric="poolwatch_connection_idle_seconds",
+            raises=False,
+        ),
+        UNUSED_EAGER_LOAD: Kind(
+            name=UNUSED_EAGER_LOAD,
+            title="Unused eager load",
+            meaning=(
+                "An eager load (SQLAlchemy's `selectinload`, `joinedload`, `subqueryload`, "
+                "`immediateload`; Tortoise's `prefetch_related`, `select_related`) that "
+                "loaded rows whose relation nothing read before the request (or scope) "
+                "ended, FastAPI's serialization of the response included: a query or a "
+                "wider join for nothing. One finding per call path and relation; each "
+                "part of a chained option is judged on its own."
+            ),
+            example=Finding(
+                kind=UNUSED_EAGER_LOAD,
+                route="/posts/with-authors",
+                fingerprint="select ... from demo_post",
+                count=1,
+                duration=0.0,
+                call_site="blog/routes.py:5 in add_routes.<locals>.posts_with_authors",
+                suggestion="",
+                pool="default",
+                method="GET",
+                call_path="blog/routes.py:5 in add_routes.<locals>.posts_with_authors",
+                relations=("Post.comments",),
+            ),
+            advice="poolwatch.queries.eager.example_advice",
+            setting="nplusone_mode",
+            metric="poolwatch_unused_eager_loads_total",
             raises=False,
         ),
     }

@@ -15,7 +15,7 @@ from typing import Any
 from poolwatch.config import Settings
 from poolwatch.context import NO_ROUTE, WorkScope, nplusone_allowed
 from poolwatch.errors import NPlusOneError
-from poolwatch.events import DUPLICATE, NPLUSONE, Finding, QueryEvent
+from poolwatch.events import DUPLICATE, NPLUSONE, UNUSED_EAGER_LOAD, Finding, QueryEvent
 from poolwatch.exposition.metrics import Metrics
 from poolwatch.queries.callsite import CallSiteFinder, Trace, function_site
 from poolwatch.queries.detect import (
@@ -27,6 +27,7 @@ from poolwatch.queries.detect import (
     late_finding,
     slow_finding,
 )
+from poolwatch.queries.eagerwatch import eager_findings, note_eager_loads
 from poolwatch.queries.findings import FindingsLog, FindingsLogger
 from poolwatch.queries.fingerprint import DIALECTS, END, READ, WRITE, SqlShape, shaper
 
@@ -123,7 +124,7 @@ class QueryRecorder:
         self._metrics = metrics
         self._suggest = suggest
         self._targets = targets
-        self._route_children: dict[str, tuple[Any, Any, Any]] = {}
+        self._route_children: dict[str, tuple[Any, Any, Any, Any]] = {}
         # endpoint function -> its "file:line in function", for serialization's findings
         self._endpoints: dict[Any, str] = {}
         self._shapers: dict[str, Callable[[str], SqlShape]] = {d: shaper(d) for d in DIALECTS}
@@ -243,9 +244,11 @@ class QueryRecorder:
         grouped = work.grouped
         if grouped is None:
             return []
+        note_eager_loads(work)
         findings = detect(
             grouped, self.policy, route, self._suggest, work.method, targets=self._targets
         )
+        findings += eager_findings(work, self.policy.allows)
         if findings:
             self._report(findings, grouped)
             if self.mode == "raise" and any(f.kind in (NPLUSONE, DUPLICATE) for f in findings):
@@ -254,7 +257,7 @@ class QueryRecorder:
 
     # -- reporting ---------------------------------------------------------------------
 
-    def _children(self, route: str) -> tuple[Any, Any, Any]:
+    def _children(self, route: str) -> tuple[Any, Any, Any, Any]:
         children = self._route_children.get(route)
         if children is None:
             metrics = self._metrics
@@ -262,11 +265,12 @@ class QueryRecorder:
                 metrics.nplusone.labels(route),
                 metrics.duplicate_queries.labels(route),
                 metrics.slow_queries.labels(route),
+                metrics.unused_eager_loads.labels(route),
             )
         return children
 
     def _report(self, findings: list[Finding], grouped: ScopeQueries) -> None:
-        nplusone, duplicates, _ = self._children(findings[0].route)
+        nplusone, duplicates, _, unused_eager = self._children(findings[0].route)
         for finding in findings:
             # The counters count requests with a finding, not findings.
             counted = (id(self), finding.kind)
@@ -276,6 +280,8 @@ class QueryRecorder:
                     nplusone.inc()
                 elif finding.kind == DUPLICATE:
                     duplicates.inc()
+                elif finding.kind == UNUSED_EAGER_LOAD:
+                    unused_eager.inc()
             self.recent.add(finding)
             self._logger.log(finding)
 

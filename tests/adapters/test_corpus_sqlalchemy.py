@@ -46,6 +46,7 @@ SECRET = sqlalchemy_app.SECRET
 assert SECRET == sqlalchemy_async_app.SECRET
 
 NPLUSONE, DUPLICATE, BULK_WRITE = "nplusone", "duplicate", "bulk_write"
+UNUSED_EAGER_LOAD = "unused_eager_load"
 
 
 # -- call sites, read from the corpus's source -------------------------------------------
@@ -107,6 +108,8 @@ class Expect:
     """The relations the finding must name, a chain outermost first (if given)."""
     callers: tuple[str, ...] = ()
     """Markers of every call path the finding must list as its callers."""
+    absent: str = ""
+    """Text the finding's suggestion must not contain (what the code does already)."""
 
 
 def nplusone(marker: str, count: int, hint: str = "") -> Expect:
@@ -153,8 +156,29 @@ CASES = [
     Case(
         "query-per-author",
         "/authors/books-query",
-        (nplusone("N+1 per author", 6, "selectinload(Author.books)"),),
+        (
+            nplusone("N+1 per author", 6, "selectinload(Author.books)"),
+            # each books query eager-loads Book.tags, and only titles are read
+            Expect(UNUSED_EAGER_LOAD, ("N+1 per author",), 6, "selectinload(Book.tags)"),
+        ),
         queries=13,  # per author: its books, and their tags by selectinload
+    ),
+    Case(
+        "selected-again",
+        "/authors/books-selected-again",
+        (
+            # The books were loaded with the authors: the advice is to read them, never
+            # to add the selectinload that is there; and nothing read what it loaded.
+            Expect(
+                NPLUSONE,
+                ("N+1 selected again",),
+                6,
+                "is loaded already by the eager load",
+                absent="selectinload(",
+            ),
+            Expect(UNUSED_EAGER_LOAD, ("eager selected again",), 1, "selectinload(Author.books)"),
+        ),
+        queries=8,
     ),
     Case(
         "gather-per-id",
@@ -458,6 +482,8 @@ def assert_findings(found: list[dict[str, Any]], case: Case, flavor: str, report
         (match,) = matches
         assert match["count"] == expect.count, message
         assert expect.hint in match["suggestion"], f"{match['suggestion']!r}\n{message}"
+        if expect.absent:
+            assert expect.absent not in match["suggestion"], f"{match['suggestion']!r}"
         if expect.relations is not None:
             assert tuple(match["relations"]) == expect.relations, message
         callers = [call_site(module, marker) for marker in expect.callers]
@@ -507,7 +533,11 @@ async def test_no_parameter_value_leaves_the_process(flavor: str, database: Data
         served = await client.get("/poolwatch/findings")
         metrics = await client.get("/metrics")
     assert served.status_code == 200
-    assert {f["kind"] for f in served.json()["findings"]} == {NPLUSONE, DUPLICATE}
+    assert {f["kind"] for f in served.json()["findings"]} == {
+        NPLUSONE,
+        DUPLICATE,
+        UNUSED_EAGER_LOAD,
+    }
     assert served.json()["findings"] == json.loads(json.dumps(watch.findings()))
     for text in (
         json.dumps(watch.findings()),
@@ -522,7 +552,7 @@ async def test_no_parameter_value_leaves_the_process(flavor: str, database: Data
         with capture() as captured:
             await call(client, "GET", "/authors/books-query")
             await call(client, "GET", "/duplicate/same-params")
-    assert {f.kind for f in captured.findings} == {NPLUSONE, DUPLICATE}
+    assert {f.kind for f in captured.findings} == {NPLUSONE, DUPLICATE, UNUSED_EAGER_LOAD}
     assert SECRET not in captured.report()
     assert SECRET not in repr(captured.queries) + repr(captured.findings)
 

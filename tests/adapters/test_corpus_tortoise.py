@@ -94,6 +94,8 @@ class Expect:
     count: int
     hints: tuple[str, ...] = ()
     """Texts the finding's suggestion must contain (the relation to prefetch)."""
+    absent: tuple[str, ...] = ()
+    """Texts it must not contain (advice to do what the code already does)."""
     loop: str = ""
     """A ``# LOOP`` marker whose line must be in the finding's call path."""
 
@@ -231,6 +233,19 @@ CASES: dict[str, Case] = {
                 "corpus_profile",
                 8,
                 ('`Author.all().prefetch_related("profile")`',),
+            ),
+        ),
+    ),
+    "prefetched_then_queried": Case(
+        "/nplusone/prefetched-then-queried",
+        (
+            Expect(
+                "prefetched_then_queried",
+                endpoint("prefetched_then_queried"),
+                "corpus_book",
+                8,
+                ("prefetched already", "`author.books`", "instead of calling `.all()`"),
+                absent=("prefetch_related(",),
             ),
         ),
     ),
@@ -420,6 +435,8 @@ def _check_hints(case: Case, suggestions: dict[Row, str]) -> None:
             continue  # missing altogether: the comparison of rows already says so
         for hint in expect.hints:
             assert hint in suggestion, f"{expect.marker}: {suggestion}"
+        for hint in expect.absent:
+            assert hint not in suggestion, f"{expect.marker}: {suggestion}"
 
 
 # -- the cases -----------------------------------------------------------------------------

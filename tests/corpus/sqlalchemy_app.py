@@ -107,6 +107,17 @@ def books_query_per_author(session: Session) -> dict[str, list[str]]:
     return titles
 
 
+def books_selected_again(session: Session) -> dict[str, int]:
+    """4b. The books are loaded with the authors, and selected again per author."""
+    counts: dict[str, int] = {}
+    query = select(Author).options(selectinload(Author.books)).order_by(Author.id)
+    for author in session.scalars(query).all():  # eager selected again
+        by_author = select(Book).where(Book.author_id == author.id)
+        books = session.scalars(by_author).all()  # N+1 selected again
+        counts[author.name] = len(books)
+    return counts
+
+
 def books_and_tags(session: Session) -> dict[str, list[str]]:
     """6. Nested loops: authors -> books (outer N+1) -> tags (inner N+1)."""
     tags: dict[str, list[str]] = {}
@@ -140,6 +151,11 @@ def tags_per_book(session: Session) -> dict[str, int]:
 @router.get("/authors/books-lazy")
 def authors_books_lazy(session: SessionDep) -> dict[str, Any]:
     return books_per_author(session)
+
+
+@router.get("/authors/books-selected-again")
+def authors_books_selected_again(session: SessionDep) -> dict[str, Any]:
+    return books_selected_again(session)
 
 
 @router.get("/books/publisher-lazy")

@@ -117,6 +117,17 @@ async def authors_by_gather(factory: async_sessionmaker[AsyncSession]) -> list[s
     return [author.name for author in authors if author is not None]
 
 
+async def books_selected_again(session: AsyncSession) -> dict[str, int]:
+    """4b. The books are loaded with the authors, and selected again per author."""
+    counts: dict[str, int] = {}
+    query = select(Author).options(selectinload(Author.books)).order_by(Author.id)
+    for author in (await session.scalars(query)).all():  # eager selected again
+        by_author = select(Book).where(Book.author_id == author.id)
+        books = (await session.scalars(by_author)).all()  # N+1 selected again
+        counts[author.name] = len(books)
+    return counts
+
+
 async def books_and_tags(session: AsyncSession) -> dict[str, list[str]]:
     """6. Nested loops: authors -> books (outer N+1) -> tags (inner N+1)."""
     tags: dict[str, list[str]] = {}
@@ -165,6 +176,11 @@ async def authors_get_loop(session: SessionDep) -> list[str]:
 @router.get("/authors/execute-loop")
 async def authors_execute_loop(session: SessionDep) -> list[str]:
     return await authors_by_execute(session)
+
+
+@router.get("/authors/books-selected-again")
+async def authors_books_selected_again(session: SessionDep) -> dict[str, Any]:
+    return await books_selected_again(session)
 
 
 @router.get("/authors/books-query")

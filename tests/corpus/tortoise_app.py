@@ -222,6 +222,15 @@ def build_app() -> FastAPI:  # noqa: PLR0915 (one endpoint per case, on purpose)
             total += len(books)
         return {"books": total}
 
+    @app.get("/nplusone/prefetched-then-queried")
+    async def prefetched_then_queried() -> dict[str, int]:
+        # The books are prefetched, and each author's are queried again all the same.
+        total = 0
+        for author in await Author.all().order_by("id").prefetch_related("books"):
+            books = await author.books.all()  # N+1 prefetched_then_queried
+            total += len(books)
+        return {"books": total}
+
     @app.get("/nplusone/reverse-fk-comprehension")
     async def reverse_fk_comprehension() -> dict[str, int]:
         authors = await Author.all().order_by("id")

@@ -31,6 +31,7 @@ from sqlalchemy.pool import NullPool, Pool
 from poolwatch import forksafe
 from poolwatch.adapters import major_minor
 from poolwatch.adapters.sqlalchemy.budget import tag_parameters
+from poolwatch.adapters.sqlalchemy.eager import hooks as eager_hooks
 from poolwatch.adapters.sqlalchemy.pool import (
     following_recreate,
     marking_creator,
@@ -48,6 +49,7 @@ from poolwatch.adapters.sqlalchemy.transactions import (
 )
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import PoolEvents, PoolState
+from poolwatch.queries.eagerwatch import EagerWatch
 from poolwatch.queries.fingerprint import dialect_of
 from poolwatch.safety import FaultReporter
 from poolwatch.sizing.gate import Gate
@@ -115,6 +117,7 @@ class SQLAlchemyInstrumentation:
         tag: str | None = None,
         *,
         automatic: bool = False,
+        eager: EagerWatch | None = None,
     ) -> None:
         sync_engine = getattr(engine, "sync_engine", engine)
         if not isinstance(sync_engine, Engine):
@@ -150,6 +153,8 @@ class SQLAlchemyInstrumentation:
         # instrumentation of this engine takes over, and on_yield tells our owner.
         self.automatic = automatic
         self.on_yield: Callable[[], None] | None = None
+        # Eager loads of the engine's ORM statements (unused_eager_load), if judged.
+        self.eager = eager
         forksafe.forget_in_child(self)
 
     @classmethod
@@ -256,6 +261,8 @@ class SQLAlchemyInstrumentation:
             if self.tag is not None:
                 event.listen(engine, "do_connect", self._tag_connection)
             self._hook_pool(pool, adopt_listeners=True)
+            if self.eager is not None:
+                eager_hooks.add(engine, self.eager)
         except BaseException:
             self.uninstall()
             raise
@@ -286,6 +293,8 @@ class SQLAlchemyInstrumentation:
                 setattr(target, shadow.name, shadow.previous)
         self._shadows.clear()
         engine = self._engine_ref()
+        if engine is not None and self.eager is not None:
+            eager_hooks.remove(engine, self.eager)
         if engine is not None and event.contains(engine, "do_connect", self._tag_connection):
             event.remove(engine, "do_connect", self._tag_connection)
         anchor, self._anchor = self._anchor, None

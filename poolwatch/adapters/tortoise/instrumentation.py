@@ -37,6 +37,7 @@ from typing import Any
 
 from poolwatch.adapters.tortoise.asyncpg_return import Pending, ReturnHook
 from poolwatch.adapters.tortoise.checkouts import psycopg_pool_guards, wrap_acquire, wrap_release
+from poolwatch.adapters.tortoise.eager import wrap_execute
 from poolwatch.adapters.tortoise.entry import root_client
 from poolwatch.adapters.tortoise.layouts import SUPPORTED, Layout, layout_for, tortoise_version
 from poolwatch.adapters.tortoise.pool import (
@@ -49,6 +50,7 @@ from poolwatch.adapters.tortoise.statements import QUERY_METHODS, AsyncMethod, w
 from poolwatch.adapters.tortoise.transactions import Open, wrap_rollback
 from poolwatch.errors import PoolWatchError
 from poolwatch.events import PoolEvents
+from poolwatch.queries.eagerwatch import EagerWatch
 from poolwatch.queries.fingerprint import dialect_of
 from poolwatch.sizing.gate import Gate
 
@@ -82,8 +84,11 @@ class TortoiseInstrumentation:
         tag_for: Callable[[str], str | None] = lambda name: None,
         *,
         automatic: bool = False,
+        eager: EagerWatch | None = None,
     ) -> None:
         self._events_for = events_for
+        # Eager loads of querysets (unused_eager_load), if judged; see _patch_eager.
+        self.eager = eager
         self._on_client = on_client
         self._gate_for = gate_for
         # The application_name tag of a connection name's pool (autosize's budget), if any.
@@ -145,8 +150,25 @@ class TortoiseInstrumentation:
         except BaseException:
             self.uninstall()
             raise
+        self._patch_eager()
         self._install_pools(version)
         TortoiseInstrumentation._installed = self
+
+    def _patch_eager(self) -> None:
+        """Wrap ``QuerySet._execute`` for eager loads (:mod:`.eager`); a Tortoise without
+        it has them untracked, with one warning."""
+        if self.eager is None:
+            return
+        from tortoise.queryset import QuerySet
+
+        execute = QuerySet.__dict__.get("_execute")
+        if not callable(execute):
+            logger.warning(
+                "poolwatch: this Tortoise-ORM lacks QuerySet._execute: "
+                "unused eager loads are not tracked"
+            )
+            return
+        self._patch(QuerySet, "_execute", wrap_execute(execute, lambda: self.eager))
 
     def _install_pools(self, version: tuple[int, int]) -> None:
         """Wrap the checkouts and the backends' extras if this version's layout is known
