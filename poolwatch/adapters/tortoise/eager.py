@@ -94,7 +94,9 @@ def wrap_execute(
     hooks = _Hooks()
 
     def _execute(queryset: Any) -> Coroutine[Any, Any, Any]:
-        if current_scope() is None:
+        # A query Tortoise runs inside a tracked one (a nested prefetch's) is the outer
+        # query's load, tracked with it under the option the application wrote.
+        if current_scope() is None or _loading.get():
             return original(queryset)
         eager = watch()
         try:
