@@ -134,6 +134,23 @@ _ANY_NPLUSONE = (
 )
 
 
+def _per_value(table: str, column: str, orm: str | None) -> str:
+    """Advice for a loop of lookups by a column no known relation filters on: one query
+    per value (tag names of a request, ids of a list), not per row of a relation."""
+    if orm == TORTOISE:
+        at_once = f"`<Model>.filter({column}__in=values)`"
+        loader = '`prefetch_related("<relation>")`'
+    else:
+        at_once = f"`select(<Model>).where(<Model>.{column}.in_(values))`"
+        loader = "`selectinload(<Model.relationship>)`"
+    return (
+        f"The same query runs once per value of {table}.{column}, from a loop: select the "
+        f"rows for all the values in one query before it, {at_once}, and look each one up "
+        f"in a dict; if they are the rows of a relation, load it with the query that "
+        f"fetched its parents ({loader})."
+    )
+
+
 def relation_named(name: str, relations: Sequence[Relation]) -> Relation | None:
     """The relation ``Model.attribute`` among ``relations``, if there."""
     model, _, attribute = name.partition(".")
@@ -240,7 +257,10 @@ def _matched(
     if not found:
         keyed = next((r for r in matched if r.kind == FORWARD), None)
         if keyed is None:
-            return _GENERIC_NPLUSONE.get(orm or "", _ANY_NPLUSONE)
+            where = filtered_column(fingerprint)
+            if where is None:
+                return _GENERIC_NPLUSONE.get(orm or "", _ANY_NPLUSONE)
+            return _per_value(*where, orm)
         model = keyed.target
         one_query = (
             f"`{model}.filter({keyed.column}__in=ids)`"
@@ -316,7 +336,7 @@ def suggest(evidence: Evidence, relations: Sequence[Relation], orm: str | None =
         return _nplusone(evidence, relations, orm)
     if kind == DUPLICATE:
         return (
-            "The same query with the same parameters ran more than once in this request, "
+            "The same query with the same parameters ran more than once in this request or scope, "
             "with no write or commit in between: keep the first result and reuse it (or "
             "hoist the query out of the loop)."
         )

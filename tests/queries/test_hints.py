@@ -97,6 +97,18 @@ def test_unknown_tables_get_the_generic_hint_of_the_orm_that_ran_them() -> None:
     assert "Tortoise" not in sqlalchemy
 
 
+def test_a_loop_of_lookups_by_a_plain_column_is_told_to_look_them_up_at_once() -> None:
+    """One query per tag name of a request: no relation to load, one IN query to run."""
+    sql = "select ... from tags where tags.name = ? limit ?"
+    sqlalchemy = advise("nplusone", sql, [], "sqlalchemy")
+    assert "once per value of tags.name" in sqlalchemy
+    assert "`select(<Model>).where(<Model>.name.in_(values))`" in sqlalchemy
+    assert "earlier result" not in sqlalchemy  # no rows of an earlier query are involved
+    tortoise = advise("nplusone", sql, [], "tortoise")
+    assert "`<Model>.filter(name__in=values)`" in tortoise
+    assert "selectinload" not in tortoise
+
+
 def test_a_relation_of_another_orm_is_never_named() -> None:
     sql = fingerprint('SELECT "id" FROM "book" WHERE "author_id"=?')
     assert "Author.books" not in advise("nplusone", sql, TORTOISE, "sqlalchemy")
