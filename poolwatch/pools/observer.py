@@ -13,6 +13,7 @@ import contextvars
 import itertools
 from collections import deque
 from collections.abc import Callable
+from threading import get_ident
 from time import perf_counter, thread_time
 from typing import Any
 
@@ -35,7 +36,9 @@ HELD_IDLE_MIN = 0.1
 # than this share of it on the CPU. Work between two statements, such as an ORM's
 # first-use mapper set-up or result processing, never blocks, however far a loaded
 # machine stretches it past HELD_IDLE_MIN by preempting it (230 ms seen in a suite run
-# beside three busy processes on two cores).
+# beside three busy processes on two cores). A thread's usage says nothing of a gap that
+# began in another thread (a FastAPI sync dependency, the sync endpoint and the teardown
+# each run in a worker thread of their own): such a gap is not judged.
 AWAITED_CPU_SHARE = 0.5
 
 
@@ -106,6 +109,7 @@ class Checkout:
         "route",
         "since",
         "statements",
+        "thread",
         "transaction",
     )
 
@@ -131,6 +135,8 @@ class Checkout:
         self.cpu = cpu
         self.last = since  # when the last statement ended
         self.last_cpu, self.last_switches = cpu() if cpu is not None else (0.0, 0)
+        # The thread last_cpu was read in: the usage of another one says nothing.
+        self.thread = get_ident() if cpu is not None else 0
         self.last_path = ""
         self.gap = 0.0
         self.before = ""
@@ -145,7 +151,11 @@ class Checkout:
         if cpu is None:
             return
         now = perf_counter()
-        if now - self.last >= HELD_IDLE_MIN and self._gap(now, cpu(), ""):
+        if (
+            now - self.last >= HELD_IDLE_MIN
+            and get_ident() == self.thread
+            and self._gap(now, cpu(), "")
+        ):
             self.naming = True  # the statement's call path, known once it ran, ends it
 
     def ran(self, seconds: float, path: str) -> None:
@@ -158,10 +168,12 @@ class Checkout:
             self.after, self.naming = path, False
         self.last, self.last_path = perf_counter(), path
         self.last_cpu, self.last_switches = cpu()
+        self.thread = get_ident()
 
     def ended(self, now: float) -> None:
-        """The connection went back ``now``: the gap since the last statement counts."""
-        if self.cpu is not None:
+        """The connection went back ``now``: the gap since the last statement counts (if
+        it is given back from the thread that ran that statement)."""
+        if self.cpu is not None and get_ident() == self.thread:
             self._gap(now, self.cpu(), "")
 
     def _gap(self, until: float, usage: tuple[float, int], after: str) -> bool:
@@ -266,10 +278,21 @@ class PoolObserver:
     def _holding(self) -> Checkout | None:
         """The checkout the calling task (or thread) holds: the last it took, or, once
         that is back, the one it held before. Read here rather than handed back at the
-        release, which may run in another context (a pool's checkin, a finaliser)."""
+        release, which may run in another context (a pool's checkin, a finaliser).
+
+        A context that took none sends its statements on a connection taken in another
+        context of its request (a FastAPI sync dependency's worker thread, where the
+        session took it, and the sync endpoint's, which uses it): the checkout this
+        pool handed out last in the request is the one."""
         checkout = self._taken.get()
         while checkout is not None and not checkout.open:
             checkout = checkout.outer
+        if checkout is None:
+            work = current_scope()
+            if work is not None and work.checkouts is not None:
+                checkout = work.checkouts.get(id(self))
+                while checkout is not None and not checkout.open:
+                    checkout = checkout.outer
         return checkout
 
     # -- PoolEvents ------------------------------------------------------------------
@@ -290,7 +313,8 @@ class PoolObserver:
         try:
             now = perf_counter()
             started = self._waiting.pop(ticket, None)
-            route = current_route()
+            work = current_scope()
+            route = NO_ROUTE if work is None else work.route
             recorder = self._recorder
             # Findings are a request's (or a named scope's), like every other finding: a
             # connection taken outside any (a test fixture's session held for the whole
@@ -305,6 +329,10 @@ class PoolObserver:
                 now, route, thread_usage if finding else None, self._holding()
             )
             self._taken.set(checkout)
+            if work is not None:
+                if work.checkouts is None:
+                    work.checkouts = {}
+                work.checkouts[id(self)] = checkout
             self.acquired += 1
             holders = self.holders
             if holders is not None:
