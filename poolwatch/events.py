@@ -258,5 +258,7 @@ class Finding:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The finding as JSON-ready values."""
-        return dataclasses.asdict(self)
+        """The finding as JSON-ready values (``callers`` and ``relations`` as lists, as
+        JSON gives them back)."""
+        values = dataclasses.asdict(self)
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in values.items()}
