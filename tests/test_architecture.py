@@ -88,6 +88,7 @@ PURE = frozenset(
         "poolwatch.pools.holders",
         "poolwatch.pools.reconcile",
         "poolwatch.pools.reading",
+        "poolwatch.pools.checkout",
         "poolwatch.pools.regions",
         "poolwatch.pools.source",
         "poolwatch.pools.waits",
