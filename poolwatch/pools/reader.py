@@ -108,6 +108,24 @@ class WaitReader:
         found = self._rests[before] = self._read(self._tails(first))
         return found
 
+    def loop_of(self, path: str) -> str:
+        """The loop that ran the statement of call path ``path`` again and again: the
+        innermost frame whose line is in the body of a ``for``, ``while`` or ``async for``,
+        or in a comprehension, as ``file:line in function (for item in items:)``; ``""``
+        where none is found. The same source, read for a per-row write's report."""
+        frames = _frames(path) if path else None
+        for frame in reversed(frames or []):
+            try:
+                scope, function = self._function(frame)
+            except regions.Unreadable:
+                continue
+            line = regions.loop_line(function.body, frame.line)
+            if line is not None:
+                text = linecache.getline(scope.module.filename, line).strip()
+                text = text if len(text) <= 80 else text[:77] + "..."
+                return f"{frame.file}:{line} in {frame.function} ({text})"
+        return ""
+
     # -- the code of a gap -----------------------------------------------------------
 
     def _gap(self, first: list[_Frame], last: list[_Frame]) -> Iterator[_Part]:

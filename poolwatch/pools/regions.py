@@ -31,6 +31,7 @@ __all__ = [
     "awaited_calls",
     "calls_in",
     "loop_around",
+    "loop_line",
     "region",
     "walk_scope",
     "with_around",
@@ -121,6 +122,21 @@ def loop_around(body: _Block, line: int) -> ast.For | ast.AsyncFor | ast.While |
     for node in walk_scope(body):
         if isinstance(node, _LOOPS) and _holds(node.body, line):
             found = node  # walked outermost first: the last is the innermost
+    return found
+
+
+def loop_line(body: _Block, line: int) -> int | None:
+    """The line of the innermost loop of ``body`` that runs ``line`` again and again: a
+    loop whose body holds it, or a comprehension (``[await save(x) for x in xs]``) on it."""
+    loop = loop_around(body, line)
+    found = None if loop is None else loop.lineno
+    for node in walk_scope(body):
+        if (
+            isinstance(node, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp)
+            and node.lineno <= line <= (node.end_lineno or node.lineno)
+            and (found is None or node.lineno >= found)
+        ):
+            found = node.lineno
     return found
 
 

@@ -365,3 +365,41 @@ def test_code_not_found_is_unknown(app: Callable) -> None:
     assert reader.between(first, first.replace("in handled", "in <lambda>")) == UNKNOWN
     assert reader.between("nowhere.py:3 in f", "nowhere.py:5 in f") == UNKNOWN
     assert reader.between(first, "not a call path") == UNKNOWN
+
+
+WRITES = """
+    import asyncio
+
+
+    async def import_rows(session, rows):
+        for row in rows:
+            await save(session, row)  # call
+
+
+    async def save(session, row):
+        session.add(row)
+        await session.flush()  # flush
+
+
+    async def gathered(session, rows):
+        await asyncio.gather(*(save(session, row) for row in rows))  # gather
+
+
+    async def once(session, row):
+        await save(session, row)  # call
+"""
+
+
+def test_the_loop_of_a_per_row_write_is_the_innermost_one_around_its_path(
+    app: Callable,
+) -> None:
+    path = app(WRITES)
+    reader = WaitReader()
+    found = reader.loop_of(path(("import_rows", "call"), ("save", "flush")))
+    call = int(path(("import_rows", "call")).split(":")[1].split()[0])
+    assert found.endswith(f":{call - 1} in import_rows (for row in rows:)")
+    assert reader.loop_of(path(("gathered", "gather"), ("save", "flush"))).endswith(
+        "in gathered (await asyncio.gather(*(save(session, row) for row in rows))  # gather)"
+    )
+    assert reader.loop_of(path(("once", "call"), ("save", "flush"))) == ""
+    assert reader.loop_of("nowhere.py:3 in f") == ""
