@@ -168,6 +168,7 @@ def oldest(session: nox.Session, stack: str) -> None:
         "-W",
         "ignore::pytest.PytestConfigWarning",
         "tests/test_pytest_plugin.py",
+        "tests/test_pytest_plugin_listed.py",
     )
 
 

@@ -50,7 +50,8 @@ class Kind:
         metric: the metric that counts it (bulk writes: the one they show in; held
             connections: each checkout's idle time).
         raises: whether ``nplusone_mode="raise"`` (and the pytest plugin's ``raise``)
-            fails the request or test on it; the others are logged and listed only.
+            fails the request or test on it; the others are logged and listed only (the
+            pytest plugin fails the tests that show a kind ``poolwatch_fail_on`` names).
     """
 
     name: str
