@@ -333,6 +333,7 @@ async def test_a_sync_endpoint_waiting_in_its_thread_is_named(
 async def tortoise_client(
     request: pytest.FixtureRequest, tmp_path: Path, stock_url: str
 ) -> AsyncIterator[httpx.AsyncClient]:
+    pytest.importorskip("tortoise")  # the oldest SQLAlchemy and FastAPI run without it
     from tortoise import Tortoise
     from tortoise.backends.base.executor import EXECUTOR_CACHE
 

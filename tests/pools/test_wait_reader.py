@@ -182,9 +182,10 @@ CALLS = """
     import asyncio
     import functools
     import time
+    import urllib.request
 
     import anyio.to_thread
-    import requests
+
     try:
         from asyncer import asyncify
     except ImportError:  # not installed: the name is read, not run
@@ -239,7 +240,7 @@ CALLS = """
 
     def sync_calls(session):
         session.execute(select(1))  # before
-        requests.get("http://example.invalid")
+        urllib.request.urlopen("http://example.invalid")
         time.sleep(0.01)
         session.execute(select(2))  # after
 
@@ -291,7 +292,7 @@ def test_the_ways_to_the_thread_pool_are_named_as_written(app: Callable) -> None
 def test_sync_code_waits_in_its_thread(app: Callable) -> None:
     path = app(CALLS)
     found = _between(path, ("sync_calls", "before"), ("sync_calls", "after"))
-    assert found.wait == Wait(NETWORK, "requests.get")
+    assert found.wait == Wait(NETWORK, "urllib.request.urlopen")
     # A method that reads as blocking, on an object of no known type: not known.
     assert _between(path, ("sync_unknown", "before"), ("sync_unknown", "after")) == UNKNOWN
 
