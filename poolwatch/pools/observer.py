@@ -3,9 +3,10 @@
 This sits on the hot path of every query and every acquire, so it keeps to dictionary
 operations and pre-bound metric children: no locks of its own (single dict and set
 operations are atomic under the GIL, which is what sync SQLAlchemy pools in threads
-need), no string formatting, no stack walks (but the release's, for a checkout whose
-code after its last statement may wait on something: see :mod:`.checkout`). Any fault
-in here is reported to the :class:`~poolwatch.safety.FaultReporter` and swallowed.
+need), no string formatting, and no stack walks but where held_idle findings are
+looked for: one at the checkout (the line that took the connection) and one at a release
+whose code after its last statement may wait on something (see :mod:`.checkout`). Any
+fault in here is reported to the :class:`~poolwatch.safety.FaultReporter` and swallowed.
 """
 
 from __future__ import annotations
