@@ -248,8 +248,9 @@ class Checkout:
         aside_seconds, aside_cpu, aside_blocks = self.aside
         seconds = until - self.last - aside_seconds
         if seconds < HELD_IDLE_MIN or self.cpu is None:
-            return _Gap(seconds, awaited=False)  # too short to be a measured wait: no
-            # reading of the thread's usage, as for most gaps (microseconds)
+            # Too short to be a measured wait, as most gaps are (microseconds): the
+            # thread's usage is not read.
+            return _Gap(seconds, awaited=False)
         used, switches = self.cpu()
         off_cpu = used - self.last_cpu - aside_cpu < AWAITED_CPU_SHARE * seconds
         # Where blocks are not counted, the CPU share alone decides.
