@@ -49,6 +49,7 @@ class WorkScope:
         "_asgi",
         "_route",
         "_templates",
+        "checkouts",
         "closed",
         "eager",
         "grouped",
@@ -85,6 +86,10 @@ class WorkScope:
         self.closed = False
         # The request's trace id (exemplars of its observations), when it has one.
         self.trace_id: str | None = None
+        # The checkout each pool (its observer's id) handed out last in this scope, for
+        # a statement sent from another context of it: a FastAPI sync dependency takes
+        # the connection in one worker thread, the sync endpoint uses it in another.
+        self.checkouts: dict[int, Any] | None = None
 
     @property
     def route(self) -> str:

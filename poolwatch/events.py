@@ -105,8 +105,9 @@ class PoolEvents(Protocol):
         ...
 
     def return_started(self) -> None:
-        """A connection is on its way back to the driver's pool (after ``released``, or
-        given back by poolwatch after a failed entry); the driver still counts it used."""
+        """A connection is on its way back to the driver's pool (released: called just
+        before ``released``, so that the gauges read then show no drift; or given back
+        by poolwatch after a failed entry); the driver still counts it used."""
         ...
 
     def return_finished(self) -> None:

@@ -263,8 +263,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_sep("-", "poolwatch")
         terminalreporter.write_line(
             "no statement of a pool instrumented by poolwatch ran in these tests, so none "
-            "was checked for N+1 or duplicate queries: instrument the app's engine or "
-            "Tortoise (PoolWatch().instrument_*) where the tests create the app"
+            "was checked for N+1 or duplicate queries: run the suite as "
+            "`poolwatch run -- python -m pytest ...` (every engine and Tortoise connection "
+            "the app creates is instrumented), or instrument the app's engine or Tortoise "
+            "(PoolWatch().instrument_*) where the tests create the app"
         )
         return
     # The most serious first: what fails a test when asked, then what can empty the pool,

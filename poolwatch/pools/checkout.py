@@ -27,6 +27,7 @@ reset) is set aside: it blocks on the database, and says nothing of the applicat
 from __future__ import annotations
 
 from collections.abc import Callable
+from threading import get_ident
 from time import perf_counter, thread_time
 from typing import NamedTuple, Protocol
 
@@ -126,6 +127,7 @@ class Checkout:
         "route",
         "since",
         "statements",
+        "thread",
         "transaction",
     )
 
@@ -153,6 +155,10 @@ class Checkout:
         self.fresh = True  # no statement yet
         self.last = since  # when the last statement ended
         self.last_cpu, self.last_switches = cpu() if cpu is not None else (0.0, 0)
+        # The thread last_cpu was read in: another thread's usage says nothing of the gap
+        # (a FastAPI sync dependency, the sync endpoint and the teardown each run in a
+        # worker thread of their own).
+        self.thread = get_ident() if cpu is not None else 0
         self.last_path = ""
         # The connection's own work since the last statement (seconds, CPU seconds,
         # blocks), set aside; and where such work started, while it runs.
@@ -197,6 +203,7 @@ class Checkout:
             self._judge(pending, found, path)
         self.last, self.last_path = perf_counter(), path
         self.last_cpu, self.last_switches = cpu()
+        self.thread = get_ident()
         self.aside = (0.0, 0.0, 0)
 
     def busy(self, busy: bool) -> None:
@@ -247,9 +254,10 @@ class Checkout:
         own work in it."""
         aside_seconds, aside_cpu, aside_blocks = self.aside
         seconds = until - self.last - aside_seconds
-        if seconds < HELD_IDLE_MIN or self.cpu is None:
+        if seconds < HELD_IDLE_MIN or self.cpu is None or get_ident() != self.thread:
             # Too short to be a measured wait, as most gaps are (microseconds): the
-            # thread's usage is not read.
+            # thread's usage is not read. A gap that began in another thread cannot be
+            # measured (the code between its lines is still read).
             return _Gap(seconds, awaited=False)
         used, switches = self.cpu()
         off_cpu = used - self.last_cpu - aside_cpu < AWAITED_CPU_SHARE * seconds

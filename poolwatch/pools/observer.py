@@ -166,10 +166,21 @@ class PoolObserver:
     def _holding(self) -> Checkout | None:
         """The checkout the calling task (or thread) holds: the last it took, or, once
         that is back, the one it held before. Read here rather than handed back at the
-        release, which may run in another context (a pool's checkin, a finaliser)."""
+        release, which may run in another context (a pool's checkin, a finaliser).
+
+        A context that took none sends its statements on a connection taken in another
+        context of its request (a FastAPI sync dependency's worker thread, where the
+        session took it, and the sync endpoint's, which uses it): the checkout this
+        pool handed out last in the request is the one."""
         checkout = self._taken.get()
         while checkout is not None and not checkout.open:
             checkout = checkout.outer
+        if checkout is None:
+            work = current_scope()
+            if work is not None and work.checkouts is not None:
+                checkout = work.checkouts.get(id(self))
+                while checkout is not None and not checkout.open:
+                    checkout = checkout.outer
         return checkout
 
     # -- PoolEvents ------------------------------------------------------------------
@@ -190,7 +201,8 @@ class PoolObserver:
         try:
             now = perf_counter()
             started = self._waiting.pop(ticket, None)
-            route = current_route()
+            work = current_scope()
+            route = NO_ROUTE if work is None else work.route
             recorder = self._recorder
             # Findings are a request's (or a named scope's), like every other finding: a
             # connection taken outside any (a test fixture's session held for the whole
@@ -207,6 +219,10 @@ class PoolObserver:
                 # statement is read like any other gap's.
                 checkout.reading(sink.waits, sink.call_path())
             self._taken.set(checkout)
+            if work is not None:
+                if work.checkouts is None:
+                    work.checkouts = {}
+                work.checkouts[id(self)] = checkout
             self.acquired += 1
             holders = self.holders
             if holders is not None:

@@ -276,6 +276,33 @@ async def test_asyncpg_counts_equal_issued_statements(watch: PoolWatch, pg_datab
 
 
 @pytest.mark.postgres
+async def test_asyncpg_a_released_connection_is_returning_until_the_pool_has_it(
+    watch: PoolWatch, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Multiprocess mode writes the pool gauges at every release, while asyncpg still
+    # counts the connection used (its reset, a round trip, comes first): read then, it
+    # is returning, not drift.
+    async with tortoise_on(_tortoise_url(pg_database, "asyncpg", minsize=1, maxsize=2)):
+        await _seed(2)
+        observer = watch.pool_events("default")
+        at_release: list[tuple[float, int]] = []
+        released = observer.released
+
+        def release(holder: int, in_flight: float = 0.0) -> None:
+            released(holder, in_flight)
+            drift = value(watch.registry, "poolwatch_pool_drift", pool="default")
+            at_release.append((drift, observer.returning))
+
+        monkeypatch.setattr(observer, "released", release)
+        await Author.all()
+        async with in_transaction():
+            await Author.all()
+        assert at_release == [(0, 1), (0, 1)]
+        assert observer.returning == 0
+        assert value(watch.registry, "poolwatch_pool_drift", pool="default") == 0
+
+
+@pytest.mark.postgres
 async def test_psycopg_acquire_timeouts_are_counted(watch: PoolWatch, pg_database: str) -> None:
     # Tortoise passes `timeout` (whole seconds) to psycopg_pool as its getconn timeout.
     url = _tortoise_url(pg_database, "psycopg", minsize=1, maxsize=1, timeout=1)

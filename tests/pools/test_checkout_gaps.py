@@ -325,3 +325,34 @@ def test_a_statement_that_took_its_own_connection_has_nothing_before_it(
     assert reader.asked == []
     assert checkout.gap == 0.0
     assert not checkout.held_idle(held=0.31, idle=0.3)
+
+
+def test_a_gap_that_began_in_another_thread_is_not_measured(
+    clock: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A FastAPI sync dependency runs its statement in one worker thread, the sync endpoint
+    # its own in another, and the teardown gives the connection back from a third: the
+    # usage of one thread says nothing of the time since a statement in another.
+    thread = Thread()
+    ident = [1]
+    monkeypatch.setattr(checkouts, "get_ident", lambda: ident[0])
+    checkout = Checkout(clock[0], "/items/{id}", thread, None)
+    _statement(checkout, clock, thread, "deps.py:41 in get_current_user")
+    clock[0] += 0.3  # the endpoint's turn in the thread pool
+    thread.block()
+    ident[0] = 2
+    _statement(checkout, clock, thread, "items.py:30 in read_item")
+    assert checkout.gap == 0.0
+    clock[0] += 0.2  # an outbound call in the endpoint: measured, in its own thread
+    thread.block()
+    _statement(checkout, clock, thread, "items.py:32 in read_item")
+    assert checkout.gap == pytest.approx(0.2)
+    clock[0] += 0.4  # the response sent, then the teardown's turn
+    thread.block()
+    ident[0] = 3
+    checkout.ended(clock[0], lambda: "")
+    assert checkout.gap == pytest.approx(0.2)
+    assert (checkout.before, checkout.after) == (
+        "items.py:30 in read_item",
+        "items.py:32 in read_item",
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,104 @@ async def test_sqlalchemy_sync_endpoint_holding_a_connection_across_time_sleep(
     assert NAP <= idle < NAP + SLACK
     (finding,) = [f for f in watch.recorder.recent.recent() if f["kind"] == "held_idle"]
     assert (finding["method"], finding["route"]) == ("POST", "/reports")
+
+
+def _template_app(engine: Any, endpoint: Callable[[Any], None]) -> Any:
+    """The full-stack FastAPI template's shape: a sync dependency yields a Session, a sync
+    current-user dependency reads through it, and the sync endpoint runs ``endpoint`` on
+    it. FastAPI runs each in a worker thread of its own, and closes the session (the
+    release) in another."""
+    from fastapi import Depends, FastAPI
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    app = FastAPI()
+
+    def get_db() -> Iterator[Session]:
+        with Session(engine) as session:
+            yield session
+
+    # Dependencies as defaults, as apps on FastAPI before 0.95 (no Annotated) declare them.
+    db = Depends(get_db)
+
+    def current_user(session: Session = db) -> int:
+        return int(session.execute(text("SELECT 1")).scalar_one())
+
+    user_dependency = Depends(current_user)
+
+    @app.get("/items/{item_id}")
+    def read_item(item_id: int, session: Session = db, user: int = user_dependency) -> Any:
+        endpoint(session)
+        return {"id": item_id, "user": user}
+
+    return app
+
+
+async def _get(watch: PoolWatch, app: Any, path: str) -> None:
+    import httpx
+
+    transport = httpx.ASGITransport(app=watch.wrap(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get(path)).status_code == 200
+
+
+@pytest.mark.postgres
+async def test_sqlalchemy_an_endpoint_s_statements_on_its_dependency_s_session_are_not_idle(
+    pg_database: str,
+) -> None:
+    # The session took its connection in the current-user dependency's thread; the
+    # endpoint's 0.3 s statement, sent from another thread, is the checkout's statement
+    # time, not time it held the connection idle (which made a held_idle finding).
+    from sqlalchemy import create_engine, text
+
+    def endpoint(session: Any) -> None:
+        session.execute(text("SELECT pg_sleep(:s)"), {"s": NAP})
+
+    engine = create_engine("postgresql+psycopg://" + pg_database.split("://", 1)[1])
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine)
+    try:
+        await _get(watch, _template_app(engine, endpoint), "/items/7")
+        findings = watch.recorder.recent.recent()
+    finally:
+        watch.uninstrument()
+        engine.dispose()
+    count, idle = _idle(watch, "main", "/items/{item_id}")
+    assert count == 1
+    assert idle < SLACK, idle
+    assert [f for f in findings if f["kind"] == "held_idle"] == []
+
+
+async def test_sqlalchemy_an_endpoint_waiting_between_its_statements_names_its_own_lines(
+    sqlite_url: str,
+) -> None:
+    # The wait is between the endpoint's two statements, in its thread: the finding names
+    # them, not the dependency's statement and the release.
+    from sqlalchemy import create_engine, text
+
+    def endpoint(session: Any) -> None:
+        session.execute(text("SELECT id FROM item WHERE id = 2"))
+        time.sleep(NAP)  # a slow call of another service, connection in hand
+        session.execute(text("SELECT id FROM item WHERE id = 3"))
+
+    engine = create_engine(sqlite_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE item (id INTEGER PRIMARY KEY)"))
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine)
+    try:
+        await _get(watch, _template_app(engine, endpoint), "/items/7")
+        findings = watch.recorder.recent.recent()
+    finally:
+        watch.uninstrument()
+        engine.dispose()
+    (finding,) = [f for f in findings if f["kind"] == "held_idle"]
+    assert finding["route"] == "/items/{item_id}"
+    before, after = (finding[k].rsplit(" -> ", 1)[-1] for k in ("before", "call_path"))
+    assert before.endswith(".endpoint")
+    assert after.endswith(".endpoint")
+    line = int(before.split(":", 1)[1].split(" ")[0])
+    assert int(after.split(":", 1)[1].split(" ")[0]) == line + 2
 
 
 # -- the held_idle finding ------------------------------------------------------------------

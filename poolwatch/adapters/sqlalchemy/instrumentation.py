@@ -136,6 +136,8 @@ class SQLAlchemyInstrumentation:
         self.tag = tag
         # Checkouts holding a permit of the gate's limiter (their record_info ids).
         self._permits: set[int] = set()
+        # Checkouts checked in and not yet back in the pool (their record_info ids).
+        self._returning: set[int] = set()
         # DBAPI connections (their ids) with a transaction open (do_begin), since when.
         self._opened: dict[int, float] = {}
         # Connections being opened right now (the creator called, not yet returned).
@@ -188,6 +190,7 @@ class SQLAlchemyInstrumentation:
         child's (see :mod:`poolwatch.forksafe`). Emptied in place: the hooks made at
         install hold these very objects."""
         self._permits.clear()
+        self._returning.clear()
         self._opened.clear()
 
     # -- install / uninstall -------------------------------------------------------------
@@ -359,12 +362,16 @@ class SQLAlchemyInstrumentation:
         self._shadow(
             pool, "recreate", following_recreate(pool.recreate, self, self._hook_pool, faults)
         )
-        # With a limiter, a permit goes back once the connection is back in the queue
-        # (after the pool's own _do_return_conn), so the pool never holds more than the
-        # limit; a connection returning to a pool above its limit is closed instead,
-        # the way QueuePool itself drops one that finds its queue full.
-        if self.gate is not None and self.gate.limiter is not None:
-            self._shadow(pool, "_do_return_conn", returning(pool, pool._do_return_conn, self))
+        # A connection checked in is returning until the pool's own _do_return_conn is
+        # over (see .pool.returning). With a limiter, its permit goes back then too, so
+        # the pool never holds more than the limit; a connection returning to a pool
+        # above its limit is closed instead, the way QueuePool itself drops one that
+        # finds its queue full.
+        self._shadow(
+            pool,
+            "_do_return_conn",
+            returning(pool, pool._do_return_conn, self, events, faults),
+        )
         creator = vars(pool).get("_invoke_creator")
         if callable(creator):
             self._shadow(pool, "_invoke_creator", marking_creator(creator, self, faults))

@@ -13,6 +13,11 @@ connections.
 * **Dispose**: ``Engine.dispose()`` swaps in ``pool.recreate()``; ``recreate`` is
   shadowed too, so the new pool is hooked before anyone can use it; the pool listeners
   travel with the dispatch ``recreate()`` hands on.
+* **Returns**: the ``checkin`` event comes before the pool has the connection back (its
+  ``_do_return_conn``, which may close an overflow connection, awaiting the driver under
+  asyncio). Until that is over the connection is counted as returning, so the pool's own
+  count, read meanwhile (a scrape, the gauges a worker writes for the others at each
+  release), shows no drift; once it is over the gauges are written again.
 * **Permits**: with autosize's limiter, an acquire takes a permit first. It goes back
   when the acquire fails, when the connection is back in the pool's queue (or closed,
   the pool being above its limit), or when the connection is detached.
@@ -110,6 +115,8 @@ class PoolOwner(Switch, Protocol):
     connecting: int
     # Checkouts holding a permit of the gate's limiter (their record_info ids).
     _permits: set[int]
+    # Checkouts checked in and not yet back in the pool (their record_info ids).
+    _returning: set[int]
     # DBAPI connections (their ids) with a transaction open (do_begin), since when.
     _opened: dict[int, float]
     # Engine.dispose() was called and the pool not used since: it has no gauges.
@@ -141,6 +148,13 @@ def _give_back(owner: PoolOwner, holder: int) -> None:
     if gate is not None and holder in owner._permits:
         owner._permits.discard(holder)
         gate.leave()
+
+
+def _returned(owner: PoolOwner, events: PoolEvents, holder: int) -> None:
+    """The connection checked in as ``holder`` is back in the pool (or closed)."""
+    if holder in owner._returning:
+        owner._returning.discard(holder)
+        events.return_finished()
 
 
 # -- wrappers --------------------------------------------------------------------------
@@ -242,9 +256,14 @@ def marking_creator(
 
 
 def returning(
-    pool: Pool, original: Callable[[ConnectionPoolEntry], None], owner: PoolOwner
+    pool: Pool,
+    original: Callable[[ConnectionPoolEntry], None],
+    owner: PoolOwner,
+    events: PoolEvents,
+    faults: FaultReporter,
 ) -> Callable[[ConnectionPoolEntry], None]:
-    """The pool's ``_do_return_conn``, with a limiter: the permit goes back after it."""
+    """The pool's ``_do_return_conn``: the connection checked in is back after it (see
+    the ``checkin`` listener), and with a limiter the permit goes back then too."""
 
     def do_return_conn(entry: ConnectionPoolEntry) -> None:
         holder = id(entry.record_info)
@@ -260,6 +279,10 @@ def returning(
             original(entry)
         finally:
             _give_back(owner, holder)
+            try:
+                _returned(owner, events, holder)
+            except Exception as err:
+                faults.report(COMPONENT, err)
 
     return do_return_conn
 
@@ -296,6 +319,19 @@ def pool_listeners(
         except Exception as err:
             faults.report(COMPONENT, err)
 
+    def on_checkin(dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
+        # The pool takes the connection back only after this event (_do_return_conn):
+        # returning until then, counted before the release so that the gauges written
+        # at the release do not show the pool's count of it as drift.
+        try:
+            holder = id(entry.record_info)
+            if holder not in owner._returning:
+                owner._returning.add(holder)
+                events.return_started()
+        except Exception as err:
+            faults.report(COMPONENT, err)
+        on_release(dbapi_connection, entry)
+
     def on_invalidate(dbapi_connection: Any, entry: ConnectionPoolEntry, *_: Any) -> None:
         # The connection is being thrown away (a disconnect): a transaction still open on
         # it is lost, and SQLAlchemy will not call do_rollback for it.
@@ -313,7 +349,7 @@ def pool_listeners(
 
     return (
         ("connect", on_connect),
-        ("checkin", on_release),
+        ("checkin", on_checkin),
         ("detach", on_detach),
         ("invalidate", on_invalidate),
     )

@@ -143,7 +143,8 @@ def wrap_release(
 
     # The checkout ends when the application lets go of the connection, before the
     # driver's own housekeeping (asyncpg resets it, a round trip); until that is over
-    # the connection is counted as returning, so the driver's count can be checked.
+    # the connection is counted as returning, so the driver's count can be checked:
+    # from before the release, whose gauges multiprocess mode writes at once.
     @functools.wraps(original)
     def aexit(self: Any, *exc_info: Any) -> Coroutine[Any, Any, Any]:
         client = entry.owner(self)
@@ -153,8 +154,8 @@ def wrap_release(
         # Released inside a statement being timed: the statement's own checkout,
         # whose time is reported after this (a transaction ends outside any).
         clock = query_clock.get()
-        events.released(id(self), clock.querying() if clock is not None else 0.0)
         events.return_started()
+        events.released(id(self), clock.querying() if clock is not None else 0.0)
         release = original(self, *exc_info)
         if entry.transaction:
             events.transaction_ended()

@@ -19,7 +19,17 @@ from typing import Any
 import pytest
 import sqlalchemy.exc
 from prometheus_client import generate_latest
-from sqlalchemy import Engine, Table, bindparam, create_engine, insert, select, text, update
+from sqlalchemy import (
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
@@ -76,6 +86,48 @@ def test_gauges_are_the_pools_own_counts(
     assert waits(watch) == 4
     assert sample(watch, "db_client_connection_use_time_seconds_count") == 4
     assert creations(watch) == opened[0] == 4
+
+
+def test_a_connection_checked_in_is_returning_until_the_pool_has_it_back(
+    watch: PoolWatch,
+    make_engine: Callable[..., Engine],
+    table: Table,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SQLAlchemy's checkin event comes before the pool takes the connection back (and
+    # closes an overflow one). Read in between, as a scrape may and as multiprocess mode
+    # writes the gauges at every release, the pool still counting it is no drift; once
+    # the pool has it, poolwatch hears so (multiprocess mode writes the gauges again).
+    engine = make_engine(pool_size=1, max_overflow=1)
+    watch.instrument_sqlalchemy(engine, pool=POOL)
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    observer = watch.pool_events(POOL)
+    between: list[tuple[float, float, int]] = []
+    back: list[tuple[int, int]] = []
+
+    @event.listens_for(pool, "checkin")
+    def read_between(*_: Any) -> None:  # runs after poolwatch's own checkin listener
+        between.append((used(watch), sample(watch, "poolwatch_pool_drift"), observer.returning))
+
+    finished = observer.return_finished
+
+    def return_finished() -> None:
+        back.append((pool.checkedout(), pool.checkedin()))
+        finished()
+
+    monkeypatch.setattr(observer, "return_finished", return_finished)
+
+    held = [engine.connect() for _ in range(2)]  # the pool's one and an overflow one
+    for conn in held:
+        conn.execute(select(table).where(table.c.id == 1)).all()
+    for conn in held:
+        conn.close()
+
+    assert between == [(2, 0, 1), (1, 0, 1)]
+    assert back == [(1, 1), (0, 1)]  # the first one queued, the overflow one closed
+    assert observer.returning == 0
+    assert_at_rest(watch, pool)
 
 
 def test_statements_are_counted_once_each_by_route(
