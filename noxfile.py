@@ -51,7 +51,11 @@ OLDEST_TESTS = (
     "tests/test_demo.py",
     "tests/test_testing.py",
     "tests/test_pytest_plugin.py",
+    "tests/test_pytest_plugin_listed.py",
     "tests/test_realapp.py",
+    "tests/pools/test_checkout_gaps.py",
+    "tests/pools/test_wait_reader.py",
+    "tests/pools/test_held_idle_waits.py",
 )
 # The lower bounds do not all install together: Tortoise 0.21 needs Pydantic 2, FastAPI 0.92
 # Pydantic 1. scripts/oldest.txt (SQLAlchemy 2.0.0, FastAPI 0.92, prometheus-client 0.14.1)
@@ -70,6 +74,10 @@ OLDEST_BOUNDS_TESTS = (
     "tests/queries/test_findings.py",
     "tests/test_public_api.py",
     "tests/test_testing.py",
+    "tests/test_pytest_plugin_listed.py",
+    "tests/pools/test_checkout_gaps.py",
+    "tests/pools/test_wait_reader.py",
+    "tests/pools/test_held_idle_waits.py",
 )
 OLDEST = {
     "bounds": ("scripts/oldest.txt", OLDEST_BOUNDS_TESTS),
@@ -168,6 +176,7 @@ def oldest(session: nox.Session, stack: str) -> None:
         "-W",
         "ignore::pytest.PytestConfigWarning",
         "tests/test_pytest_plugin.py",
+        "tests/test_pytest_plugin_listed.py",
     )
 
 

@@ -120,6 +120,12 @@ class PoolEvents(Protocol):
         first, its slot back in the pool) or ``"failed"`` if giving it back raised."""
         ...
 
+    def connection_busy(self, busy: bool) -> None:
+        """The connection the calling task (or thread) holds starts (``busy``) or ends a
+        round trip of its own that is no statement: a BEGIN, a COMMIT or ROLLBACK, the
+        pool's reset on return. Its time is no wait of the application's."""
+        ...
+
     def transaction_ended(self) -> None:
         """The driver committed or rolled back without a statement poolwatch saw (a
         DBAPI ``commit()``, a transaction's exit): later reads may see other rows."""
@@ -232,13 +238,26 @@ class Finding:
     """The ORM relations involved, as ``Model.attribute``: the chain an N+1 walked
     (``Article.author``, ``Author.profile``), or the eager loads nothing read."""
     waited_on: str = ""
-    """held_idle: what the connection waited on in its longest gap, where known (the
-    function sent to a thread pool, a network call, a sleep)."""
+    """held_idle: what the connection waited on, as the code between the two statements
+    names it (``verify_password, run in the thread pool by run_in_threadpool``, ``a
+    network call, httpx.AsyncClient.get``, ``a sleep, asyncio.sleep``; ``(on some paths
+    only)`` after a wait in a branch); empty where the code could not be read and the
+    wait was measured."""
 
     @property
     def path(self) -> str:
         """The call path, or the call site where no path was recorded."""
         return self.call_path or self.call_site
+
+    @property
+    def gap(self) -> str:
+        """held_idle: the gap it names, in words: ``waiting on verify_password, run in
+        the thread pool by run_in_threadpool, between app/auth.py:20 in login and
+        app/auth.py:24 in login``."""
+        between = f"between {self.before or 'the checkout'} and {self.path or 'the release'}"
+        if self.waited_on:
+            return f"waiting on {self.waited_on}, {between}"
+        return f"longest {between}, a wait measured (the code between was not read)"
 
     @property
     def where(self) -> str:
@@ -251,8 +270,7 @@ class Finding:
                 f"held_idle on {self.where}: a connection of pool {self.pool} held "
                 f"{self.held * 1000:.0f} ms, {self.duration * 1000:.0f} ms of it running no "
                 f"statement (statements: {(self.held - self.duration) * 1000:.0f} ms)"
-                f"{' inside a transaction' if self.transaction else ''}, longest between "
-                f"{self.before or 'the checkout'} and {self.path or 'the release'}. "
+                f"{' inside a transaction' if self.transaction else ''}, {self.gap}. "
                 f"{self.suggestion}"
             )
         if self.kind == UNUSED_EAGER_LOAD:
@@ -274,8 +292,7 @@ class Finding:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The finding as JSON-ready values (lists for its tuples, as JSON has them)."""
+        """The finding as JSON-ready values (``callers`` and ``relations`` as lists, as
+        JSON gives them back)."""
         values = dataclasses.asdict(self)
-        for name in ("callers", "relations"):
-            values[name] = list(values[name])
-        return values
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in values.items()}

@@ -1,7 +1,7 @@
-"""pytest plugin: N+1 and duplicate queries of the code under test (installed with poolwatch).
+"""pytest plugin: the N+1s and other findings of the code under test (installed with poolwatch).
 
-Every test runs inside :func:`poolwatch.testing.capture`; what it finds is handled by
-``--poolwatch-nplusone`` (or the ``poolwatch_nplusone`` ini option):
+Every test runs inside :func:`poolwatch.testing.capture`; its N+1 and duplicate queries
+are handled by ``--poolwatch-nplusone`` (or the ``poolwatch_nplusone`` ini option):
 
 * ``report`` (default): a summary section at the end of the session lists each finding
   with the test that caused it; the exit status is left alone, as a metrics agent added
@@ -10,6 +10,16 @@ Every test runs inside :func:`poolwatch.testing.capture`; what it finds is handl
   duplicate query with its call site and the fix;
 * ``warn``: a :class:`~poolwatch.NPlusOneWarning` per test instead;
 * ``off``: nothing.
+
+The other findings are listed at the end in every mode but ``off``, a section per kind
+and one entry per place with the first test that showed it and how many more did:
+connections held while idle (``held_idle``, with what they waited on), per-row writes in
+a loop (``bulk_write``, with the loop's line and the ORM's bulk call) and eager loads that
+nothing read (``unused_eager_load``, with the query's call path and the option to
+remove). They are advice on how the code uses the pool, often followed on purpose (a loop
+of a few writes reads better than a bulk call), so they fail no test unless asked:
+``--poolwatch-fail-on=bulk_write,unused_eager_load`` (or the ``poolwatch_fail_on`` ini
+option) fails the tests that show the kinds it names, in every mode.
 
 Statements that the test's own code issues (its module, ``conftest.py``: whatever
 ``python_files`` names), setting up data or checking it, are not judged; the app's are.
@@ -29,16 +39,32 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Generator
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from poolwatch.errors import NPlusOneError, NPlusOneWarning
-from poolwatch.events import DUPLICATE, HELD_IDLE, NPLUSONE, Finding
+from poolwatch.events import (
+    BULK_WRITE,
+    DUPLICATE,
+    HELD_IDLE,
+    NPLUSONE,
+    UNUSED_EAGER_LOAD,
+    Finding,
+)
+from poolwatch.pools.reader import WaitReader
 from poolwatch.testing import capture
 
 _MODES = ("off", "report", "warn", "raise")
 _DEFAULT_MODE = "report"
+LISTED_KINDS = (HELD_IDLE, BULK_WRITE, UNUSED_EAGER_LOAD)
+"""The kinds listed at the end, a section each, most serious first; they fail no test
+unless ``poolwatch_fail_on`` names them."""
+_SECTIONS = {
+    HELD_IDLE: ("connection held while idle", "connections held while idle"),
+    BULK_WRITE: ("per-row write", "per-row writes"),
+    UNUSED_EAGER_LOAD: ("unused eager load", "unused eager loads"),
+}
 MINIMUM_PYTEST = (7, 0)  # pytest.StashKey, pytest.Parser/Config/Item as public names
 
 
@@ -57,7 +83,8 @@ _SUPPORTED = supported(pytest.__version__)
 if _SUPPORTED:
     _FINDINGS = pytest.StashKey[list[tuple[str, Finding]]]()
     _STATEMENTS = pytest.StashKey[list[int]]()  # statements seen in the session, in one cell
-    _HELD = pytest.StashKey[list[tuple[str, Finding]]]()  # held_idle findings: listed only
+    # Findings listed at the end and never raised, by kind: (test, finding) each.
+    _LISTED = pytest.StashKey[dict[str, list[tuple[str, Finding]]]]()
 else:
     warnings.warn(
         f"poolwatch's pytest plugin needs pytest {'.'.join(map(str, MINIMUM_PYTEST))} or "
@@ -84,6 +111,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="statements from one call site that make an N+1 in a test (default: 2)",
     )
+    group.addoption(
+        "--poolwatch-fail-on",
+        default=None,
+        metavar="KINDS",
+        help="fail the tests that show these kinds of finding, listed at the end otherwise: "
+        f"any of {', '.join(LISTED_KINDS)}, comma-separated (default: none)",
+    )
     parser.addini(
         "poolwatch_nplusone", "off, report, warn or raise (default report)", default=_DEFAULT_MODE
     )
@@ -93,6 +127,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "also judge the statements the tests and fixtures issue themselves (default false)",
         type="bool",
         default=False,
+    )
+    parser.addini(
+        "poolwatch_fail_on",
+        f"kinds of finding that fail the tests showing them: {', '.join(LISTED_KINDS)}, "
+        "comma-separated (default: none, they are listed)",
+        default="",
     )
 
 
@@ -111,14 +151,31 @@ def pytest_configure(config: pytest.Config) -> None:
     threshold = _threshold(config)
     if threshold < 2:
         raise pytest.UsageError(f"poolwatch_threshold={threshold!r}: must be at least 2")
+    _fail_on(config)  # a kind misspelt fails the session, not silently nothing
     config.stash[_FINDINGS] = []
-    config.stash[_HELD] = []
+    listed: dict[str, list[tuple[str, Finding]]] = {kind: [] for kind in LISTED_KINDS}
+    config.stash[_LISTED] = listed
     config.stash[_STATEMENTS] = [0]
 
 
 def _mode(config: pytest.Config) -> str:
     option = config.getoption("--poolwatch-nplusone")
     return str(option if option is not None else config.getini("poolwatch_nplusone")).strip()
+
+
+def _fail_on(config: pytest.Config) -> frozenset[str]:
+    """The kinds of listed finding that fail the tests showing them."""
+    option = config.getoption("--poolwatch-fail-on")
+    raw = str(option if option is not None else config.getini("poolwatch_fail_on"))
+    kinds = frozenset(kind.strip() for kind in raw.replace("\n", ",").split(",") if kind.strip())
+    unknown = sorted(kinds - set(LISTED_KINDS))
+    if unknown:
+        raise pytest.UsageError(
+            f"poolwatch_fail_on={raw!r}: {', '.join(unknown)} is not a kind it takes; "
+            f"it takes {', '.join(LISTED_KINDS)} (N+1 and duplicate queries fail with "
+            "--poolwatch-nplusone=raise)"
+        )
+    return kinds
 
 
 def _threshold(config: pytest.Config) -> int:
@@ -143,7 +200,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, None]:
     limit_marker = item.get_closest_marker("max_queries")
     if item.get_closest_marker("allow_nplusone") is not None:
         mode = "off"
-    if mode == "off" and limit_marker is None:
+    if mode == "off" and limit_marker is None and not _fail_on(item.config):
         yield
         return
     with capture(name=item.nodeid, threshold=_threshold(item.config)) as captured:
@@ -152,7 +209,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, None]:
         return
     try:
         _judge(item, mode, limit_marker, captured)
-    except Exception as exc:
+    except (Exception, pytest.fail.Exception) as exc:
         force = getattr(outcome, "force_exception", None)
         if force is None:
             raise
@@ -172,14 +229,27 @@ def _judge(item: pytest.Item, mode: str, limit_marker: pytest.Mark | None, captu
     if limit_marker is not None:
         captured.assert_max_queries(_limit(limit_marker))
     judged = _judged(item.config)
-    item.config.stash[_HELD].extend(
-        (item.nodeid, f) for f in captured.findings if f.kind == HELD_IDLE and judged(f)
-    )
+    fail_on = _fail_on(item.config)
+    listed = item.config.stash[_LISTED]
+    failing = []
+    for finding in captured.findings:
+        if finding.kind in fail_on and judged(finding):
+            failing.append(finding)
+        elif finding.kind in listed and judged(finding):
+            listed[finding.kind].append((item.nodeid, finding))
     serious = [f for f in captured.findings if f.kind in (NPLUSONE, DUPLICATE) and judged(f)]
+    if mode == "raise" and serious:
+        raise NPlusOneError([*serious, *failing], where=item.nodeid)
+    if failing:
+        kinds = ",".join(kind for kind in LISTED_KINDS if kind in fail_on)
+        raise pytest.fail.Exception(
+            f"{len(failing)} finding(s) of a kind that fails tests "
+            f"(poolwatch_fail_on = {kinds}) in {item.nodeid}:\n"
+            + "\n".join(f"  - {finding}" for finding in failing),
+            pytrace=False,
+        )
     if not serious or mode == "off":
         return
-    if mode == "raise":
-        raise NPlusOneError(serious, where=item.nodeid)
     if mode == "warn":
         warnings.warn(NPlusOneWarning(str(NPlusOneError(serious, where=item.nodeid))), stacklevel=1)
     item.config.stash[_FINDINGS].extend((item.nodeid, f) for f in serious)
@@ -199,39 +269,80 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             "(PoolWatch().instrument_*) where the tests create the app"
         )
         return
-    held = config.stash[_HELD]
-    if held:
-        places = _places(held)
-        terminalreporter.write_sep(
-            "-",
-            f"poolwatch: {len(held)} connections held while idle, at {len(places)} places",
+    # The most serious first: what fails a test when asked, then what can empty the pool,
+    # then what only costs time.
+    if findings:
+        terminalreporter.write_sep("-", f"poolwatch: {len(findings)} N+1 or duplicate queries")
+        for nodeid, finding in findings:
+            terminalreporter.write_line(f"{nodeid}: {finding}")
+        terminalreporter.write_line(
+            "(reported only; --poolwatch-nplusone=raise or poolwatch_nplusone = raise makes "
+            "them fail the tests that ran them, @pytest.mark.allow_nplusone accepts one test's)"
         )
-        for nodeid, finding, more in places:
-            others = f" (and {more} more)" if more else ""
-            terminalreporter.write_line(f"{nodeid}{others}: {finding}")
-        terminalreporter.write_line("(reported only: never a failure)")
-    if not findings:
-        return
-    terminalreporter.write_sep("-", f"poolwatch: {len(findings)} N+1 or duplicate queries")
-    for nodeid, finding in findings:
-        terminalreporter.write_line(f"{nodeid}: {finding}")
-    terminalreporter.write_line(
-        "(reported only; --poolwatch-nplusone=raise or poolwatch_nplusone = raise makes "
-        "them fail the tests that ran them, @pytest.mark.allow_nplusone accepts one test's)"
-    )
+    reader = WaitReader()  # the loops of the per-row writes, read from the source
+    for kind in LISTED_KINDS:
+        seen = config.stash[_LISTED][kind]
+        if not seen:
+            continue
+        places = _places(seen)
+        what = _plural(len(seen), *_SECTIONS[kind])
+        where = _plural(len(places), "place", "places")
+        terminalreporter.write_sep("-", f"poolwatch: {what}, at {where}")
+        for place in places:
+            terminalreporter.write_line(str(place))
+            loop = reader.loop_of(place.finding.path) if kind == BULK_WRITE else ""
+            if loop:
+                terminalreporter.write_line(f"    the loop: {loop}")
+        terminalreporter.write_line(
+            f"(listed only; --poolwatch-fail-on={kind} or poolwatch_fail_on = {kind} makes "
+            "them fail the tests that show them)"
+        )
 
 
-def _places(held: list[tuple[str, Finding]]) -> list[tuple[str, Finding, int]]:
-    """held_idle findings by place (route, the lines either side of the wait): the first
-    test that showed it, its longest wait, and how many more times it was seen."""
-    by_place: dict[tuple[str, str, str, bool], list[tuple[str, Finding]]] = {}
-    for nodeid, finding in held:
-        key = (finding.where, finding.before, finding.call_path, finding.transaction)
-        by_place.setdefault(key, []).append((nodeid, finding))
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+class Place(NamedTuple):
+    """One place of the code a kind of finding points at, over the whole session."""
+
+    nodeid: str
+    """The first test that showed it."""
+    finding: Finding
+    """Its worst occurrence: the longest idle time, the most rows or loads."""
+    tests: int
+    """How many tests showed it, the first included."""
+
+    def __str__(self) -> str:
+        more = self.tests - 1
+        others = f" (and {_plural(more, 'more test', 'more tests')})" if more else ""
+        return f"{self.nodeid}{others}: {self.finding}"
+
+
+def _place_of(finding: Finding) -> tuple[object, ...]:
+    """What makes two findings of one kind the same place: the request, the lines (and
+    for statements, their shape and pool; for eager loads, the relations)."""
+    if finding.kind == HELD_IDLE:
+        return (finding.where, finding.before, finding.call_path, finding.transaction)
+    return (finding.where, finding.fingerprint, finding.path, finding.pool, finding.relations)
+
+
+def _places(seen: list[tuple[str, Finding]]) -> list[Place]:
+    """Findings of one kind by place, in the order first seen: the first test that showed
+    each, its worst occurrence, and how many tests showed it."""
+    by_place: dict[tuple[object, ...], list[tuple[str, Finding]]] = {}
+    for nodeid, finding in seen:
+        by_place.setdefault(_place_of(finding), []).append((nodeid, finding))
     return [
-        (seen[0][0], max((f for _, f in seen), key=lambda f: f.duration), len(seen) - 1)
-        for seen in by_place.values()
+        Place(found[0][0], max((f for _, f in found), key=_worst), len({n for n, _ in found}))
+        for found in by_place.values()
     ]
+
+
+def _worst(finding: Finding) -> tuple[float, float]:
+    if finding.kind == HELD_IDLE:
+        return (finding.duration, finding.held)
+    return (finding.count, finding.duration)
 
 
 def _judged(config: pytest.Config) -> Callable[[Finding], bool]:

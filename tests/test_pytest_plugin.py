@@ -228,7 +228,7 @@ def make_reports(engine):
     def report():
         with engine.connect() as conn:
             conn.execute(text("SELECT name FROM item WHERE id = 1"))
-            time.sleep(0.15)  # a slow call of another service, the connection in hand
+            time.sleep(0.02)  # a call of another service, the connection in hand
             return conn.execute(text("SELECT name FROM item WHERE id = 2")).scalar()
 
     return app
@@ -260,12 +260,27 @@ def test_connections_held_while_idle_are_listed_and_never_fail(suite: pytest.Pyt
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*- poolwatch: 1 connections held while idle, at 1 places -*",
+            "*- poolwatch: 1 connection held while idle, at 1 place -*",
             "test_held.py::test_report: held_idle on GET /report: a connection of pool main "
             "held * ms, * ms of it running no statement (statements: * ms) inside a "
-            "transaction, longest between reports.py:1? in "
-            "make_reports.<locals>.report and reports.py:1? in make_reports.<locals>.report.*",
-            "(reported only: never a failure)",
+            "transaction, waiting on a sleep, time.sleep, between reports.py:1? in "
+            "make_reports.<locals>.report and reports.py:1? in make_reports.<locals>.report. "
+            "Release the connection before time.sleep *",
+            "(listed only; --poolwatch-fail-on=held_idle or poolwatch_fail_on = held_idle "
+            "makes them fail the tests that show them)",
+        ]
+    )
+
+
+def test_connections_held_while_idle_fail_the_test_when_asked(suite: pytest.Pytester) -> None:
+    suite.makepyfile(reports=REPORTS, test_held=HELD_SUITE)
+    result = suite.runpytest("test_held.py", "--poolwatch-fail-on=held_idle")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "1 finding(s) of a kind that fails tests (poolwatch_fail_on = held_idle) in "
+            "test_held.py::test_report:",
+            "  - held_idle on GET /report: * waiting on a sleep, time.sleep, between *",
         ]
     )
 

@@ -115,9 +115,11 @@ def test_every_pytest_option_has_a_meaning() -> None:
     assert names == [
         "--poolwatch-nplusone",
         "--poolwatch-threshold",
+        "--poolwatch-fail-on",
         "poolwatch_nplusone",
         "poolwatch_threshold",
         "poolwatch_judge_test_code",
+        "poolwatch_fail_on",
     ]
     page = reference.pytest_markdown()
     for entry in entries:

@@ -40,7 +40,7 @@ from poolwatch.config import Settings
 from poolwatch.events import FINDING_KINDS, PoolState
 from poolwatch.exposition.collectors import PoolSource, PoolStateCollector
 from poolwatch.exposition.metrics import COMPONENTS, Metrics
-from poolwatch.pytest_plugin import pytest_addoption
+from poolwatch.pytest_plugin import LISTED_KINDS, pytest_addoption
 from poolwatch.queries.findings import FindingsLog, log_line
 from poolwatch.queries.hints import SQLALCHEMY, TORTOISE
 from poolwatch.queries.kinds import KINDS, Kind
@@ -317,11 +317,15 @@ def findings_markdown() -> str:
         kind = KINDS[name]
         advice = kind_advice(kind)
         example = dataclasses.replace(kind.example, suggestion=next(iter(advice.values())))
-        raised = (
-            "fails the request or test in `raise` mode"
-            if kind.raises
-            else "logged and listed, never raised"
-        )
+        if kind.raises:
+            raised = "fails the request or test in `raise` mode"
+        elif kind.name in LISTED_KINDS:
+            raised = (
+                "logged and listed, never raised; listed in the pytest summary, and fails "
+                "the tests that show it where `poolwatch_fail_on` names it"
+            )
+        else:
+            raised = "logged and listed, never raised"
         lines = [
             f"## `{kind.name}`: {kind.title}",
             "",

@@ -3,8 +3,10 @@
 This sits on the hot path of every query and every acquire, so it keeps to dictionary
 operations and pre-bound metric children: no locks of its own (single dict and set
 operations are atomic under the GIL, which is what sync SQLAlchemy pools in threads
-need), no string formatting, no stack walks. Any fault in here is reported to the
-:class:`~poolwatch.safety.FaultReporter` and swallowed.
+need), no string formatting, and no stack walks but where held_idle findings are
+looked for: one at the checkout (the line that took the connection) and one at a release
+whose code after its last statement may wait on something (see :mod:`.checkout`). Any
+fault in here is reported to the :class:`~poolwatch.safety.FaultReporter` and swallowed.
 """
 
 from __future__ import annotations
@@ -13,51 +15,20 @@ import contextvars
 import itertools
 from collections import deque
 from collections.abc import Callable
-from threading import get_ident
-from time import perf_counter, thread_time
-from typing import Any
+from time import perf_counter
+from typing import Any, Protocol
 
 from poolwatch import forksafe
 from poolwatch.context import NO_ROUTE, current_route, current_scope
 from poolwatch.events import TRANSACTION_OUTCOMES
 from poolwatch.exposition.metrics import Metrics
+from poolwatch.pools.checkout import HELD_IDLE_MIN, Checkout, CodeReader, thread_usage
 from poolwatch.pools.holders import Holders
 from poolwatch.queries.operations import operation_of
 from poolwatch.queries.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
 
-__all__ = ["HELD_IDLE_MIN", "RECLAIM_OUTCOMES", "PoolObserver", "is_refusal"]
-
-# A checkout idle this long in one gap, and for more than half its hold, is a finding
-# (held_idle): long enough that no driver round trip or event-loop turn explains it.
-HELD_IDLE_MIN = 0.1
-# A gap counts towards the finding only if its thread blocked in it (a voluntary context
-# switch: a sleep, a socket, a queue, an event loop with nothing to run) and spent less
-# than this share of it on the CPU. Work between two statements, such as an ORM's
-# first-use mapper set-up or result processing, never blocks, however far a loaded
-# machine stretches it past HELD_IDLE_MIN by preempting it (230 ms seen in a suite run
-# beside three busy processes on two cores). A thread's usage says nothing of a gap that
-# began in another thread (a FastAPI sync dependency, the sync endpoint and the teardown
-# each run in a worker thread of their own): such a gap is not judged.
-AWAITED_CPU_SHARE = 0.5
-
-
-try:  # Linux; macOS has no per-thread usage, Windows no resource module
-    import resource
-
-    _RUSAGE_THREAD: int | None = resource.RUSAGE_THREAD
-except (ImportError, AttributeError):
-    _RUSAGE_THREAD = None
-
-
-def thread_usage() -> tuple[float, int]:
-    """The calling thread's CPU seconds, and how many times it blocked (``-1``: unknown
-    on this platform, where only the CPU time tells)."""
-    if _RUSAGE_THREAD is None:
-        return thread_time(), -1
-    usage = resource.getrusage(_RUSAGE_THREAD)
-    return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw
-
+__all__ = ["HELD_IDLE_MIN", "RECLAIM_OUTCOMES", "HeldIdleSink", "PoolObserver", "is_refusal"]
 
 # What became of a connection taken by an entry that then failed (see PoolEvents.reclaimed).
 RECLAIM_OUTCOMES = ("returned", "closed", "failed")
@@ -86,106 +57,23 @@ def _is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__
 
 
-class Checkout:
-    """One connection out of the pool: since when, for which route, how long its
-    statements ran (the rest of the hold is the connection held while idle), and, where
-    held_idle findings are looked for (``cpu`` set), its longest gap spent waiting between
-    two statements (or the checkout and the first, or the last and the release), with
-    the call paths on either side ("": the checkout, the release)."""
+class HeldIdleSink(Protocol):
+    """Told of each checkout held across a wait (see :mod:`.checkout`)."""
 
-    __slots__ = (
-        "after",
-        "before",
-        "cpu",
-        "gap",
-        "last",
-        "last_cpu",
-        "last_path",
-        "last_switches",
-        "naming",
-        "open",
-        "outer",
-        "owed",
-        "route",
-        "since",
-        "statements",
-        "thread",
-        "transaction",
-    )
+    @property
+    def waits(self) -> CodeReader:
+        """Reads what the code between two statements waits on, for every checkout."""
+        ...
 
-    def __init__(
-        self,
-        since: float,
-        route: str,
-        cpu: Callable[[], tuple[float, int]] | None,
-        outer: Checkout | None,
-    ) -> None:
-        self.since = since
-        self.route = route
-        # The checkout its task (or thread) held when it took this one (a session's,
-        # while a helper's quick read ran on a second connection): once this one is
-        # back, the statements are the outer one's again (see PoolObserver._holding).
-        self.outer = outer
-        # Released while its own statement was still being timed (in_flight): that
-        # statement, reported next, is this checkout's and no other's.
-        self.owed = False
-        self.transaction = False  # a transaction began on it
-        self.statements = 0.0
-        self.open = True
-        self.cpu = cpu
-        self.last = since  # when the last statement ended
-        self.last_cpu, self.last_switches = cpu() if cpu is not None else (0.0, 0)
-        # The thread last_cpu was read in: the usage of another one says nothing.
-        self.thread = get_ident() if cpu is not None else 0
-        self.last_path = ""
-        self.gap = 0.0
-        self.before = ""
-        self.after = ""
-        self.naming = False
+    def __call__(self, checkout: Checkout, held: float, idle: float, transaction: bool) -> None:
+        """A checkout held ``held`` seconds, ``idle`` of them running no statement, was
+        held across a wait; called as its release is reported."""
+        ...
 
-    def starting(self) -> None:
-        """A statement is about to be sent: the gap since the last one ends here, before
-        the statement's own wait for the database (which blocks, and would make any gap
-        look awaited)."""
-        cpu = self.cpu
-        if cpu is None:
-            return
-        now = perf_counter()
-        if (
-            now - self.last >= HELD_IDLE_MIN
-            and get_ident() == self.thread
-            and self._gap(now, cpu(), "")
-        ):
-            self.naming = True  # the statement's call path, known once it ran, ends it
-
-    def ran(self, seconds: float, path: str) -> None:
-        """A statement of ``seconds`` ended just now, called from ``path``."""
-        self.statements += seconds
-        cpu = self.cpu
-        if cpu is None:
-            return
-        if self.naming:
-            self.after, self.naming = path, False
-        self.last, self.last_path = perf_counter(), path
-        self.last_cpu, self.last_switches = cpu()
-        self.thread = get_ident()
-
-    def ended(self, now: float) -> None:
-        """The connection went back ``now``: the gap since the last statement counts (if
-        it is given back from the thread that ran that statement)."""
-        if self.cpu is not None and get_ident() == self.thread:
-            self._gap(now, self.cpu(), "")
-
-    def _gap(self, until: float, usage: tuple[float, int], after: str) -> bool:
-        """Whether the gap from the last statement's end ``until`` now is the longest
-        awaited one so far (then it is kept, with ``after`` as its end)."""
-        cpu, switches = usage
-        gap = until - self.last
-        blocked = switches < 0 or switches != self.last_switches
-        if gap > self.gap and blocked and cpu - self.last_cpu < AWAITED_CPU_SHARE * gap:
-            self.gap, self.before, self.after = gap, self.last_path, after
-            return True
-        return False
+    def call_path(self) -> str:
+        """The call path of the application's line running now (a checkout's, a
+        release's), called from the pool's event."""
+        ...
 
 
 class PoolObserver:
@@ -217,8 +105,8 @@ class PoolObserver:
         )
         self._idle = metrics.connection_idle_time
         self._idle_by_route: dict[str, Any] = {}
-        # Told of a checkout held while idle past the threshold (see released).
-        self.on_held_idle: Callable[[Checkout, float, float, bool], None] | None = None
+        # Told of a checkout held across a wait (see released).
+        self.on_held_idle: HeldIdleSink | None = None
         self._wait = metrics.connection_wait_time.labels(name)
         self._use = metrics.connection_use_time.labels(name)
         self._create = metrics.connection_create_time.labels(name)
@@ -319,15 +207,17 @@ class PoolObserver:
             # Findings are a request's (or a named scope's), like every other finding: a
             # connection taken outside any (a test fixture's session held for the whole
             # test, a script) has no route to name.
+            sink = self.on_held_idle
             finding = (
-                route != NO_ROUTE
-                and self.on_held_idle is not None
-                and recorder is not None
-                and recorder.active
+                route != NO_ROUTE and sink is not None and recorder is not None and recorder.active
             )
             checkout = self._checked_out[holder] = Checkout(
                 now, route, thread_usage if finding else None, self._holding()
             )
+            if finding and sink is not None:
+                # The line that took the connection: the code from there to the first
+                # statement is read like any other gap's.
+                checkout.reading(sink.waits, sink.call_path())
             self._taken.set(checkout)
             if work is not None:
                 if work.checkouts is None:
@@ -377,15 +267,11 @@ class PoolObserver:
                 idle = max(0.0, held - checkout.statements - in_flight)
                 checkout.open = False
                 checkout.owed = in_flight > 0.0
-                if (
-                    checkout.cpu is not None
-                    and idle >= HELD_IDLE_MIN
-                    and 2 * idle > held
-                    and self.on_held_idle is not None
-                ):
-                    checkout.ended(now - in_flight)
-                    if checkout.gap >= HELD_IDLE_MIN:
-                        self.on_held_idle(checkout, held, idle, checkout.transaction)
+                sink = self.on_held_idle
+                if checkout.cpu is not None and sink is not None:
+                    checkout.ended(now - in_flight, sink.call_path)
+                    if checkout.held_idle(held, idle):
+                        sink(checkout, held, idle, checkout.transaction)
                 child = self._idle_by_route.get(checkout.route)
                 if child is None:
                     child = self._idle_by_route[checkout.route] = self._idle.labels(
@@ -504,6 +390,14 @@ class PoolObserver:
                 )
             children[0][outcome].inc()
             children[1].observe(seconds)
+        except Exception as exc:
+            self._faults.report("pool", exc)
+
+    def connection_busy(self, busy: bool) -> None:
+        try:
+            checkout = self._holding()
+            if checkout is not None:
+                checkout.busy(busy)
         except Exception as exc:
             self._faults.report("pool", exc)
 

@@ -114,8 +114,7 @@ def log_line(finding: Finding) -> str:
         inside = " in a transaction" if finding.transaction else ""
         return (
             f"held_idle on {_clip(finding.where, 60)}: held {finding.held * 1000:.0f} ms, "
-            f"idle {finding.duration * 1000:.0f} ms{inside}, longest between "
-            f"{finding.before or 'the checkout'} and {path or 'the release'}"
+            f"idle {finding.duration * 1000:.0f} ms{inside}, {finding.gap}"
         )
     if finding.kind == UNUSED_EAGER_LOAD:
         return (

@@ -287,16 +287,45 @@ def _matched(
     return text + "."
 
 
+# Per ORM and statement, the call that writes all the rows at once. SQLAlchemy's ORM bulk
+# UPDATE by primary key (a list of dicts, each with its key) needs a Session.
+_BULK = {
+    TORTOISE: {
+        "insert": "`Model.bulk_create([Model(...), ...])`",
+        "update": "`Model.bulk_update(objects, fields=[...])` (each row its own values) "
+        "or `Model.filter(id__in=ids).update(field=value)` (the same values)",
+        "delete": "`Model.filter(id__in=ids).delete()`",
+    },
+    SQLALCHEMY: {
+        "insert": "`session.execute(insert(Model), [{...}, ...])` or "
+        "`insert(table).values([{...}, ...])`; ORM objects: `session.add_all()` and one "
+        "flush, not a flush or commit per row",
+        "update": '`session.execute(update(Model), [{"id": ..., ...}, ...])` (by primary '
+        "key, each row its own values) or "
+        "`update(Model).where(Model.id.in_(ids)).values(...)` (the same values)",
+        "delete": "`session.execute(delete(Model).where(Model.id.in_(ids)))`",
+    },
+    "": {
+        "insert": "Tortoise `Model.bulk_create(objects)`, SQLAlchemy "
+        "`session.execute(insert(Model), rows)` or `insert(table).values(rows)`",
+        "update": "Tortoise `Model.bulk_update(objects, fields=[...])`, SQLAlchemy "
+        "`session.execute(update(Model), rows)` (by primary key), or one "
+        "`UPDATE ... WHERE id IN (...)` when the rows get the same values",
+        "delete": "Tortoise `Model.filter(id__in=ids).delete()`, SQLAlchemy "
+        "`delete(Model).where(Model.id.in_(ids))`",
+    },
+}
+
+
 def _bulk_write(fingerprint: str, orm: str | None) -> str:
     verb = fingerprint.split(" ", 1)[0]
-    if orm == TORTOISE:
-        batch = {"insert": "bulk_create()", "update": "bulk_update() or a filter().update()"}
-        how = batch.get(verb, "one filter().delete()")
-    elif orm == SQLALCHEMY:
-        how = "session.add_all() or one insert()/update() executed with a list of rows"
-    else:
-        how = "one batched statement (executemany, bulk_create, add_all)"
-    return f"One {verb.upper()} per row: write the rows together with {how}."
+    how = _BULK.get(orm or "", _BULK[""]).get(verb)
+    if how is None:  # REPLACE, MERGE, a CTE
+        return (
+            f"One {verb.upper()} per row: write the rows in one statement (a multi-row "
+            "VALUES, or the driver's executemany)."
+        )
+    return f"One {verb.upper()} per row: {verb} the rows in one statement, with {how}."
 
 
 def _nplusone(evidence: Evidence, relations: Sequence[Relation], orm: str | None) -> str:

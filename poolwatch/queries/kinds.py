@@ -43,13 +43,15 @@ class Kind:
             models (``poolwatch/demo/models.py``); its ``suggestion`` is left empty, as
             the advice is the code's own (see ``advice``).
         advice: the dotted name of the code that words the advice: a string constant,
-            or :data:`HINTS`, which words it per ORM and names the relation to load when
-            the model metadata proves one.
+            :data:`HINTS`, which words it per ORM and names the relation to load when
+            the model metadata proves one, or a function called as :data:`HINTS` is that
+            words the example's (the relation it loaded, the wait it names).
         setting: the setting that decides what is reported.
         metric: the metric that counts it (bulk writes: the one they show in; held
             connections: each checkout's idle time).
         raises: whether ``nplusone_mode="raise"`` (and the pytest plugin's ``raise``)
-            fails the request or test on it; the others are logged and listed only.
+            fails the request or test on it; the others are logged and listed only (the
+            pytest plugin fails the tests that show a kind ``poolwatch_fail_on`` names).
     """
 
     name: str
@@ -167,10 +169,16 @@ KINDS: Mapping[str, Kind] = MappingProxyType(
             name=HELD_IDLE,
             title="Connection held while idle",
             meaning=(
-                "A checkout that waited at least 100 ms between two statements (or "
-                "between the checkout or the release and a statement) and ran none for "
-                "more than half the time it was held: a connection, often an open "
-                "transaction, held across an HTTP call, a queue or a sleep."
+                "A checkout held across a wait: the application's code between two "
+                "statements (or between the line that took the connection and the first, "
+                "or the last and the release) sends a function to the thread pool, makes "
+                "a network call or sleeps, as its source reads, however short the wait "
+                "(`waited_on` names it, `(on some paths only)` when it is in a branch). "
+                "Code that runs only on the CPU between its statements is none, however "
+                "long a busy machine makes it. Where the code cannot be read (a lambda, an "
+                "awaited call on an object of no known type), a gap of at least 100 ms "
+                "in which the thread blocked, in a checkout idle for more than half the "
+                "time it was held, is one, naming no wait."
             ),
             example=Finding(
                 kind=HELD_IDLE,
@@ -178,16 +186,17 @@ KINDS: Mapping[str, Kind] = MappingProxyType(
                 fingerprint="",
                 count=1,
                 duration=0.30120161900049425,
-                call_site="blog/routes.py:35 in add_routes.<locals>.add_reviewed_comment",
+                call_site="loadtests/app.py:120 in create_app.<locals>.add_reviewed_comment",
                 suggestion="",
                 pool="default",
                 method="POST",
-                call_path="blog/routes.py:35 in add_routes.<locals>.add_reviewed_comment",
+                call_path="loadtests/app.py:120 in create_app.<locals>.add_reviewed_comment",
                 held=0.30155328399996506,
-                before="blog/routes.py:33 in add_routes.<locals>.add_reviewed_comment",
+                before="loadtests/app.py:118 in create_app.<locals>.add_reviewed_comment",
                 transaction=True,
+                waited_on="a sleep, asyncio.sleep, in _moderate",
             ),
-            advice="poolwatch.pools.held_idle.HELD_IDLE_ADVICE",
+            advice="poolwatch.pools.held_idle.example_advice",
             setting="nplusone_mode",
             metric="poolwatch_connection_idle_seconds",
             raises=False,

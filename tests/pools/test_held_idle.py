@@ -277,7 +277,11 @@ async def test_tortoise_a_transaction_across_an_outbound_call_is_a_finding_namin
     before_line = int(finding.before.rsplit(":", 1)[1].split(" ")[0])
     after_line = int(finding.call_site.rsplit(":", 1)[1].split(" ")[0])
     assert after_line == before_line + 2  # the statements either side of the call
-    assert "Release the connection before awaiting" in finding.suggestion
+    # The code between the two lines names the wait, in the function it calls.
+    assert finding.waited_on == "a sleep, asyncio.sleep, in outbound_call"
+    assert finding.suggestion.startswith(
+        "Release the connection before calling outbound_call, which waits on asyncio.sleep"
+    )
     assert "inside a transaction" in str(finding)
     # Not an N+1: it never fails a test, even in raise mode.
     assert not captured.nplusone

@@ -315,7 +315,7 @@ def test_log_line_per_finding(engine: Engine, caplog: pytest.LogCaptureFixture) 
     assert message.endswith(" in loop")  # the loop
     finding = record.poolwatch_finding  # type: ignore[attr-defined]
     assert json.dumps(finding)
-    assert finding["suggestion"].startswith("The same query runs once per row")
+    assert finding["suggestion"].startswith("The same query runs once per value of item.id")
 
 
 def test_a_log_line_keeps_the_whole_call_path_and_clips_the_rest() -> None:

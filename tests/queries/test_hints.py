@@ -114,12 +114,39 @@ def test_a_relation_of_another_orm_is_never_named() -> None:
     assert "Author.books" not in advise("nplusone", sql, TORTOISE, "sqlalchemy")
 
 
+@pytest.mark.parametrize(
+    ("sql", "orm", "bulk"),
+    [
+        ("insert into book (title) values (?)", "tortoise", "`Model.bulk_create("),
+        ("update book set title = ? where id = ?", "tortoise", "`Model.bulk_update("),
+        ("update book set title = ? where id = ?", "tortoise", ".filter(id__in=ids).update("),
+        ("delete from book where id = ?", "tortoise", "`Model.filter(id__in=ids).delete()`"),
+        ("insert into books (title) values (?)", "sqlalchemy", "insert(table).values([{"),
+        ("insert into books (title) values (?)", "sqlalchemy", "`session.add_all()`"),
+        ("update books set title = ? where id = ?", "sqlalchemy", "execute(update(Model), [{"),
+        ("update books set title = ? where id = ?", "sqlalchemy", ".where(Model.id.in_(ids))"),
+        ("delete from books where id = ?", "sqlalchemy", "delete(Model).where(Model.id.in_("),
+        ("insert into books (title) values (?)", None, "Tortoise `Model.bulk_create("),
+        ("delete from books where id = ?", None, "SQLAlchemy `delete(Model).where("),
+    ],
+)
+def test_a_bulk_write_is_told_the_bulk_api_of_its_orm(sql: str, orm: str | None, bulk: str) -> None:
+    text = advise("bulk_write", sql, [], orm)
+    verb = sql.split(" ", 1)[0]
+    assert text.startswith(f"One {verb.upper()} per row: {verb} the rows in one statement")
+    assert bulk in text
+    other = {"tortoise": "session.execute", "sqlalchemy": "bulk_create"}.get(orm or "")
+    assert other is None or other not in text
+
+
+def test_a_bulk_write_of_another_statement_is_told_to_write_the_rows_at_once() -> None:
+    text = advise("bulk_write", "replace into books (title) values (?)", [], "sqlalchemy")
+    assert text == (
+        "One REPLACE per row: write the rows in one statement (a multi-row VALUES, or the "
+        "driver's executemany)."
+    )
+
+
 def test_other_kinds() -> None:
-    assert "bulk_create" in advise(
-        "bulk_write", "insert into book (title) values (?)", [], "tortoise"
-    )
-    assert "add_all" in advise(
-        "bulk_write", "insert into books (title) values (?)", [], "sqlalchemy"
-    )
     assert "reuse" in advise("duplicate", "select 1", [])
     assert "EXPLAIN" in advise("slow_query", "select 1", [])

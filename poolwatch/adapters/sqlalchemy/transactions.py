@@ -96,17 +96,23 @@ def transaction_begin(
 ) -> Callable[[Any], None]:
     """``do_begin``: SQLAlchemy opens a transaction on this checkout (explicitly, or
     by autobegin on a connection's first statement); ``opened`` keeps since when."""
-    started = events.transaction_started
+    started, busy = events.transaction_started, events.connection_busy
     clock = perf_counter
 
     def begin(dbapi_connection: Any) -> None:
-        if switch._active:
-            try:
-                opened[_dbapi(dbapi_connection)] = clock()
-                started()
-            except Exception as err:
-                faults.report(COMPONENT, err)
-        original(dbapi_connection)
+        if not switch._active:
+            original(dbapi_connection)
+            return
+        try:
+            opened[_dbapi(dbapi_connection)] = clock()
+            started()
+            busy(True)  # the BEGIN's round trip: no wait of the application's
+        except Exception as err:
+            faults.report(COMPONENT, err)
+        try:
+            original(dbapi_connection)
+        finally:
+            _idle_again(busy, faults)
 
     return begin
 
@@ -128,9 +134,14 @@ def transaction_end(
         # None: no transaction of SQLAlchemy's is open (a pool's reset on return, a
         # dialect's rollback on a raw DBAPI connection at first connect).
         since = None
-        if switch._active and outcome is not None:
+        active = switch._active
+        if active:
             try:
-                since = opened.pop(_dbapi(dbapi_connection), None)
+                # The round trip that follows is the connection's own work, not a wait
+                # of the application's between two statements.
+                events.connection_busy(True)
+                if outcome is not None:
+                    since = opened.pop(_dbapi(dbapi_connection), None)
             except Exception as err:
                 report(COMPONENT, err)
         try:
@@ -140,6 +151,8 @@ def transaction_end(
                 _finish(events, faults, ROLLED_BACK_BY_ERROR, since)
             raise
         finally:
+            if active:
+                _idle_again(events.connection_busy, faults)
             if switch._active:
                 try:
                     events.transaction_ended()
@@ -150,6 +163,14 @@ def transaction_end(
         return result
 
     return end
+
+
+def _idle_again(busy: Callable[[bool], None], faults: FaultReporter) -> None:
+    """The connection's own round trip is over (whether it failed or not)."""
+    try:
+        busy(False)
+    except Exception as err:
+        faults.report(COMPONENT, err)
 
 
 def lost_transaction(
