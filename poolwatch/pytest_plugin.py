@@ -225,6 +225,7 @@ def _raised(outcome: Any) -> bool:
 def _judge(item: pytest.Item, mode: str, limit_marker: pytest.Mark | None, captured: Any) -> None:
     """What one test's statements say: raises to fail the test, or records for the
     summary."""
+    __tracebackhide__ = True  # the failure is the test's findings, not this function
     item.config.stash[_STATEMENTS][0] += len(captured.queries)
     if limit_marker is not None:
         captured.assert_max_queries(_limit(limit_marker))

@@ -134,7 +134,7 @@ _ANY_NPLUSONE = (
 )
 
 
-def _per_value(table: str, column: str, orm: str | None) -> str:
+def _per_value(table: str, column: str, orm: str | None, relations_known: bool) -> str:
     """Advice for a loop of lookups by a column no known relation filters on: one query
     per value (tag names of a request, ids of a list), not per row of a relation."""
     if orm == TORTOISE:
@@ -143,11 +143,16 @@ def _per_value(table: str, column: str, orm: str | None) -> str:
     else:
         at_once = f"`select(<Model>).where(<Model>.{column}.in_(values))`"
         loader = "`selectinload(<Model.relationship>)`"
-    return (
+    text = (
         f"The same query runs once per value of {table}.{column}, from a loop: select the "
         f"rows for all the values in one query before it, {at_once}, and look each one up "
-        f"in a dict; if they are the rows of a relation, load it with the query that "
-        f"fetched its parents ({loader})."
+        "in a dict"
+    )
+    if relations_known:  # the models' relations are known, and none filters on it
+        return text + "."
+    return (
+        f"{text}; if they are the rows of a relation, load it with the query that fetched "
+        f"its parents ({loader})."
     )
 
 
@@ -260,7 +265,7 @@ def _matched(
             where = filtered_column(fingerprint)
             if where is None:
                 return _GENERIC_NPLUSONE.get(orm or "", _ANY_NPLUSONE)
-            return _per_value(*where, orm)
+            return _per_value(*where, orm, relations_known=any(r.orm == orm for r in relations))
         model = keyed.target
         one_query = (
             f"`{model}.filter({keyed.column}__in=ids)`"

@@ -104,9 +104,14 @@ def test_a_loop_of_lookups_by_a_plain_column_is_told_to_look_them_up_at_once() -
     assert "once per value of tags.name" in sqlalchemy
     assert "`select(<Model>).where(<Model>.name.in_(values))`" in sqlalchemy
     assert "earlier result" not in sqlalchemy  # no rows of an earlier query are involved
+    assert "if they are the rows of a relation" in sqlalchemy  # no model metadata known
     tortoise = advise("nplusone", sql, [], "tortoise")
     assert "`<Model>.filter(name__in=values)`" in tortoise
     assert "selectinload" not in tortoise
+    # With the models' relations known and none filtering on tags.name, no relation is hinted.
+    known = advise("nplusone", sql, SQLALCHEMY, "sqlalchemy")
+    assert "once per value of tags.name" in known
+    assert "relation" not in known
 
 
 def test_a_relation_of_another_orm_is_never_named() -> None:
