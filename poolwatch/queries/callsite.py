@@ -57,7 +57,7 @@ LIBRARY_PACKAGES = frozenset(
         "MySQLdb", "starlette", "fastapi", "anyio", "sniffio", "uvicorn", "gunicorn",
         "hypercorn", "uvloop", "greenlet", "pydantic", "pydantic_core", "httpx", "httpcore",
         "_pytest", "pytest", "pytest_asyncio", "pluggy", "typing_extensions",
-        "console_script",
+        "console_script", "sqlmodel",
     }
 )  # fmt: skip
 # poolwatch's own demo is an application: its findings must point into it.

@@ -365,12 +365,21 @@ def _chains(
             if successor is not None and successor is not loop:
                 following[id(loop[1])] = successor
         followers = {id(group) for _, group in following.values()}
-        for loop in place:
-            if id(loop[1]) in followers:
-                continue  # a later link of some chain
+        used: set[int] = set()
+        # Chains start at a loop no other leads to; then, for relations that lead back
+        # to where they started (hero.team, then the team's heroes: a back_populates
+        # pair), at the first of the rest to run: every loop is in exactly one chain.
+        heads = [loop for loop in place if id(loop[1]) not in followers]
+        for loop in [*heads, *place]:
+            if id(loop[1]) in used:
+                continue
             chain = [loop]
-            while (after := following.get(id(chain[-1][1]))) is not None and after not in chain:
+            used.add(id(loop[1]))
+            while (after := following.get(id(chain[-1][1]))) is not None:
+                if id(after[1]) in used:
+                    break
                 chain.append(after)
+                used.add(id(after[1]))
             chains.append(chain)
     return chains
 

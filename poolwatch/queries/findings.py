@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from poolwatch.events import HELD_IDLE, UNUSED_EAGER_LOAD, Finding
+from poolwatch.events import HELD_IDLE, NPLUSONE, UNUSED_EAGER_LOAD, Finding
 
 __all__ = ["LINE_LIMIT", "FindingsLog", "FindingsLogger", "log_line"]
 
@@ -123,9 +123,16 @@ def log_line(finding: Finding) -> str:
             f"{f' ({_clip(finding.fingerprint, 90)!r})' if finding.fingerprint else ''} "
             f"at {path}"
         )
+    if finding.kind == NPLUSONE and len(finding.relations) > 1:  # one loop down a chain
+        what = (
+            f"{finding.count} queries along {' -> '.join(finding.relations)}, the first "
+            f"{_clip(finding.fingerprint, 90)!r}"
+        )
+    else:
+        what = f"{finding.count} x {_clip(finding.fingerprint, 90)!r}"
     return (
-        f"{finding.kind} on {_clip(finding.where, 60)}: {finding.count} x "
-        f"{_clip(finding.fingerprint, 90)!r} ({finding.duration * 1000:.1f} ms) at {path}"
+        f"{finding.kind} on {_clip(finding.where, 60)}: {what} "
+        f"({finding.duration * 1000:.1f} ms) at {path}"
     )
 
 

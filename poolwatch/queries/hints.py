@@ -199,16 +199,57 @@ def _reread(relation: Relation) -> str:
     )
 
 
-def _serialized(evidence: Evidence, chain: Sequence[Relation]) -> str:
+def _rooted(
+    chain: Sequence[Relation], loaded: Sequence[str], relations: Sequence[Relation]
+) -> list[Relation]:
+    """``chain`` with the eager loads that lead to its first model put in front: an option
+    for a related model's relation must start where the query's own options do
+    (``selectinload(Hero.team).selectinload(Team.heroes)``, not ``selectinload(Team.heroes)``
+    on a query of heroes, which SQLAlchemy refuses)."""
+    rooted = list(chain)
+    for _ in range(len(loaded)):
+        head = rooted[0]
+        before = next(
+            (
+                r
+                for r in relations
+                if r.orm == head.orm
+                and r.target == head.model
+                and f"{r.model}.{r.attribute}" in loaded
+                and r not in rooted
+            ),
+            None,
+        )
+        if before is None:
+            break
+        rooted.insert(0, before)
+    return rooted
+
+
+def _load_chain(
+    chain: Sequence[Relation], evidence: Evidence, relations: Sequence[Relation]
+) -> str:
+    """What to write to load ``chain`` with the query: one option, extending the eager
+    load the query has already where the chain starts below it."""
+    rooted = _rooted(chain, evidence.loaded, relations)
+    option = _chained(rooted)
+    if len(rooted) == len(chain):
+        return ("use " if chain[0].orm == TORTOISE else "add ") + option
+    there = ", ".join(f"{r.model}.{r.attribute}" for r in rooted[: len(rooted) - len(chain)])
+    return f"extend the eager load of {there} it has already: {option}"
+
+
+def _serialized(
+    evidence: Evidence, chain: Sequence[Relation], relations: Sequence[Relation]
+) -> str:
     endpoint = evidence.endpoint
     if chain:
         walked = ", then ".join(f"{r.model}.{r.attribute}" for r in chain)
-        option = _chained(chain)
-        verb = "use" if chain[0].orm == TORTOISE else "add"
         return (
             f"FastAPI serialized the response of `{endpoint}` after it returned, and its "
-            f"response model read {walked} for each row, one query each: {verb} {option} "
-            "to the endpoint's query, or leave the relation out of the response model."
+            f"response model read {walked} for each row, one query each: for the "
+            f"endpoint's query, {_load_chain(chain, evidence, relations)}; or leave the "
+            "relation out of the response model."
         )
     return (
         f"FastAPI serialized the response of `{endpoint}` after it returned, and its "
@@ -339,15 +380,14 @@ def _nplusone(evidence: Evidence, relations: Sequence[Relation], orm: str | None
         return operation
     chain = _known(evidence, relations)
     if evidence.endpoint:
-        return _serialized(evidence, chain)
+        return _serialized(evidence, chain, relations)
     reread = [r for r in chain if f"{r.model}.{r.attribute}" in evidence.loaded]
     if reread:
         return _reread(reread[0])
     if chain:
-        verb = "use" if chain[0].orm == TORTOISE else "add"
-        where = " on the query that fetched them" if verb == "use" else " to that query"
         return (
-            f"Load {chain[-1].target} with the rows that need it: {verb} {_chained(chain)}{where}."
+            f"Load {chain[-1].target} with the rows that need it: for the query that fetched "
+            f"them, {_load_chain(chain, evidence, relations)}."
         )
     return _matched(evidence.fingerprint, relations, orm, evidence.by_relation, evidence.loaded)
 

@@ -240,3 +240,38 @@ def test_a_relation_loader_is_passed_to_the_suggestion() -> None:
         queries.add(event(identity=i, by_relation=True))
     detect(queries, Policy(), "/r", record)
     assert seen == [True]
+
+
+def _loads(relation: str, table: str, count: int, first_id: int) -> list[QueryEvent]:
+    """``count`` lazy loads of ``relation`` from one endpoint's serialization."""
+    return [
+        event(f"select * from {table} where id = ?", identity=first_id + i)._replace(
+            by_relation=True, relation=relation
+        )
+        for i in range(count)
+    ]
+
+
+TARGETS = {"Hero.team": "Team", "Team.heroes": "Hero", "City.squads": "Squad"}
+
+
+def _chained(events: list[QueryEvent]) -> list[Finding]:
+    queries = ScopeQueries()
+    for e in events:
+        queries.add(e)
+    return detect(queries, Policy(), "/r", suggest, targets=lambda pool, r: TARGETS.get(r))
+
+
+def test_relations_that_lead_back_where_they_started_are_still_reported() -> None:
+    # hero.team, then the team's heroes (a back_populates pair read by nested response
+    # models): each loop's model is where the other starts; neither may be lost.
+    events = [*_loads("Hero.team", "team", 6, 0), *_loads("Team.heroes", "hero", 6, 100)]
+    (finding,) = _chained(events)
+    assert finding.relations == ("Hero.team", "Team.heroes")  # from the one that ran first
+    assert finding.count == 12
+
+
+def test_a_chain_and_an_unrelated_loop_at_one_place_are_two_findings() -> None:
+    events = [*_loads("City.squads", "squad", 5, 0), *_loads("Hero.team", "team", 5, 100)]
+    findings = _chained(events)
+    assert sorted(f.relations for f in findings) == [("City.squads",), ("Hero.team",)]

@@ -346,6 +346,26 @@ def test_a_log_line_keeps_the_whole_call_path_and_clips_the_rest() -> None:
     assert "s" * 50 not in line  # the suggestion is in the extra
 
 
+def test_a_log_line_of_a_chain_says_how_many_queries_along_it() -> None:
+    chain = Finding(
+        kind="nplusone",
+        route="/members",
+        fingerprint="select ... from squad where squad.id = ?",
+        count=24,
+        duration=0.01,
+        call_site="app.py:73 in members",
+        suggestion="",
+        pool="main",
+        method="GET",
+        call_path="app.py:73 in members",
+        relations=("Member.squad", "Squad.city"),
+    )
+    assert log_line(chain).startswith(
+        "nplusone on GET /members: 24 queries along Member.squad -> Squad.city, the first "
+        "'select ... from squad where squad.id = ?' (10.0 ms) at app.py:73 in members"
+    )
+
+
 def test_each_watch_judging_a_scope_counts_it_in_its_own_registry(engine: Engine) -> None:
     first = PoolWatch()
     first.instrument_sqlalchemy(engine, pool="one")

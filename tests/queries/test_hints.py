@@ -155,3 +155,30 @@ def test_a_bulk_write_of_another_statement_is_told_to_write_the_rows_at_once() -
 def test_other_kinds() -> None:
     assert "reuse" in advise("duplicate", "select 1", [])
     assert "EXPLAIN" in advise("slow_query", "select 1", [])
+
+
+def test_a_chain_below_an_eager_load_extends_that_load() -> None:
+    """Heroes are selected with selectinload(Hero.team) and the response model reads each
+    team's heroes: selectinload(Team.heroes) alone on a query of heroes is refused by
+    SQLAlchemy; the option must continue the one the query has."""
+    relations = [
+        Relation("sqlalchemy", "Hero", "team", "team", "id", FORWARD, "Team"),
+        Relation("sqlalchemy", "Team", "heroes", "hero", "team_id", REVERSE, "Hero"),
+    ]
+    evidence = Evidence(
+        "nplusone",
+        "select ... from hero where ? = hero.team_id",
+        "main",
+        by_relation=True,
+        relations=("Team.heroes",),
+        endpoint="app.py:59 in read_heroes",
+        loaded=("Hero.team",),
+    )
+    text = suggest(evidence, relations, "sqlalchemy")
+    assert "read Team.heroes for each row" in text
+    assert (
+        "extend the eager load of Hero.team it has already: "
+        "`selectinload(Hero.team).selectinload(Team.heroes)`"
+    ) in text
+    alone = suggest(evidence._replace(loaded=()), relations, "sqlalchemy")
+    assert "add `selectinload(Team.heroes)`" in alone
