@@ -199,11 +199,19 @@ def unused_findings(
     for load in scope.loads:
         if load.loaded:
             groups.setdefault((load.call_path or load.call_site, load.relation), []).append(load)
+    unused = [loads for loads in groups.values() if not any(load.read for load in loads)]
+    # Of one option's unused parts only the outermost is advice: with its relation never
+    # read, the parts below it cannot have been either, and removing it removes them.
+    outermost: dict[tuple[str, str], int] = {}
+    for loads in unused:
+        load = loads[0]
+        key = (load.call_path or load.call_site, load.option)
+        outermost[key] = min(outermost.get(key, len(load.part)), len(load.part))
     findings: list[Finding] = []
-    for loads in groups.values():
-        if any(load.read for load in loads):
-            continue
+    for loads in unused:
         first = loads[0]
+        if len(first.part) > outermost[(first.call_path or first.call_site, first.option)]:
+            continue
         finding = Finding(
             kind=UNUSED_EAGER_LOAD,
             route=route,

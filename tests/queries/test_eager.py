@@ -94,6 +94,20 @@ def test_a_chained_part_is_judged_on_its_own_and_named_as_that_part() -> None:
     assert "`selectinload(Article.author).raiseload(Author.profile)`" in finding.suggestion
 
 
+def test_an_option_nothing_read_is_one_finding_not_one_per_part() -> None:
+    option = "selectinload(City.squads).selectinload(Squad.members)"
+    outer = _load("City.squads", option=option)
+    inner = _load(
+        "Squad.members",
+        option=option,
+        part=".selectinload(Squad.members)",
+        keep="selectinload(City.squads)",
+    )
+    [finding] = unused_findings(_scope(outer, inner), "/a")
+    assert finding.relations == ("City.squads",)
+    assert "remove the option" in finding.suggestion
+
+
 def test_allow_lists_apply() -> None:
     scope = _scope(_load())
     assert (
