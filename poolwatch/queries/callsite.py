@@ -34,7 +34,7 @@ import linecache
 import os
 import sys
 import sysconfig
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import CodeType, FrameType
 from typing import Any, NamedTuple
 
@@ -178,7 +178,8 @@ class CallSiteFinder:
         self._seen: list[CodeType] = []
         # (id(code), offset) -> (code, "file:line in function"): a loop formats one string
         self._sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
-        # (code id and offset..., relation) -> ((call site, path, relation, origin), codes)
+        # (code id, offset, ... of each path frame, the loader's relation or None) ->
+        # (its Trace, the code objects the key names)
         self._paths: dict[tuple[object, ...], tuple[Trace, tuple[CodeType, ...]]] = {}
         self._stop = _task_boundary_code()
 
@@ -191,7 +192,9 @@ class CallSiteFinder:
         found = self.find_path(skip + 1, depth=1)  # one frame: the walk ends there
         return None if found is None else found[0]
 
-    def find_path(self, skip: int = 1, depth: int = MAX_PATH) -> Trace | None:
+    def find_path(  # noqa: PLR0912, PLR0915 - one loop on purpose: see the comment in it
+        self, skip: int = 1, depth: int = MAX_PATH
+    ) -> Trace | None:
         """Where the code running now comes from: its call site and application call
         path, and what ran the statement below them (:class:`Trace`).
 
@@ -205,18 +208,87 @@ class CallSiteFinder:
             frame: FrameType | None = sys._getframe(skip)
         except ValueError:  # a shallower stack than the caller promised
             frame = sys._getframe(1)
+        # This runs for every statement, over 10-25 frames: the walk is one loop in one
+        # function, and allocates nothing but the path and its key in the usual case (a
+        # Python call or a small object costs as much as a few frames of the walk).
+        library = self._library
+        stop = self._stop
         path: list[FrameType] = []
         # Each path frame's code and bytecode offset (by id: hashing a code object hashes
         # its bytecode): formatting "file:line in function" (f_lineno decodes the line
         # table) happens once per distinct path.
-        keys: list[object] = []
-        walk = _Walk()
-        ended = self._walk(frame, path, depth, walk, keys)
-        if ended is _END_OF_STACK and len(path) < depth:
-            self._from_greenlet_parent(path, depth, walk)
-        if not path and ended is _AT_TASK:
+        key: list[object] = []
+        notes: _Walk | None = None  # made for the first frame that is not a plain library's
+        at_task = False  # the running stack ended at the frame that runs a task
+        parents: Iterator[FrameType] | None = None
+        while True:
+            # A walk ends with depth frames, _MAX_GAP library frames past the last
+            # application frame (the framework that called the endpoint), or at the frame
+            # that runs an asyncio callback: below it lie the event loop and whatever
+            # started it, never the code that issued this query.
+            ended = _END_OF_STACK
+            gap = 0
+            while frame is not None:
+                code = frame.f_code
+                verdict = library.get(id(code))
+                if verdict is None:
+                    verdict = self._judge(code, frame)
+                if verdict is _APP:
+                    path.append(frame)
+                    key.append(id(code))
+                    key.append(frame.f_lasti)
+                    if len(path) >= depth:
+                        ended = _FULL
+                        break
+                    gap = 0
+                elif path:
+                    if verdict is not _INLINE:
+                        gap += 1
+                        if gap > _MAX_GAP:
+                            ended = _FULL
+                            break
+                elif verdict is not _LIBRARY and verdict is not _INLINE:
+                    if notes is None:
+                        notes = _Walk()
+                    notes.note(frame, verdict)
+                    if notes.serializer:
+                        ended = _SERIALIZING
+                        break
+                if code is stop:
+                    ended = _AT_TASK
+                    break
+                frame = frame.f_back
+            if parents is None:
+                at_task = ended is _AT_TASK
+            if ended is not _END_OF_STACK or len(path) >= depth:
+                break
+            # SQLAlchemy's asyncio layer runs the ORM in a greenlet whose stack ends at the
+            # greenlet; the awaiting coroutines are on the stacks of those waiting for it.
+            if parents is None:
+                parents = _waiting_greenlets()
+            frame = next(parents, None)
+            if frame is None:
+                break
+        if not path and at_task:
             path = self._from_awaiting_task(depth)
-        loader = walk.loader
+        if notes is None:
+            if not path:
+                return None
+        elif not path or notes.loader is not None or notes.operation is not None:
+            return self._noted(path, notes)
+        if len(key) != 2 * len(path):  # frames found beyond the walk: keyed here
+            key = _key_of(path)
+        key.append(None)  # no relation loader (see _noted)
+        path_key = tuple(key)
+        known = self._paths.get(path_key)
+        if known is None:
+            known = self._remember(path_key, path, False, "")
+        return known[0]
+
+    def _noted(self, path: list[FrameType], notes: _Walk) -> Trace | None:
+        """:meth:`find_path`'s answer where the walk noted a relation loader, an ORM
+        operation or no application frame (:class:`_Walk`)."""
+        loader = notes.loader
         relation = "" if loader is None else _relation_name(loader)
         if not path:
             # No application frame: FastAPI's serialization ran it, or a relation was
@@ -224,80 +296,40 @@ class CallSiteFinder:
             # framework reading the objects an endpoint returned does (FastAPI validates
             # a sync endpoint's response in the thread pool, and a compiled pydantic 1
             # leaves no frame of its own there).
-            if walk.serializer or (loader is not None and walk.installed is None):
-                return Trace("", "", loader is not None, "", relation, walk.operation, True)
-            if walk.installed is None:
+            if notes.serializer or (loader is not None and notes.installed is None):
+                return Trace("", "", loader is not None, "", relation, notes.operation, True)
+            if notes.installed is None:
                 return None
-            path = [walk.installed]
-        if len(keys) != len(path):  # frames found beyond the walk: keyed here
-            keys = [(id(f.f_code) << 32) | f.f_lasti for f in path]
-        keys.append(loader is not None)
-        key = tuple(keys)
-        known = self._paths.get(key)
+            path = [notes.installed]
+        key = _key_of(path)
+        # The loader's relation is part of the key (None: no loader): what the adapter
+        # names it may differ between two loads from one line (getattr(row, name)).
+        key.append(None if loader is None else relation)
+        path_key = tuple(key)
+        known = self._paths.get(path_key)
         if known is None:
-            if len(self._paths) >= _MAX_CACHED_CODES:
-                self._paths.clear()
-            sites = [self._site(frame) for frame in reversed(path)]
-            code = path[-1].f_code
-            origin = f"{display_path(code.co_filename)} in {code.co_qualname}"
-            found = Trace(sites[-1], " -> ".join(sites), loader is not None, origin)
-            # The entry holds the code objects its key names by id, so no id is reused
-            # while it is cached.
-            known = self._paths[key] = (found, tuple(frame.f_code for frame in path))
+            known = self._remember(path_key, path, loader is not None, relation)
         trace = known[0]
-        if relation or walk.operation is not None:  # per statement: not cached
-            return trace._replace(relation=relation, operation=walk.operation)
+        if notes.operation is not None:  # the operation's frame is this statement's
+            return tuple.__new__(Trace, (*trace[:5], notes.operation, False))
         return trace
 
+    def _remember(
+        self, key: tuple[object, ...], path: list[FrameType], by_relation: bool, relation: str
+    ) -> tuple[Trace, tuple[CodeType, ...]]:
+        """The trace of a path first seen, formatted once and cached under ``key``."""
+        if len(self._paths) >= _MAX_CACHED_CODES:
+            self._paths.clear()
+        sites = [self._site(frame) for frame in reversed(path)]
+        code = path[-1].f_code
+        origin = f"{display_path(code.co_filename)} in {code.co_qualname}"
+        found = Trace(sites[-1], " -> ".join(sites), by_relation, origin, relation)
+        # The entry holds the code objects its key names by id, so no id is reused while
+        # it is cached.
+        known = self._paths[key] = (found, tuple(frame.f_code for frame in path))
+        return known
+
     # -- the walk ----------------------------------------------------------------------
-
-    def _walk(
-        self,
-        frame: FrameType | None,
-        path: list[FrameType],
-        depth: int,
-        walk: _Walk,
-        keys: list[object] | None = None,
-    ) -> int:
-        """Collect application frames from ``frame`` outwards into ``path`` (innermost
-        first), and into ``walk`` what ran below the first of them; returns why the walk
-        ended.
-
-        It ends with ``depth`` frames, ``_MAX_GAP`` library frames past the last
-        application frame (the framework that called the endpoint), or at the frame that
-        runs an asyncio callback: below it lie the event loop and whatever started it,
-        never the code that issued this query.
-        """
-        library = self._library
-        stop = self._stop
-        gap = 0
-        # Most frames are a library's, below the first application frame: their way
-        # through the loop is kept to the fewest tests (a hot loop: ~25 frames a query).
-        while frame is not None:
-            code = frame.f_code
-            verdict = library.get(id(code))
-            if verdict is None:
-                verdict = self._judge(code, frame)
-            if verdict is _APP:
-                path.append(frame)
-                if keys is not None:
-                    keys.append((id(code) << 32) | frame.f_lasti)
-                if len(path) >= depth:
-                    return _FULL
-                gap = 0
-            elif path:
-                if verdict is not _INLINE:
-                    gap += 1
-                    if gap > _MAX_GAP:
-                        return _FULL
-            elif verdict is not _LIBRARY and verdict is not _INLINE:
-                walk.note(frame, verdict)
-                if walk.serializer:
-                    return _SERIALIZING
-            if code is stop:
-                return _AT_TASK
-            frame = frame.f_back
-        return _END_OF_STACK
 
     def _judge(self, code: CodeType, frame: FrameType) -> int:
         if len(self._library) >= _MAX_CACHED_CODES:
@@ -340,18 +372,6 @@ class CallSiteFinder:
         return site
 
     # -- where a plain walk cannot see -------------------------------------------------
-
-    def _from_greenlet_parent(self, path: list[FrameType], depth: int, walk: _Walk) -> None:
-        """Continue the walk on the greenlets that wait for this one."""
-        greenlet = sys.modules.get("greenlet")
-        if greenlet is None:
-            return
-        current = greenlet.getcurrent()
-        while (parent := current.parent) is not None:
-            ended = self._walk(parent.gr_frame, path, depth, walk)
-            if ended != _END_OF_STACK or len(path) >= depth:
-                break
-            current = parent
 
     def _from_awaiting_task(self, depth: int) -> list[FrameType]:
         try:
@@ -401,7 +421,8 @@ class CallSiteFinder:
 
 
 class _Walk:
-    """What one walk found below the application's frames."""
+    """What one walk found below the application's frames, where a frame was more than
+    a plain library's (made only then: most walks meet none)."""
 
     __slots__ = ("installed", "loader", "operation", "serializer")
 
@@ -423,6 +444,27 @@ class _Walk:
             self.operation = frame  # the outermost: the call the application made
         if verdict & _SERIALIZER:
             self.serializer = True
+
+
+def _key_of(path: list[FrameType]) -> list[object]:
+    """The cache key of a path's frames: each one's code (by id) and bytecode offset."""
+    key: list[object] = []
+    for frame in path:
+        key.append(id(frame.f_code))
+        key.append(frame.f_lasti)
+    return key
+
+
+def _waiting_greenlets() -> Iterator[FrameType]:
+    """The frames where the greenlets waiting for the running one are suspended, nearest
+    first (none where greenlet is not in use)."""
+    module = sys.modules.get("greenlet")
+    if module is None:
+        return
+    current = module.getcurrent()
+    while (current := current.parent) is not None:
+        if current.gr_frame is not None:
+            yield current.gr_frame
 
 
 def _relation_name(loader: FrameType) -> str:
