@@ -51,6 +51,11 @@ class EagerWatch:
         """The same watch, naming ``pool`` in its loads."""
         return EagerWatch(self._active, self._find_path, self.faults, pool)
 
+    def judging(self) -> bool:
+        """Whether the running code belongs to a scope being judged (what :meth:`loads`
+        asks first, without making the scope's loads)."""
+        return current_scope() is not None and not nplusone_allowed() and self._active()
+
     def loads(self) -> ScopeEagerLoads | None:
         """The current scope's eager loads (made on first use), or ``None`` when the
         running code belongs to no scope being judged."""

@@ -45,7 +45,7 @@ from poolwatch.queries.eager import SQLALCHEMY, EagerLoad, ScopeEagerLoads
 from poolwatch.queries.eagerwatch import COMPONENT, EagerWatch
 from poolwatch.safety import FaultReporter
 
-__all__ = ["EAGER_LOADERS", "EagerHooks", "Part", "eager_parts"]
+__all__ = ["EAGER_LOADERS", "EagerHooks", "Part", "eager_parts", "loader_options"]
 
 # The loader strategies that load a relation up front, by the option that asks for each.
 EAGER_LOADERS = {
@@ -60,6 +60,12 @@ Part = tuple[type, str, str, str, str, str]
 this part's text where it is a later part of a chain, the chain before it)."""
 
 
+def loader_options(statement: Any) -> tuple[Any, ...]:
+    """A statement's options (``_with_options``): empty for most, which is all the
+    ``do_orm_execute`` listener asks of them."""
+    return getattr(statement, "_with_options", None) or ()
+
+
 def eager_parts(statement: Any) -> list[tuple[object, list[Part]]]:
     """The eager loads a statement's options ask for: each option object with its parts.
 
@@ -70,7 +76,7 @@ def eager_parts(statement: Any) -> list[tuple[object, list[Part]]]:
     options offer no public reading. ``contains_eager`` (a join the query wrote itself)
     and wildcard options are left out.
     """
-    options = getattr(statement, "_with_options", None)
+    options = loader_options(statement)
     if not options:
         return []
     found: list[tuple[object, list[Part]]] = []
@@ -179,6 +185,8 @@ class EagerHooks:
         self._lock = threading.Lock()
         # Engines instrumented -> the EagerWatch of their PoolWatch and pool.
         self._watches: weakref.WeakKeyDictionary[Any, EagerWatch] = weakref.WeakKeyDictionary()
+        # The same watches (a few): asked whether a scope is judged at all.
+        self._judges: tuple[EagerWatch, ...] = ()
         self._installed = False
         # Relation attributes watched (by id: an attribute's == makes SQL), and by how
         # many open scopes.
@@ -188,6 +196,7 @@ class EagerHooks:
         """Track eager loads of statements on ``engine`` (a sync Engine)."""
         with self._lock:
             self._watches[engine] = watch
+            self._update_judges()
             if not _faults:
                 _faults.append(watch.faults)
             if not self._installed:
@@ -199,6 +208,7 @@ class EagerHooks:
         with self._lock:
             if self._watches.get(engine) is watch:
                 del self._watches[engine]
+            self._update_judges()
             if self._installed and not self._watches:
                 event.remove(Session, "do_orm_execute", self._on_execute)
                 self._installed = False
@@ -208,13 +218,20 @@ class EagerHooks:
         """Whether the ``do_orm_execute`` listener is in place."""
         return self._installed
 
+    def _update_judges(self) -> None:
+        self._judges = tuple(self._watches.values())
+
     # -- the request -----------------------------------------------------------------------
 
     def _on_execute(self, state: Any) -> None:
+        # Every ORM statement runs this: the tests that let most of them go at once come
+        # first, cheapest first (no scope; no option at all; no scope being judged).
         if current_scope() is None:
             return
         watch: EagerWatch | None = None
         try:
+            if not loader_options(state.statement) or not self._judging():
+                return
             if not state.is_select or state.is_relationship_load:
                 return
             found = eager_parts(state.statement)
@@ -229,6 +246,11 @@ class EagerHooks:
             self._track(state, found, watch, loads)
         except Exception as exc:
             _report(exc, watch)
+
+    def _judging(self) -> bool:
+        """Whether some PoolWatch judges the running code's scope (before finding which
+        one the statement's engine belongs to, which costs more)."""
+        return any(watch.judging() for watch in self._judges)
 
     def _watch_of(self, state: Any) -> EagerWatch | None:
         if not self._watches:

@@ -24,7 +24,8 @@ wrapper marks the context as loading, and is not a read. A ``Prefetch(..., to_at
 fills a plain attribute that cannot be watched: it is left out.
 
 Every hook catches its own faults (counted as ``eager_loads``) and changes nothing
-Tortoise loads or returns. Private attributes are read by :func:`eager_relations` only.
+Tortoise loads or returns. Private attributes are read by :func:`eager_relations` only
+(and by :func:`asks_eager`, its cheap first test).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from poolwatch.context import current_scope
 from poolwatch.queries.eager import TORTOISE, EagerLoad, ScopeEagerLoads
 from poolwatch.queries.eagerwatch import COMPONENT, EagerWatch
 
-__all__ = ["MAX_ROWS", "Chain", "eager_relations", "wrap_execute"]
+__all__ = ["MAX_ROWS", "Chain", "asks_eager", "eager_relations", "wrap_execute"]
 
 # Rows of one scope kept to tell whose relation was read; reads of a row past it still
 # count for every load of that relation whose rows were cut (never reported wrongly).
@@ -87,6 +88,14 @@ def eager_relations(queryset: Any) -> tuple[list[Chain], str]:
     return chains, str(getattr(getattr(queryset, "_db", None), "connection_name", "") or "")
 
 
+def asks_eager(queryset: Any) -> bool:
+    """Whether a ``QuerySet`` asks for any eager load: the cheap first test, on every
+    query of a judged scope, of the attributes :func:`eager_relations` reads."""
+    return bool(
+        getattr(queryset, "_prefetch_map", None) or getattr(queryset, "_select_related", None)
+    )
+
+
 def wrap_execute(
     original: Callable[[Any], Coroutine[Any, Any, Any]], watch: Callable[[], EagerWatch | None]
 ) -> Callable[[Any], Coroutine[Any, Any, Any]]:
@@ -94,22 +103,26 @@ def wrap_execute(
     hooks = _Hooks()
 
     def _execute(queryset: Any) -> Coroutine[Any, Any, Any]:
+        # Every query runs this: the tests that let most of them go at once come first,
+        # cheapest first (no scope; no eager load asked; no scope being judged).
         if current_scope() is None:
             return original(queryset)
-        eager = watch()
+        eager = None
         try:
-            chains, pool = eager_relations(queryset) if eager is not None else ([], "")
-            loads = eager.loads() if chains and eager is not None else None
-        except Exception as exc:
-            if eager is not None:
-                eager.faults.report(COMPONENT, exc)
-            return original(queryset)
-        if loads is None or eager is None:
-            return original(queryset)
-        try:
+            if not asks_eager(queryset):
+                return original(queryset)
+            eager = watch()
+            if eager is None or not eager.judging():
+                return original(queryset)
+            chains, pool = eager_relations(queryset)
+            loads = eager.loads() if chains else None
+            if loads is None:
+                return original(queryset)
             site, path = eager.where(1)
         except Exception as exc:
-            eager.faults.report(COMPONENT, exc)
+            eager = eager or watch()
+            if eager is not None:
+                eager.faults.report(COMPONENT, exc)
             return original(queryset)
         return tracked(queryset, chains, loads, eager.for_pool(pool), (site, path))
 
