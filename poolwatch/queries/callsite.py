@@ -564,11 +564,28 @@ def awaiting_task(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
             for cell in getattr(callback, "__closure__", None) or ():
                 content = cell.cell_contents
                 if isinstance(content, asyncio.Future) and not isinstance(content, asyncio.Task):
-                    for candidate in asyncio.all_tasks():
-                        if getattr(candidate, "_fut_waiter", None) is content:
-                            return candidate
+                    waiter = _waiter(content)
+                    if waiter is not None:
+                        return waiter
     except Exception:
         return None
+    return None
+
+
+def _waiter(future: asyncio.Future[Any]) -> asyncio.Task[Any] | None:
+    """The task waiting on ``future`` (its ``_fut_waiter``).
+
+    A task waiting on a future has its wakeup among the future's done-callbacks, bound to
+    the task: that one is checked first, and every task only where it is not there (a
+    scan of every task, for each statement a gathered child runs, is what this avoids).
+    """
+    for callback, _context in list(getattr(future, "_callbacks", None) or ()):
+        owner = getattr(callback, "__self__", None)
+        if isinstance(owner, asyncio.Task) and getattr(owner, "_fut_waiter", None) is future:
+            return owner
+    for candidate in asyncio.all_tasks():
+        if getattr(candidate, "_fut_waiter", None) is future:
+            return candidate
     return None
 
 

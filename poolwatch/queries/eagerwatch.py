@@ -98,6 +98,7 @@ def eager_findings(
     loads = work.eager
     if loads is None or not loads.loads:
         return []
+    loads.settle()
     return unused_findings(
         loads,
         work.route,

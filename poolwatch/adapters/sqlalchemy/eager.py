@@ -134,38 +134,118 @@ class _WatchedAttribute(InstrumentedAttribute[Any]):
 _faults: list[FaultReporter] = []  # the reporter of the first installed PoolWatch
 
 
+class _Part:
+    """The tracked loads of one relation (parent class and attribute) under one option
+    shape in one session, in the order they were tracked.
+
+    Rows and reads come in without saying which execution of the query they belong to
+    (see :func:`_token`), so each one counts for every load tracked so far: rather than
+    touching every load for every row, the part counts rows and remembers how many loads
+    a read reached, and :meth:`settle` hands each load its share when the scope is judged.
+    """
+
+    __slots__ = ("bases", "key", "loads", "owner", "read_upto", "rows")
+
+    def __init__(self, owner: type, key: str) -> None:
+        self.owner = owner
+        self.key = key
+        self.loads: list[EagerLoad] = []
+        self.bases: list[int] = []  # rows counted when each load was tracked
+        self.rows = 0
+        self.read_upto = 0  # the loads tracked when the relation was last read
+
+    def add(self, load: EagerLoad) -> None:
+        self.loads.append(load)
+        self.bases.append(self.rows)
+
+    def settle(self) -> None:
+        """Give each load the rows counted since it was tracked, and its read."""
+        for index, load in enumerate(self.loads):
+            load.loaded += self.rows - self.bases[index]
+            self.bases[index] = self.rows
+            if index < self.read_upto:
+                load.read = True
+
+
+class _Rows:
+    """A scope's tracked relations, as rows and reads find them: by session and option
+    object (cached), then by the option's token, then by the row's class."""
+
+    __slots__ = ("options", "parts", "types")
+
+    def __init__(self) -> None:
+        # session id -> id(option) -> its token's parts by (class, attribute), or None
+        self.options: dict[object, dict[int, dict[tuple[type, str], _Part] | None]] = {}
+        self.parts: dict[int, dict[tuple[type, str], _Part]] = {}  # token -> parts
+        # (token, a row's class) -> the parts a row of that class is a parent in
+        self.types: dict[tuple[int, type], list[_Part]] = {}
+
+    def settle(self) -> None:
+        for parts in self.parts.values():
+            for part in parts.values():
+                part.settle()
+
+
+def _rows(loads: ScopeEagerLoads) -> _Rows:
+    rows: _Rows | None = loads.adapter.get("sqlalchemy.rows")
+    if rows is None:
+        rows = loads.adapter["sqlalchemy.rows"] = _Rows()
+        loads.settles.append(rows.settle)
+    return rows
+
+
 def _note(loads: ScopeEagerLoads, key: str | None, instance: object, *, read: bool) -> None:
     """Mark the tracked loads of the query that loaded ``instance``: a read of ``key``
     (``read``), or one more row (``key`` None)."""
     try:
-        by_token = loads.by_token
-        if not by_token:
+        rows: _Rows | None = loads.adapter.get("sqlalchemy.rows")
+        if rows is None:
             return
         state = instance_state(instance)
+        by_option = rows.options.get(state.session_id)
+        if by_option is None:
+            by_option = rows.options[state.session_id] = {}
         for option in state.load_options:
-            tracked = by_token.get(_token(loads, state.session_id, option))
-            if tracked is None:
+            # Rows carry the very option objects of their query: each one's token is
+            # worked out once per scope and session (a row of a loop runs this once per
+            # option; every row loaded under an eager load does).
+            if id(option) in by_option:
+                found = by_option[id(option)]
+            else:
+                found = by_option[id(option)] = rows.parts.get(
+                    _token(loads, state.session_id, option)
+                )
+            if found is None:
                 continue
-            for load in tracked:
-                if not isinstance(instance, load.owner):  # type: ignore[arg-type]
-                    continue
-                if read:
-                    if load.attribute == key:
-                        load.read = True
-                else:
-                    load.loaded += 1
+            token = id(found)
+            matching = rows.types.get((token, type(instance)))
+            if matching is None:
+                matching = rows.types[(token, type(instance))] = [
+                    part for part in found.values() if isinstance(instance, part.owner)
+                ]
+            for part in matching:
+                if not read:
+                    part.rows += 1
+                elif part.key == key:
+                    part.read_upto = len(part.loads)
     except Exception as exc:
         _report(exc)
 
 
-def _token(loads: ScopeEagerLoads, session_id: object, option: object) -> int:
+def _token(
+    loads: ScopeEagerLoads, session_id: object, option: object, parts: list[Part] | None = None
+) -> int:
     """Which tracked loads rows carrying ``option`` belong to: the option's shape in that
     session. Not the option object itself: on a cached statement SQLAlchemy gives the rows
-    the options of the statement first compiled, not those of the one executed."""
-    shapes: dict[int, tuple[Any, ...]] = loads.adapter.setdefault("sqlalchemy.shapes", {})
+    the options of the statement first compiled, not those of the one executed. ``parts``:
+    the option's, where the caller has them."""
+    shapes: dict[int, tuple[Any, ...]] | None = loads.adapter.get("sqlalchemy.shapes")
+    if shapes is None:
+        shapes = loads.adapter["sqlalchemy.shapes"] = {}
     shape = shapes.get(id(option))
     if shape is None:
-        shape = tuple((id(c), k, loader) for c, k, loader, *_ in option_parts(option))
+        found = option_parts(option) if parts is None else parts
+        shape = tuple((id(c), k, loader) for c, k, loader, *_ in found)
         shapes[id(option)] = shape
         loads.holds.append(option)  # its id stays its own while the scope lasts
     return hash((session_id, shape))
@@ -271,6 +351,7 @@ class EagerHooks:
         site, path = watch.where(1)
         mapper = state.bind_mapper
         table = getattr(getattr(mapper, "local_table", None), "name", "") or ""
+        rows = _rows(loads)
         for option, parts in found:
             made: list[EagerLoad] = []
             for cls, key, loader, whole, part, keep in parts:
@@ -292,14 +373,29 @@ class EagerHooks:
                 if loads.add(load):
                     made.append(load)
             if made:
-                loads.bind(_token(loads, state.session.hash_key, option), made)
+                token = _token(loads, state.session.hash_key, option, parts)
+                tracked = rows.parts.get(token)
+                if tracked is None:
+                    tracked = rows.parts[token] = {}
+                    # The token is new: rows that found no parts for it look again.
+                    for by_option in rows.options.values():
+                        by_option.clear()
+                for load in made:
+                    owner: type = load.owner  # type: ignore[assignment]
+                    counted = tracked.get((owner, load.attribute))
+                    if counted is None:
+                        counted = tracked[(owner, load.attribute)] = _Part(owner, load.attribute)
+                        rows.types.clear()  # a class may be a parent in this part too
+                    counted.add(load)
         self._listen(state.session, loads)
 
     # -- the rows ----------------------------------------------------------------------
 
     def _listen(self, session: Session, loads: ScopeEagerLoads) -> None:
-        sessions = loads.adapter.setdefault("sqlalchemy.sessions", weakref.WeakSet())
-        if session in sessions:
+        sessions: weakref.WeakSet[Session] | None = loads.adapter.get("sqlalchemy.sessions")
+        if sessions is None:
+            sessions = loads.adapter["sqlalchemy.sessions"] = weakref.WeakSet()
+        elif session in sessions:
             return
         sessions.add(session)
 
@@ -329,8 +425,10 @@ class EagerHooks:
             _WatchedAttribute,
         ):
             return False
-        watched: set[int] = loads.adapter.setdefault("sqlalchemy.watched", set())
-        if id(attribute) in watched:
+        watched: set[int] | None = loads.adapter.get("sqlalchemy.watched")
+        if watched is None:
+            watched = loads.adapter["sqlalchemy.watched"] = set()
+        elif id(attribute) in watched:
             return True
         with self._lock:
             count = self._watched.get(id(attribute), 0)

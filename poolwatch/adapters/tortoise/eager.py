@@ -209,7 +209,9 @@ class _Hooks:
                 owner = target
 
     def _bind(self, loads: ScopeEagerLoads, rows: list[Any], load: EagerLoad) -> None:
-        kept: dict[int, Any] = loads.adapter.setdefault("tortoise.rows", {})
+        kept: dict[int, Any] | None = loads.adapter.get("tortoise.rows")
+        if kept is None:
+            kept = loads.adapter["tortoise.rows"] = {}
         for row in rows:
             if id(row) not in kept:
                 if len(kept) >= MAX_ROWS:
@@ -224,8 +226,10 @@ class _Hooks:
     def _watch(self, model: type, name: str, loads: ScopeEagerLoads, eager: EagerWatch) -> bool:
         original = model.__dict__.get(name)
         key = (model, name)
-        watched: set[tuple[type, str]] = loads.adapter.setdefault("tortoise.watched", set())
-        if key in watched:
+        watched: set[tuple[type, str]] | None = loads.adapter.get("tortoise.watched")
+        if watched is None:
+            watched = loads.adapter["tortoise.watched"] = set()
+        elif key in watched:
             return True
         with self._lock:
             known = self._watched.get(key)
