@@ -87,12 +87,56 @@ def eager_parts(statement: Any) -> list[tuple[object, list[Part]]]:
     return found
 
 
+# An option's elements' (path, strategy, aliased) -> its parts, parsed once: an app builds
+# its options anew for every query, from the same few. A path is keyed by what it holds
+# (``path.path``: mappers and relationships, which live as long as the mappings, hashed by
+# identity), the PathRegistry object being new with every option.
+_parsed: dict[tuple[object, ...], list[Part]] = {}
+_MAX_PARSED = 1024
+
+
 def option_parts(option: Any) -> list[Part]:
     """The eager parts of one loader option (a ``Load``), read from its ``context`` of
-    ``_LoadElement`` s: each element's ``path`` and ``strategy`` (the one reader)."""
+    ``_LoadElement`` s: each element's ``path`` and ``strategy`` (the one reader). The
+    list is shared by options of one shape: not to be changed."""
     elements = getattr(option, "context", None)
     if not elements:
         return []
+    key: list[object] = []
+    for element in elements:
+        key.append(getattr(getattr(element, "path", None), "path", None))
+        key.append(getattr(element, "strategy", None))
+        key.append("eager_from_alias" in (getattr(element, "local_opts", None) or {}))
+    try:
+        known = _parsed.get(tuple(key))
+    except TypeError:  # a strategy that cannot be hashed: parsed every time
+        return _parse(elements)
+    if known is None:
+        if len(_parsed) >= _MAX_PARSED:
+            _parsed.clear()
+            _shapes.clear()
+        known = _parsed[tuple(key)] = _parse(elements)
+    return known
+
+
+# id(parts) -> (parts, their shape): the parts are option_parts' shared lists
+_shapes: dict[int, tuple[list[Part], tuple[object, ...]]] = {}
+
+
+def _shape(parts: list[Part]) -> tuple[object, ...]:
+    """What tells two options apart for rows and reads: each part's class, attribute and
+    loader."""
+    known = _shapes.get(id(parts))
+    if known is not None and known[0] is parts:
+        return known[1]
+    shape = tuple((id(c), k, loader) for c, k, loader, *_ in parts)
+    if len(_shapes) >= _MAX_PARSED:
+        _shapes.clear()
+    _shapes[id(parts)] = (parts, shape)
+    return shape
+
+
+def _parse(elements: Any) -> list[Part]:
     parts: list[Part] = []
     written: list[str] = []
     for element in elements:
@@ -232,23 +276,24 @@ def _note(loads: ScopeEagerLoads, key: str | None, instance: object, *, read: bo
         _report(exc)
 
 
-def _token(
-    loads: ScopeEagerLoads, session_id: object, option: object, parts: list[Part] | None = None
-) -> int:
+def _token(loads: ScopeEagerLoads, session_id: object, option: object) -> int:
     """Which tracked loads rows carrying ``option`` belong to: the option's shape in that
-    session. Not the option object itself: on a cached statement SQLAlchemy gives the rows
-    the options of the statement first compiled, not those of the one executed. ``parts``:
-    the option's, where the caller has them."""
-    shapes: dict[int, tuple[Any, ...]] | None = loads.adapter.get("sqlalchemy.shapes")
+    session (see :func:`_session_token`), cached per option object for the scope."""
+    shapes: dict[int, tuple[object, ...]] | None = loads.adapter.get("sqlalchemy.shapes")
     if shapes is None:
         shapes = loads.adapter["sqlalchemy.shapes"] = {}
     shape = shapes.get(id(option))
     if shape is None:
-        found = option_parts(option) if parts is None else parts
-        shape = tuple((id(c), k, loader) for c, k, loader, *_ in found)
-        shapes[id(option)] = shape
+        shape = shapes[id(option)] = _shape(option_parts(option))
         loads.holds.append(option)  # its id stays its own while the scope lasts
     return hash((session_id, shape))
+
+
+def _session_token(session_id: object, parts: list[Part]) -> int:
+    """The token of an option with ``parts`` in a session: the option's shape there. Not
+    the option object itself: on a cached statement SQLAlchemy gives the rows the options
+    of the statement first compiled, not those of the one executed."""
+    return hash((session_id, _shape(parts)))
 
 
 def _report(exc: Exception, watch: EagerWatch | None = None) -> None:
@@ -312,7 +357,7 @@ class EagerHooks:
         try:
             if not loader_options(state.statement) or not self._judging():
                 return
-            if not state.is_select or state.is_relationship_load:
+            if not state.statement.is_select or state.is_relationship_load:
                 return
             found = eager_parts(state.statement)
             if not found:
@@ -330,7 +375,10 @@ class EagerHooks:
     def _judging(self) -> bool:
         """Whether some PoolWatch judges the running code's scope (before finding which
         one the statement's engine belongs to, which costs more)."""
-        return any(watch.judging() for watch in self._judges)
+        judges = self._judges
+        if len(judges) == 1:  # one PoolWatch: no generator for any()
+            return judges[0].judging()
+        return any(watch.judging() for watch in judges)
 
     def _watch_of(self, state: Any) -> EagerWatch | None:
         if not self._watches:
@@ -350,11 +398,13 @@ class EagerHooks:
     ) -> None:
         site, path = watch.where(1)
         mapper = state.bind_mapper
-        table = getattr(getattr(mapper, "local_table", None), "name", "") or ""
+        table = str(getattr(getattr(mapper, "local_table", None), "name", "") or "").lower()
         rows = _rows(loads)
-        for option, parts in found:
-            made: list[EagerLoad] = []
+        for _option, parts in found:
+            made: list[tuple[type, str, EagerLoad]] = []
             for cls, key, loader, whole, part, keep in parts:
+                if not self._watch(cls, key, loads):
+                    continue  # a read could not be seen: never judged unused
                 load = EagerLoad(
                     relation=f"{cls.__name__}.{key}",
                     option=whole,
@@ -363,28 +413,25 @@ class EagerHooks:
                     call_site=site,
                     call_path=path,
                     pool=watch.pool,
-                    table=str(table).lower(),
+                    table=table,
                     part=part,
                     keep=keep,
                     owner=cls,
                 )
-                if not self._watch(cls, key, loads):
-                    continue  # a read could not be seen: never judged unused
                 if loads.add(load):
-                    made.append(load)
+                    made.append((cls, key, load))
             if made:
-                token = _token(loads, state.session.hash_key, option, parts)
+                token = _session_token(state.session.hash_key, parts)
                 tracked = rows.parts.get(token)
                 if tracked is None:
                     tracked = rows.parts[token] = {}
                     # The token is new: rows that found no parts for it look again.
                     for by_option in rows.options.values():
                         by_option.clear()
-                for load in made:
-                    owner: type = load.owner  # type: ignore[assignment]
-                    counted = tracked.get((owner, load.attribute))
+                for cls, key, load in made:
+                    counted = tracked.get((cls, key))
                     if counted is None:
-                        counted = tracked[(owner, load.attribute)] = _Part(owner, load.attribute)
+                        counted = tracked[(cls, key)] = _Part(cls, key)
                         rows.types.clear()  # a class may be a parent in this part too
                     counted.add(load)
         self._listen(state.session, loads)
