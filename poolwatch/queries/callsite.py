@@ -35,7 +35,7 @@ import os
 import sys
 import sysconfig
 from collections.abc import Callable, Iterable, Iterator
-from types import CodeType, FrameType
+from types import CodeType, CoroutineType, FrameType, MethodType
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -395,16 +395,23 @@ class CallSiteFinder:
         chain: list[tuple[FrameType, int]] = []  # outermost first: the awaits, in order
         awaitable: Any = task.get_coro()
         while awaitable is not None:
-            frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+            # Coroutines first, by type: a getattr that misses raises and catches inside.
+            if type(awaitable) is CoroutineType:
+                frame, following = awaitable.cr_frame, awaitable.cr_await
+            else:
+                frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+                if frame is None:
+                    break
+                following = getattr(awaitable, "cr_await", None) or getattr(
+                    awaitable, "gi_yieldfrom", None
+                )
             if frame is None:
                 break
             verdict = self._library.get(id(frame.f_code))
             if verdict is None:
                 verdict = self._judge(frame.f_code, frame)
             chain.append((frame, verdict))
-            awaitable = getattr(awaitable, "cr_await", None) or getattr(
-                awaitable, "gi_yieldfrom", None
-            )
+            awaitable = following
         found: list[FrameType] = []
         gap = 0
         for frame, verdict in reversed(chain):
@@ -544,7 +551,7 @@ def awaiting_task(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
     its outer future, or the TaskGroup's bound method) and the future a parent task waits
     on (``_fut_waiter``). Every access is guarded; on any surprise the answer is "unknown".
     """
-    graph = getattr(asyncio, "capture_call_graph", None)
+    graph = _capture_call_graph
     if graph is not None:
         try:
             captured = graph(task, depth=0)
@@ -557,10 +564,10 @@ def awaiting_task(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
     try:
         callbacks = list(getattr(task, "_callbacks", None) or ())
         for callback, _context in callbacks:
-            owner = getattr(callback, "__self__", None)
-            parent = getattr(owner, "_parent_task", None)
-            if isinstance(parent, asyncio.Task):
-                return parent
+            if isinstance(callback, MethodType):  # a TaskGroup's, bound to it
+                parent = getattr(callback.__self__, "_parent_task", None)
+                if isinstance(parent, asyncio.Task):
+                    return parent
             for cell in getattr(callback, "__closure__", None) or ():
                 content = cell.cell_contents
                 if isinstance(content, asyncio.Future) and not isinstance(content, asyncio.Task):
@@ -570,6 +577,9 @@ def awaiting_task(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
     except Exception:
         return None
     return None
+
+
+_capture_call_graph = getattr(asyncio, "capture_call_graph", None)  # Python 3.14
 
 
 def _waiter(future: asyncio.Future[Any]) -> asyncio.Task[Any] | None:
