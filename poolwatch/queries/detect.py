@@ -243,7 +243,7 @@ class ScopeQueries:
                 writes = self.writes.get(pool) if self.writes else None
                 if writes:
                     identity = hash((identity, writes))
-                if identity in self.repeats or identity in self.first:
+                if (self.repeats and identity in self.repeats) or identity in self.first:
                     group.again += self._repeated(identity, event, path)
                 elif len(self.first) < MAX_REPEATS:
                     # Most statements run once: keep the event itself, and make the
