@@ -4,10 +4,14 @@ What is timed, in three sums (seconds, added up until :func:`reset`):
 
 * ``recorder``: the recorder's own calls, per statement (``record``) and per scope
   (``scope_closed``: judging, the findings made and reported);
-* ``eager``: the eager-load hooks: SQLAlchemy's ``do_orm_execute`` listener and what a
-  row loaded or a watched relation read notes (``_note``); Tortoise's ``QuerySet._execute``
-  wrapper (up to handing back the query's coroutine), the tracking of what a query with
-  an eager load returned, and what a watched relation read notes (``_note_read``);
+* ``eager``: the eager-load hooks: SQLAlchemy's ``do_orm_execute`` listener, what a row
+  loaded notes (``_note``) and a read of a watched relation (the whole ``__get__``, the
+  ORM's own part of it included); Tortoise's ``QuerySet._execute`` wrapper (up to handing
+  back the query's coroutine), the tracking of what a query with an eager load returned,
+  and a read of a watched relation (the whole property getter, Tortoise's own included);
+  on both, the undoing of what a scope watched (``ScopeEagerLoads.release``). A clocked
+  call made inside another is the outer one's time, not counted twice. What SQLAlchemy's
+  event dispatch adds around the listeners is not clocked (only end to end);
 * ``sampling``: the held-idle bookkeeping's CPU-time samples (``thread_usage``: a
   ``getrusage`` at a checkout and after each statement while detection is on).
 
@@ -43,6 +47,7 @@ import poolwatch.adapters.tortoise.eager as tortoise_eager
 import poolwatch.adapters.tortoise.instrumentation as tortoise_instrumentation
 from poolwatch import PoolWatch
 from poolwatch.pools import observer
+from poolwatch.queries import eager as scope_eager
 
 __all__ = ["CALIBRATE", "DESCHEDULED", "GROUPS", "MODULE", "clocked", "reset", "time_recorder"]
 
@@ -93,6 +98,9 @@ def reset() -> dict[str, float]:
 _noop: Callable[..., object] = "".format
 
 
+_inside = [False]  # a clocked call is running: calls made inside it are its time
+
+
 def _clock(function: Callable[..., Any], into: str) -> Callable[..., Any]:
     name = (into, function.__qualname__)
     durations = _calls.setdefault(name, [])
@@ -101,11 +109,15 @@ def _clock(function: Callable[..., Any], into: str) -> Callable[..., Any]:
 
     @wraps(function)
     def timed(*args: Any, **kwargs: Any) -> Any:
+        if _inside[0]:
+            return function(*args, **kwargs)
+        _inside[0] = True
         started = perf_counter()
         try:
             return function(*args, **kwargs)
         finally:
             durations.append(perf_counter() - started)
+            _inside[0] = False
             if next(calls) % CALIBRATE == 0:
                 started = perf_counter()
                 try:
@@ -138,15 +150,30 @@ def clocked() -> Iterator[None]:
     try:
         _replace(sqlalchemy_eager.EagerHooks, "_on_execute", "eager", undo)
         _replace(sqlalchemy_eager, "_note", "eager", undo)
+        _replace(sqlalchemy_eager._WatchedAttribute, "__get__", "eager", undo)
         _replace(tortoise_eager._Hooks, "track", "eager", undo)
         _replace(tortoise_eager, "_note_read", "eager", undo)
+        _replace(scope_eager.ScopeEagerLoads, "release", "eager", undo)
         _replace(observer, "thread_usage", "sampling", undo)
+        real_property = tortoise_eager._watched_property
+        tortoise_eager._watched_property = _clocked_property(real_property)  # type: ignore[assignment]
+        undo.append(lambda: setattr(tortoise_eager, "_watched_property", real_property))
         tortoise_instrumentation.wrap_execute = _wrap_execute
         undo.append(lambda: setattr(tortoise_instrumentation, "wrap_execute", _real_wrap_execute))
         yield
     finally:
         for step in reversed(undo):
             step()
+
+
+def _clocked_property(make: Callable[..., property]) -> Callable[..., property]:
+    # The property Tortoise's watched relations get, with a clock around its getter.
+    def clocked(*args: Any, **kwargs: Any) -> property:
+        made = make(*args, **kwargs)
+        getter = _clock(made.fget, "eager")  # type: ignore[arg-type]
+        return property(getter, made.fset, made.fdel, made.__doc__)
+
+    return clocked
 
 
 def time_recorder(watch: PoolWatch) -> None:
