@@ -104,7 +104,11 @@ def option_parts(option: Any) -> list[Part]:
         return []
     key: list[object] = []
     for element in elements:
-        key.append(getattr(getattr(element, "path", None), "path", None))
+        path = getattr(element, "path", None)
+        chain = getattr(path, "path", None)
+        if chain is None and path is not None:  # not a PathRegistry: nothing to key by
+            return _parse(elements)
+        key.append(chain)
         key.append(getattr(element, "strategy", None))
         key.append("eager_from_alias" in (getattr(element, "local_opts", None) or {}))
     try:
