@@ -44,6 +44,7 @@ __all__ = [
     "CallSite",
     "CallSiteFinder",
     "Trace",
+    "WalkMemo",
     "function_site",
     "register_relation_namer",
 ]
@@ -162,6 +163,25 @@ class Trace(NamedTuple):
         return "" if frame is None else frame.f_code.co_qualname
 
 
+# Code flags of generator and async generator functions (inspect.CO_GENERATOR,
+# inspect.CO_ASYNC_GENERATOR): their frames are resumed by whoever iterates them, so
+# what lies above one is not fixed while it lives.
+_GENERATOR_FLAGS = 0x20 | 0x200
+
+
+class WalkMemo:
+    """The last walk's answer, for the statements of one scope (see
+    :meth:`CallSiteFinder.find_path`), kept by whoever keeps the scope's queries: the
+    frame it holds lives no longer than the scope."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        # (first application frame, its bytecode offset, finder, depth, trace), replaced
+        # whole: a statement from another thread reads one or the other, never a mix.
+        self.last: tuple[FrameType, int, object, int, Trace] | None = None
+
+
 class CallSiteFinder:
     """Finds the call site of the running code; one per PoolWatch (its ignore list).
 
@@ -193,7 +213,7 @@ class CallSiteFinder:
         return None if found is None else found[0]
 
     def find_path(  # noqa: PLR0912, PLR0915 - one loop on purpose: see the comment in it
-        self, skip: int = 1, depth: int = MAX_PATH
+        self, skip: int = 1, depth: int = MAX_PATH, memo: WalkMemo | None = None
     ) -> Trace | None:
         """Where the code running now comes from: its call site and application call
         path, and what ran the statement below them (:class:`Trace`).
@@ -203,6 +223,13 @@ class CallSiteFinder:
         count``. The loop that calls a per-row helper is in it, and two callers of one
         helper have two paths. The call site is its innermost frame. ``None`` when no
         frame is the application's (nor a serializer's).
+
+        With a ``memo`` (a scope's), the walk stops at the first application frame when
+        it is the very frame the last walk stopped at, at the same bytecode offset, with
+        nothing but plain library frames below it: a loop's statements. A running
+        frame's callers, and a coroutine's awaiting ones, stay what they were while it
+        runs, and so does the rest of the walk (a generator's do not: its frames are
+        never remembered).
         """
         try:
             frame: FrameType | None = sys._getframe(skip)
@@ -234,6 +261,16 @@ class CallSiteFinder:
                 if verdict is None:
                     verdict = self._judge(code, frame)
                 if verdict is _APP:
+                    if not path and notes is None and memo is not None:
+                        last = memo.last
+                        if (
+                            last is not None
+                            and last[0] is frame
+                            and last[1] == frame.f_lasti
+                            and last[2] is self
+                            and last[3] == depth
+                        ):
+                            return last[4]
                     path.append(frame)
                     key.append(id(code))
                     key.append(frame.f_lasti)
@@ -269,6 +306,7 @@ class CallSiteFinder:
             frame = next(parents, None)
             if frame is None:
                 break
+        walked = bool(path)  # found by this walk, not where another task waits
         if not path and at_task:
             path = self._from_awaiting_task(depth)
         if notes is None:
@@ -283,7 +321,12 @@ class CallSiteFinder:
         known = self._paths.get(path_key)
         if known is None:
             known = self._remember(path_key, path, False, "")
-        return known[0]
+        trace = known[0]
+        if memo is not None and walked and notes is None:
+            first = path[0]
+            if not first.f_code.co_flags & _GENERATOR_FLAGS:
+                memo.last = (first, first.f_lasti, self, depth, trace)
+        return trace
 
     def _noted(self, path: list[FrameType], notes: _Walk) -> Trace | None:
         """:meth:`find_path`'s answer where the walk noted a relation loader, an ORM

@@ -37,6 +37,7 @@ from fnmatch import fnmatchcase
 from typing import NamedTuple
 
 from poolwatch.events import BULK_WRITE, DUPLICATE, NPLUSONE, SLOW_QUERY, Finding, QueryEvent
+from poolwatch.queries.callsite import WalkMemo
 
 __all__ = [
     "DATA_OPERATIONS",
@@ -181,10 +182,13 @@ class _Repeat:
 class ScopeQueries:
     """The queries of one scope, grouped for detection as they arrive."""
 
-    __slots__ = ("first", "groups", "loaded", "repeats", "reported", "writes")
+    __slots__ = ("first", "groups", "loaded", "memo", "repeats", "reported", "writes")
 
     def __init__(self) -> None:
         self.groups: dict[_Key, QueryGroup] = {}
+        # The call-site finder's memo of the scope's last walk (CallSiteFinder.find_path):
+        # kept here, the frame it holds lives no longer than the scope.
+        self.memo = WalkMemo()
         # Relations the scope's queries loaded eagerly (Model.attribute) -> the call paths
         # of those queries: advice never asks for a loader that is there already.
         self.loaded: dict[str, set[str]] = {}

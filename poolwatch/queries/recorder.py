@@ -17,7 +17,7 @@ from poolwatch.context import NO_ROUTE, WorkScope, nplusone_allowed
 from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, UNUSED_EAGER_LOAD, Finding, QueryEvent
 from poolwatch.exposition.metrics import Metrics
-from poolwatch.queries.callsite import CallSiteFinder, Trace, function_site
+from poolwatch.queries.callsite import MAX_PATH, CallSiteFinder, Trace, function_site
 from poolwatch.queries.detect import (
     Policy,
     QueryGroup,
@@ -172,8 +172,15 @@ class QueryRecorder:
             operation = "OTHER"
         else:
             operation = sql_shape.operation
-        # Skip find_path, record and PoolObserver.query: they are always there.
-        trace = self.finder.find_path(3) or _UNKNOWN
+        grouped = None
+        if grouping and work is not None:
+            grouped = work.grouped
+            if grouped is None:
+                grouped = work.grouped = ScopeQueries()
+        # Skip find_path, record and PoolObserver.query: they are always there. A loop's
+        # statements walk the stack only down to the loop's frame (the scope's memo).
+        trace = self.finder.find_path(3, MAX_PATH, None if grouped is None else grouped.memo)
+        trace = trace or _UNKNOWN
         site, path, by_relation, origin, relation, call, serialized = trace
         if serialized:  # the response's serialization: the endpoint is the place
             site = path = self._endpoint_site(work)
@@ -199,19 +206,20 @@ class QueryRecorder:
                 serialized,
             ),
         )
-        if grouping and work is not None:
-            grouped = work.grouped
-            if grouped is None:
-                grouped = work.grouped = ScopeQueries()
+        if grouped is not None and work is not None:
             group = grouped.add(event, call)
             if work.closed and group is not None and self.enabled:
                 self._late(work, grouped, group)
-        if self.enabled and seconds >= self.slow_threshold:
-            self._report_slow(event, "" if work is None else work.method)
-        if _sinks:
-            for sink in tuple(_sinks):
-                sink(event, call)
+        if _sinks or seconds >= self.slow_threshold:
+            self._seen(event, call, work)
         return path or site
+
+    def _seen(self, event: QueryEvent, call: object, work: WorkScope | None) -> None:
+        """A statement that is slow, or that a capture sees."""
+        if self.enabled and event.seconds >= self.slow_threshold:
+            self._report_slow(event, "" if work is None else work.method)
+        for sink in tuple(_sinks):
+            sink(event, call)
 
     def _late(self, work: WorkScope, grouped: ScopeQueries, group: QueryGroup) -> None:
         """A statement of a scope judged already (from a task that outlived its
