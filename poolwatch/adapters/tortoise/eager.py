@@ -205,7 +205,8 @@ class _Hooks:
                 if not parents or not self._watch(owner, name, loads, eager) or not loads.add(load):
                     break
                 self._bind(loads, parents, load)
-                parents = _related(parents, name)
+                if depth + 1 < len(names):  # the next part's parents: what this one loaded
+                    parents = _related(parents, name)
                 owner = target
 
     def _bind(self, loads: ScopeEagerLoads, rows: list[Any], load: EagerLoad) -> None:
