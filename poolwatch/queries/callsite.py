@@ -34,8 +34,8 @@ import linecache
 import os
 import sys
 import sysconfig
-from collections.abc import Callable, Iterable
-from types import CodeType, FrameType
+from collections.abc import Callable, Iterable, Iterator
+from types import CodeType, CoroutineType, FrameType, MethodType
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "CallSite",
     "CallSiteFinder",
     "Trace",
+    "WalkMemo",
     "function_site",
     "register_relation_namer",
 ]
@@ -162,6 +163,25 @@ class Trace(NamedTuple):
         return "" if frame is None else frame.f_code.co_qualname
 
 
+# Code flags of generator and async generator functions (inspect.CO_GENERATOR,
+# inspect.CO_ASYNC_GENERATOR): their frames are resumed by whoever iterates them, so
+# what lies above one is not fixed while it lives.
+_GENERATOR_FLAGS = 0x20 | 0x200
+
+
+class WalkMemo:
+    """The last walk's answer, for the statements of one scope (see
+    :meth:`CallSiteFinder.find_path`), kept by whoever keeps the scope's queries: the
+    frame it holds lives no longer than the scope."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        # (first application frame, its bytecode offset, finder, depth, trace), replaced
+        # whole: a statement from another thread reads one or the other, never a mix.
+        self.last: tuple[FrameType, int, object, int, Trace] | None = None
+
+
 class CallSiteFinder:
     """Finds the call site of the running code; one per PoolWatch (its ignore list).
 
@@ -178,7 +198,8 @@ class CallSiteFinder:
         self._seen: list[CodeType] = []
         # (id(code), offset) -> (code, "file:line in function"): a loop formats one string
         self._sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
-        # (code id and offset..., relation) -> ((call site, path, relation, origin), codes)
+        # (code id, offset, ... of each path frame, the loader's relation or None) ->
+        # (its Trace, the code objects the key names)
         self._paths: dict[tuple[object, ...], tuple[Trace, tuple[CodeType, ...]]] = {}
         self._stop = _task_boundary_code()
 
@@ -191,7 +212,9 @@ class CallSiteFinder:
         found = self.find_path(skip + 1, depth=1)  # one frame: the walk ends there
         return None if found is None else found[0]
 
-    def find_path(self, skip: int = 1, depth: int = MAX_PATH) -> Trace | None:
+    def find_path(  # noqa: PLR0912, PLR0915 - one loop on purpose: see the comment in it
+        self, skip: int = 1, depth: int = MAX_PATH, memo: WalkMemo | None = None
+    ) -> Trace | None:
         """Where the code running now comes from: its call site and application call
         path, and what ran the statement below them (:class:`Trace`).
 
@@ -200,23 +223,115 @@ class CallSiteFinder:
         count``. The loop that calls a per-row helper is in it, and two callers of one
         helper have two paths. The call site is its innermost frame. ``None`` when no
         frame is the application's (nor a serializer's).
+
+        With a ``memo`` (a scope's), the walk stops at the first application frame when
+        it is the very frame the last walk stopped at, at the same bytecode offset, with
+        nothing but plain library frames below it: a loop's statements. A running
+        frame's callers, and a coroutine's awaiting ones, stay what they were while it
+        runs, and so does the rest of the walk (a generator's do not: its frames are
+        never remembered).
         """
         try:
             frame: FrameType | None = sys._getframe(skip)
         except ValueError:  # a shallower stack than the caller promised
             frame = sys._getframe(1)
+        # This runs for every statement, over 10-25 frames: the walk is one loop in one
+        # function, and allocates nothing but the path and its key in the usual case (a
+        # Python call or a small object costs as much as a few frames of the walk).
+        library = self._library
+        stop = self._stop
         path: list[FrameType] = []
         # Each path frame's code and bytecode offset (by id: hashing a code object hashes
         # its bytecode): formatting "file:line in function" (f_lineno decodes the line
         # table) happens once per distinct path.
-        keys: list[object] = []
-        walk = _Walk()
-        ended = self._walk(frame, path, depth, walk, keys)
-        if ended is _END_OF_STACK and len(path) < depth:
-            self._from_greenlet_parent(path, depth, walk)
-        if not path and ended is _AT_TASK:
+        key: list[object] = []
+        notes: _Walk | None = None  # made for the first frame that is not a plain library's
+        at_task = False  # the running stack ended at the frame that runs a task
+        parents: Iterator[FrameType] | None = None
+        while True:
+            # A walk ends with depth frames, _MAX_GAP library frames past the last
+            # application frame (the framework that called the endpoint), or at the frame
+            # that runs an asyncio callback: below it lie the event loop and whatever
+            # started it, never the code that issued this query.
+            ended = _END_OF_STACK
+            gap = 0
+            while frame is not None:
+                code = frame.f_code
+                verdict = library.get(id(code))
+                if verdict is None:
+                    verdict = self._judge(code, frame)
+                if verdict is _APP:
+                    if not path and notes is None and memo is not None:
+                        last = memo.last
+                        if (
+                            last is not None
+                            and last[0] is frame
+                            and last[1] == frame.f_lasti
+                            and last[2] is self
+                            and last[3] == depth
+                        ):
+                            return last[4]
+                    path.append(frame)
+                    key.append(id(code))
+                    key.append(frame.f_lasti)
+                    if len(path) >= depth:
+                        ended = _FULL
+                        break
+                    gap = 0
+                elif path:
+                    if verdict is not _INLINE:
+                        gap += 1
+                        if gap > _MAX_GAP:
+                            ended = _FULL
+                            break
+                elif verdict is not _LIBRARY and verdict is not _INLINE:
+                    if notes is None:
+                        notes = _Walk()
+                    notes.note(frame, verdict)
+                    if notes.serializer:
+                        ended = _SERIALIZING
+                        break
+                if code is stop:
+                    ended = _AT_TASK
+                    break
+                frame = frame.f_back
+            if parents is None:
+                at_task = ended is _AT_TASK
+            if ended is not _END_OF_STACK or len(path) >= depth:
+                break
+            # SQLAlchemy's asyncio layer runs the ORM in a greenlet whose stack ends at the
+            # greenlet; the awaiting coroutines are on the stacks of those waiting for it.
+            if parents is None:
+                parents = _waiting_greenlets()
+            frame = next(parents, None)
+            if frame is None:
+                break
+        walked = bool(path)  # found by this walk, not where another task waits
+        if not path and at_task:
             path = self._from_awaiting_task(depth)
-        loader = walk.loader
+        if notes is None:
+            if not path:
+                return None
+        elif not path or notes.loader is not None or notes.operation is not None:
+            return self._noted(path, notes)
+        if len(key) != 2 * len(path):  # frames found beyond the walk: keyed here
+            key = _key_of(path)
+        key.append(None)  # no relation loader (see _noted)
+        path_key = tuple(key)
+        known = self._paths.get(path_key)
+        if known is None:
+            known = self._remember(path_key, path, False, "")
+        trace = known[0]
+        if memo is not None and walked and notes is None:
+            first = path[0]
+            if not first.f_code.co_flags & _GENERATOR_FLAGS:
+                memo.last = (first, first.f_lasti, self, depth, trace)
+        return trace
+
+    def _noted(self, path: list[FrameType], notes: _Walk) -> Trace | None:
+        """:meth:`find_path`'s answer where the walk noted a relation loader, an ORM
+        operation or no application frame (:class:`_Walk`)."""
+        loader = notes.loader
         relation = "" if loader is None else _relation_name(loader)
         if not path:
             # No application frame: FastAPI's serialization ran it, or a relation was
@@ -224,80 +339,40 @@ class CallSiteFinder:
             # framework reading the objects an endpoint returned does (FastAPI validates
             # a sync endpoint's response in the thread pool, and a compiled pydantic 1
             # leaves no frame of its own there).
-            if walk.serializer or (loader is not None and walk.installed is None):
-                return Trace("", "", loader is not None, "", relation, walk.operation, True)
-            if walk.installed is None:
+            if notes.serializer or (loader is not None and notes.installed is None):
+                return Trace("", "", loader is not None, "", relation, notes.operation, True)
+            if notes.installed is None:
                 return None
-            path = [walk.installed]
-        if len(keys) != len(path):  # frames found beyond the walk: keyed here
-            keys = [(id(f.f_code) << 32) | f.f_lasti for f in path]
-        keys.append(loader is not None)
-        key = tuple(keys)
-        known = self._paths.get(key)
+            path = [notes.installed]
+        key = _key_of(path)
+        # The loader's relation is part of the key (None: no loader): what the adapter
+        # names it may differ between two loads from one line (getattr(row, name)).
+        key.append(None if loader is None else relation)
+        path_key = tuple(key)
+        known = self._paths.get(path_key)
         if known is None:
-            if len(self._paths) >= _MAX_CACHED_CODES:
-                self._paths.clear()
-            sites = [self._site(frame) for frame in reversed(path)]
-            code = path[-1].f_code
-            origin = f"{display_path(code.co_filename)} in {code.co_qualname}"
-            found = Trace(sites[-1], " -> ".join(sites), loader is not None, origin)
-            # The entry holds the code objects its key names by id, so no id is reused
-            # while it is cached.
-            known = self._paths[key] = (found, tuple(frame.f_code for frame in path))
+            known = self._remember(path_key, path, loader is not None, relation)
         trace = known[0]
-        if relation or walk.operation is not None:  # per statement: not cached
-            return trace._replace(relation=relation, operation=walk.operation)
+        if notes.operation is not None:  # the operation's frame is this statement's
+            return tuple.__new__(Trace, (*trace[:5], notes.operation, False))
         return trace
 
+    def _remember(
+        self, key: tuple[object, ...], path: list[FrameType], by_relation: bool, relation: str
+    ) -> tuple[Trace, tuple[CodeType, ...]]:
+        """The trace of a path first seen, formatted once and cached under ``key``."""
+        if len(self._paths) >= _MAX_CACHED_CODES:
+            self._paths.clear()
+        sites = [self._site(frame) for frame in reversed(path)]
+        code = path[-1].f_code
+        origin = f"{display_path(code.co_filename)} in {code.co_qualname}"
+        found = Trace(sites[-1], " -> ".join(sites), by_relation, origin, relation)
+        # The entry holds the code objects its key names by id, so no id is reused while
+        # it is cached.
+        known = self._paths[key] = (found, tuple(frame.f_code for frame in path))
+        return known
+
     # -- the walk ----------------------------------------------------------------------
-
-    def _walk(
-        self,
-        frame: FrameType | None,
-        path: list[FrameType],
-        depth: int,
-        walk: _Walk,
-        keys: list[object] | None = None,
-    ) -> int:
-        """Collect application frames from ``frame`` outwards into ``path`` (innermost
-        first), and into ``walk`` what ran below the first of them; returns why the walk
-        ended.
-
-        It ends with ``depth`` frames, ``_MAX_GAP`` library frames past the last
-        application frame (the framework that called the endpoint), or at the frame that
-        runs an asyncio callback: below it lie the event loop and whatever started it,
-        never the code that issued this query.
-        """
-        library = self._library
-        stop = self._stop
-        gap = 0
-        # Most frames are a library's, below the first application frame: their way
-        # through the loop is kept to the fewest tests (a hot loop: ~25 frames a query).
-        while frame is not None:
-            code = frame.f_code
-            verdict = library.get(id(code))
-            if verdict is None:
-                verdict = self._judge(code, frame)
-            if verdict is _APP:
-                path.append(frame)
-                if keys is not None:
-                    keys.append((id(code) << 32) | frame.f_lasti)
-                if len(path) >= depth:
-                    return _FULL
-                gap = 0
-            elif path:
-                if verdict is not _INLINE:
-                    gap += 1
-                    if gap > _MAX_GAP:
-                        return _FULL
-            elif verdict is not _LIBRARY and verdict is not _INLINE:
-                walk.note(frame, verdict)
-                if walk.serializer:
-                    return _SERIALIZING
-            if code is stop:
-                return _AT_TASK
-            frame = frame.f_back
-        return _END_OF_STACK
 
     def _judge(self, code: CodeType, frame: FrameType) -> int:
         if len(self._library) >= _MAX_CACHED_CODES:
@@ -341,18 +416,6 @@ class CallSiteFinder:
 
     # -- where a plain walk cannot see -------------------------------------------------
 
-    def _from_greenlet_parent(self, path: list[FrameType], depth: int, walk: _Walk) -> None:
-        """Continue the walk on the greenlets that wait for this one."""
-        greenlet = sys.modules.get("greenlet")
-        if greenlet is None:
-            return
-        current = greenlet.getcurrent()
-        while (parent := current.parent) is not None:
-            ended = self._walk(parent.gr_frame, path, depth, walk)
-            if ended != _END_OF_STACK or len(path) >= depth:
-                break
-            current = parent
-
     def _from_awaiting_task(self, depth: int) -> list[FrameType]:
         try:
             task: asyncio.Task[Any] | None = asyncio.current_task()
@@ -375,16 +438,23 @@ class CallSiteFinder:
         chain: list[tuple[FrameType, int]] = []  # outermost first: the awaits, in order
         awaitable: Any = task.get_coro()
         while awaitable is not None:
-            frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+            # Coroutines first, by type: a getattr that misses raises and catches inside.
+            if type(awaitable) is CoroutineType:
+                frame, following = awaitable.cr_frame, awaitable.cr_await
+            else:
+                frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+                if frame is None:
+                    break
+                following = getattr(awaitable, "cr_await", None) or getattr(
+                    awaitable, "gi_yieldfrom", None
+                )
             if frame is None:
                 break
             verdict = self._library.get(id(frame.f_code))
             if verdict is None:
                 verdict = self._judge(frame.f_code, frame)
             chain.append((frame, verdict))
-            awaitable = getattr(awaitable, "cr_await", None) or getattr(
-                awaitable, "gi_yieldfrom", None
-            )
+            awaitable = following
         found: list[FrameType] = []
         gap = 0
         for frame, verdict in reversed(chain):
@@ -401,7 +471,8 @@ class CallSiteFinder:
 
 
 class _Walk:
-    """What one walk found below the application's frames."""
+    """What one walk found below the application's frames, where a frame was more than
+    a plain library's (made only then: most walks meet none)."""
 
     __slots__ = ("installed", "loader", "operation", "serializer")
 
@@ -423,6 +494,27 @@ class _Walk:
             self.operation = frame  # the outermost: the call the application made
         if verdict & _SERIALIZER:
             self.serializer = True
+
+
+def _key_of(path: list[FrameType]) -> list[object]:
+    """The cache key of a path's frames: each one's code (by id) and bytecode offset."""
+    key: list[object] = []
+    for frame in path:
+        key.append(id(frame.f_code))
+        key.append(frame.f_lasti)
+    return key
+
+
+def _waiting_greenlets() -> Iterator[FrameType]:
+    """The frames where the greenlets waiting for the running one are suspended, nearest
+    first (none where greenlet is not in use)."""
+    module = sys.modules.get("greenlet")
+    if module is None:
+        return
+    current = module.getcurrent()
+    while (current := current.parent) is not None:
+        if current.gr_frame is not None:
+            yield current.gr_frame
 
 
 def _relation_name(loader: FrameType) -> str:
@@ -502,7 +594,7 @@ def awaiting_task(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
     its outer future, or the TaskGroup's bound method) and the future a parent task waits
     on (``_fut_waiter``). Every access is guarded; on any surprise the answer is "unknown".
     """
-    graph = getattr(asyncio, "capture_call_graph", None)
+    graph = _capture_call_graph
     if graph is not None:
         try:
             captured = graph(task, depth=0)
@@ -515,18 +607,38 @@ def awaiting_task(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
     try:
         callbacks = list(getattr(task, "_callbacks", None) or ())
         for callback, _context in callbacks:
-            owner = getattr(callback, "__self__", None)
-            parent = getattr(owner, "_parent_task", None)
-            if isinstance(parent, asyncio.Task):
-                return parent
+            if isinstance(callback, MethodType):  # a TaskGroup's, bound to it
+                parent = getattr(callback.__self__, "_parent_task", None)
+                if isinstance(parent, asyncio.Task):
+                    return parent
             for cell in getattr(callback, "__closure__", None) or ():
                 content = cell.cell_contents
                 if isinstance(content, asyncio.Future) and not isinstance(content, asyncio.Task):
-                    for candidate in asyncio.all_tasks():
-                        if getattr(candidate, "_fut_waiter", None) is content:
-                            return candidate
+                    waiter = _waiter(content)
+                    if waiter is not None:
+                        return waiter
     except Exception:
         return None
+    return None
+
+
+_capture_call_graph = getattr(asyncio, "capture_call_graph", None)  # Python 3.14
+
+
+def _waiter(future: asyncio.Future[Any]) -> asyncio.Task[Any] | None:
+    """The task waiting on ``future`` (its ``_fut_waiter``).
+
+    A task waiting on a future has its wakeup among the future's done-callbacks, bound to
+    the task: that one is checked first, and every task only where it is not there (a
+    scan of every task, for each statement a gathered child runs, is what this avoids).
+    """
+    for callback, _context in list(getattr(future, "_callbacks", None) or ()):
+        owner = getattr(callback, "__self__", None)
+        if isinstance(owner, asyncio.Task) and getattr(owner, "_fut_waiter", None) is future:
+            return owner
+    for candidate in asyncio.all_tasks():
+        if getattr(candidate, "_fut_waiter", None) is future:
+            return candidate
     return None
 
 

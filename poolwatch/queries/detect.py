@@ -37,11 +37,13 @@ from fnmatch import fnmatchcase
 from typing import NamedTuple
 
 from poolwatch.events import BULK_WRITE, DUPLICATE, NPLUSONE, SLOW_QUERY, Finding, QueryEvent
+from poolwatch.queries.callsite import WalkMemo
 
 __all__ = [
     "DATA_OPERATIONS",
     "Evidence",
     "Policy",
+    "QueryGroup",
     "ScopeQueries",
     "Suggest",
     "Targets",
@@ -108,6 +110,8 @@ class Policy:
 
     def allows(self, finding: Finding) -> bool:
         """Whether ``finding`` is allow-listed (and so not reported)."""
+        if not (self.allow_routes or self.allow_fingerprints or self.allow_call_sites):
+            return False  # the usual case: nothing to match, and no generator to make
         return (
             any(fnmatchcase(finding.route, p) for p in self.allow_routes)
             or any(fnmatchcase(finding.fingerprint, p) for p in self.allow_fingerprints)
@@ -123,15 +127,16 @@ _Key = tuple[str, str, str]
 """(fingerprint, call path, pool): what one group of statements shares."""
 
 
-class _Group:
+class QueryGroup:
     """Statements of one fingerprint from one call path on one pool."""
 
     __slots__ = (
-        "again", "batched", "by_relation", "call", "call_site", "calls", "count",
+        "again", "batched", "by_relation", "call", "call_site", "calls", "count", "key",
         "operation", "orm_call", "pool", "relation", "reported", "seconds", "serialized",
     )  # fmt: skip
 
-    def __init__(self, operation: str, pool: str, call_site: str) -> None:
+    def __init__(self, key: _Key, operation: str, call_site: str) -> None:
+        self.key = key
         self.count = 0
         # Calls: statements, but all those of one ORM operation's call count once.
         self.calls = 0
@@ -144,30 +149,13 @@ class _Group:
         # a loop over rows runs with different parameters, a repeat is a duplicate.
         self.again = 0
         self.operation = operation
-        self.pool = pool
+        self.pool = key[2]
         self.call_site = call_site
         self.by_relation = False
         self.relation = ""
         self.orm_call = ""
         self.serialized = False
         self.reported = False  # a finding already: a late statement reports it no more
-
-    def take(self, event: QueryEvent, call: object) -> None:
-        """Count ``event``, run by the ORM operation whose frame is ``call``, if any."""
-        self.count += 1
-        if call is None:
-            self.calls += 1
-        elif call is not self.call:
-            self.calls += 1
-            self.call = call
-            self.orm_call = event.orm_call
-        self.seconds += event.seconds
-        if event.by_relation:
-            self.by_relation = True
-            if event.relation and not self.relation:
-                self.relation = event.relation
-        if event.serialized:
-            self.serialized = True
 
 
 class _Repeat:
@@ -194,10 +182,13 @@ class _Repeat:
 class ScopeQueries:
     """The queries of one scope, grouped for detection as they arrive."""
 
-    __slots__ = ("first", "groups", "loaded", "repeats", "reported", "writes")
+    __slots__ = ("first", "groups", "loaded", "memo", "repeats", "reported", "writes")
 
     def __init__(self) -> None:
-        self.groups: dict[_Key, _Group] = {}
+        self.groups: dict[_Key, QueryGroup] = {}
+        # The call-site finder's memo of the scope's last walk (CallSiteFinder.find_path):
+        # kept here, the frame it holds lives no longer than the scope.
+        self.memo = WalkMemo()
         # Relations the scope's queries loaded eagerly (Model.attribute) -> the call paths
         # of those queries: advice never asks for a loader that is there already.
         self.loaded: dict[str, set[str]] = {}
@@ -216,7 +207,7 @@ class ScopeQueries:
         """A COMMIT or ROLLBACK on ``pool``: later reads repeat nothing before it."""
         self.writes[pool] = self.writes.get(pool, 0) + 1
 
-    def add(self, event: QueryEvent, call: object = None) -> tuple[_Key, _Group] | None:
+    def add(self, event: QueryEvent, call: object = None) -> QueryGroup | None:
         """Record ``event``; returns its group (``None`` for statements not grouped).
 
         ``call`` is the frame of the ORM operation that ran it (a merge, a flush), if one
@@ -225,52 +216,63 @@ class ScopeQueries:
         operation = event.operation
         if operation not in DATA_OPERATIONS:
             return None  # BEGIN, COMMIT, SET, PRAGMA: the ORM's bookkeeping
-        path = event.path
-        key = (event.fingerprint, path, event.pool)
+        pool = event.pool
+        path = event.call_path or event.call_site
+        key = (event.fingerprint, path, pool)
         group = self.groups.get(key)
         if group is None:
             if len(self.groups) >= MAX_GROUPS:
                 return None
-            group = self.groups[key] = _Group(operation, event.pool, event.call_site)
-        group.take(event, call)
-        if event.in_list > 1:
-            group.batched += 1
-        identity = event.identity
+            group = self.groups[key] = QueryGroup(key, operation, event.call_site)
+        # The group's counts, inline: this runs for every statement, and a method call
+        # costs as much as the counting.
+        group.count += 1
+        if call is None:
+            group.calls += 1
+        elif call is not group.call:
+            group.calls += 1
+            group.call = call
+            group.orm_call = event.orm_call
+        group.seconds += event.seconds
+        group.by_relation |= event.by_relation
+        if event.relation and not group.relation:  # the first relation named
+            group.relation = event.relation
+        group.serialized |= event.serialized
+        group.batched += event.in_list > 1  # a multi-item IN (...): one chunk of a batch
         if operation in _READS:
+            identity = event.identity
             if identity is not None:
                 # After a write or a transaction's end on its pool, the same statement is
                 # another read (the identity already tells two pools apart).
-                writes = self.writes.get(event.pool)
+                writes = self.writes.get(pool) if self.writes else None
                 if writes:
                     identity = hash((identity, writes))
-                if self._repeated(identity, event, path):
-                    group.again += 1
+                if (self.repeats and identity in self.repeats) or identity in self.first:
+                    group.again += self._repeated(identity, event, path)
+                elif len(self.first) < MAX_REPEATS:
+                    # Most statements run once: keep the event itself, and make the
+                    # counter only when the same statement and parameters come back.
+                    self.first[identity] = event
         else:
-            self.writes[event.pool] = self.writes.get(event.pool, 0) + 1
-        return key, group
+            self.writes[pool] = self.writes.get(pool, 0) + 1
+        return group
 
     def _repeated(self, identity: int, event: QueryEvent, path: str) -> bool:
-        """Count a repeat of the same statement and parameters; True if it repeats one
-        from the same call path."""
+        """Count a repeat of a statement and parameters seen before; True if it repeats
+        one from the same call path."""
         repeat = self.repeats.get(identity)
         if repeat is not None:
             repeat.count += 1
             repeat.seconds += event.seconds
             repeat.caller(path)
             return repeat.path == path
-        # Most statements run once: keep the event itself, and make the counter only when
-        # the same statement and parameters come back.
-        first = self.first.get(identity)
-        if first is None:
-            if len(self.first) < MAX_REPEATS:
-                self.first[identity] = event
-            return False
+        first = self.first[identity]
         if len(self.repeats) < MAX_REPEATS:
             self.repeats[identity] = _Repeat(first, event)
         return first.path == path
 
 
-def _is_finding(group: _Group, policy: Policy) -> str | None:
+def _is_finding(group: QueryGroup, policy: Policy) -> str | None:
     """The kind of finding ``group`` makes under ``policy``, if any."""
     if group.calls < policy.threshold or group.seconds < policy.min_duration:
         return None
@@ -287,7 +289,7 @@ def _is_finding(group: _Group, policy: Policy) -> str | None:
     return NPLUSONE
 
 
-def _endpoint(group: _Group) -> str:
+def _endpoint(group: QueryGroup) -> str:
     """The endpoint's name, when the response's serialization ran the group."""
     if not group.serialized:
         return ""
@@ -296,7 +298,7 @@ def _endpoint(group: _Group) -> str:
 
 def _finding(
     kind: str,
-    links: list[tuple[_Key, _Group]],
+    links: list[tuple[_Key, QueryGroup]],
     route: str,
     *,
     method: str,
@@ -336,8 +338,8 @@ def _finding(
 
 
 def _chains(
-    loops: list[tuple[_Key, _Group]], targets: Targets | None
-) -> list[list[tuple[_Key, _Group]]]:
+    loops: list[tuple[_Key, QueryGroup]], targets: Targets | None
+) -> list[list[tuple[_Key, QueryGroup]]]:
     """N+1 groups, those that walk one chain of relations from one place joined.
 
     ``article.author.profile`` read per row is two loops from one line: the authors,
@@ -346,19 +348,19 @@ def _chains(
     """
     if targets is None or sum(1 for _, group in loops if group.relation) < 2:
         return [[loop] for loop in loops]
-    by_place: dict[tuple[str, str], list[tuple[_Key, _Group]]] = {}
+    by_place: dict[tuple[str, str], list[tuple[_Key, QueryGroup]]] = {}
     for loop in loops:
         (_, path, pool), _ = loop
         by_place.setdefault((path, pool), []).append(loop)
-    chains: list[list[tuple[_Key, _Group]]] = []
+    chains: list[list[tuple[_Key, QueryGroup]]] = []
     for (_, pool), place in by_place.items():
         # model -> the loop whose relation starts at it (one each: else no chain)
-        starts: dict[str, tuple[_Key, _Group] | None] = {}
+        starts: dict[str, tuple[_Key, QueryGroup] | None] = {}
         for loop in place:
             model = loop[1].relation.partition(".")[0]
             if model:
                 starts[model] = None if model in starts else loop
-        following: dict[int, tuple[_Key, _Group]] = {}
+        following: dict[int, tuple[_Key, QueryGroup]] = {}
         for loop in place:
             target = targets(pool, loop[1].relation) if loop[1].relation else None
             successor = starts.get(target) if target else None
@@ -400,7 +402,7 @@ def detect(
     follows relations from model to model, so a chain of loops is one finding.
     """
     findings: list[Finding] = []
-    loops: list[tuple[_Key, _Group]] = []
+    loops: list[tuple[_Key, QueryGroup]] = []
     loaded = queries.loaded
     for key, group in queries.groups.items():
         group.call = None  # judged: the operation frame is not needed any more
@@ -449,26 +451,29 @@ def detect(
 
 def late_finding(
     queries: ScopeQueries,
-    added: tuple[_Key, _Group],
+    added: QueryGroup,
     policy: Policy,
     route: str,
     suggest: Suggest,
     *,
     method: str = "",
 ) -> Finding | None:
-    """A finding made by a query that arrived after its scope was judged.
+    """A finding made by a query that arrived after its scope was judged (``added``: the
+    group :meth:`ScopeQueries.add` returned for it).
 
     A task that outlives its request (``asyncio.create_task`` in an endpoint) can still
     loop; its group is reported once, when it becomes a finding.
     """
-    _, group = added
+    group = added
     if group.reported:
         return None
     kind = _is_finding(group, policy)
     if kind is None:
         return None
     group.reported = True
-    finding = _finding(kind, [added], route, method=method, suggest=suggest, loaded=queries.loaded)
+    finding = _finding(
+        kind, [(group.key, group)], route, method=method, suggest=suggest, loaded=queries.loaded
+    )
     return None if policy.allows(finding) else finding
 
 

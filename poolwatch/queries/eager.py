@@ -103,17 +103,20 @@ class ScopeEagerLoads:
     object's id on SQLAlchemy, the parent row's id on Tortoise).
 
     ``holds`` keeps what a token's id refers to alive until the scope is judged, so an id
-    is not reused by another object meanwhile. ``releases`` are the adapter's undo
+    is not reused by another object meanwhile. ``settles`` are the adapter's last words
+    on the loads' ``loaded`` and ``read`` (where it counts them in bulk), run by
+    :meth:`settle` before the loads are judged. ``releases`` are the adapter's undo
     actions (watched relations, listeners), run once by :meth:`release` when the scope
     has ended and been judged.
     """
 
-    __slots__ = ("adapter", "by_token", "dropped", "holds", "loads", "releases")
+    __slots__ = ("adapter", "by_token", "dropped", "holds", "loads", "releases", "settles")
 
     def __init__(self) -> None:
         self.loads: list[EagerLoad] = []
         self.by_token: dict[int, list[EagerLoad]] = {}
         self.holds: list[object] = []
+        self.settles: list[Callable[[], None]] = []
         self.releases: list[Callable[[], None]] = []
         # What an adapter keeps for the scope (the sessions it listens to, the relations
         # it watches), by a name of its choosing.
@@ -134,6 +137,12 @@ class ScopeEagerLoads:
         if hold is not None:
             self.holds.append(hold)
 
+    def settle(self) -> None:
+        """Bring every load's ``loaded`` and ``read`` up to date (each settle brings what
+        came since the last)."""
+        for settle in self.settles:
+            settle()
+
     def release(self) -> None:
         """Run the adapter's undo actions once and forget the loads."""
         releases, self.releases = self.releases, []
@@ -142,6 +151,7 @@ class ScopeEagerLoads:
                 undo()
         self.by_token.clear()
         self.holds.clear()
+        self.settles.clear()
         self.adapter.clear()
 
 

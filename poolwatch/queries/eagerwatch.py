@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from poolwatch.context import WorkScope, current_scope, nplusone_allowed
 from poolwatch.events import Finding
-from poolwatch.queries.callsite import Trace
+from poolwatch.queries.callsite import MAX_PATH, Trace, WalkMemo
 from poolwatch.queries.eager import EagerLoad, ScopeEagerLoads, unused_findings
 from poolwatch.safety import FaultReporter
 
@@ -22,7 +22,7 @@ __all__ = ["COMPONENT", "EagerWatch", "eager_findings", "note_eager_loads"]
 
 COMPONENT = "eager_loads"  # what faults of the eager-load hooks are counted as
 
-_Where = Callable[[int], "Trace | None"]
+_Where = Callable[[int, int, "WalkMemo | None"], "Trace | None"]
 
 
 class EagerWatch:
@@ -30,7 +30,7 @@ class EagerWatch:
     the application issued a query, and where faults are counted.
 
     ``active()`` says whether statements are judged at all (the recorder's ``active``);
-    ``find_path(skip)`` is the recorder's call-site finder.
+    ``find_path(skip, depth, memo)`` is the recorder's call-site finder.
     """
 
     __slots__ = ("_active", "_find_path", "faults", "pool")
@@ -51,6 +51,11 @@ class EagerWatch:
         """The same watch, naming ``pool`` in its loads."""
         return EagerWatch(self._active, self._find_path, self.faults, pool)
 
+    def judging(self) -> bool:
+        """Whether the running code belongs to a scope being judged (what :meth:`loads`
+        asks first, without making the scope's loads)."""
+        return current_scope() is not None and not nplusone_allowed() and self._active()
+
     def loads(self) -> ScopeEagerLoads | None:
         """The current scope's eager loads (made on first use), or ``None`` when the
         running code belongs to no scope being judged."""
@@ -65,7 +70,11 @@ class EagerWatch:
     def where(self, skip: int) -> tuple[str, str]:
         """The call site and call path of the application code running now (``skip``:
         frames of the caller's own to leave out)."""
-        found = self._find_path(skip + 1)
+        # The scope's memo of its statements' last walk: the query being issued comes
+        # from where they did, a loop's frame, most of the time.
+        work = current_scope()
+        grouped = None if work is None else work.grouped
+        found = self._find_path(skip + 1, MAX_PATH, None if grouped is None else grouped.memo)
         if found is None:
             return "unknown", ""
         return found.site, found.path
@@ -93,6 +102,7 @@ def eager_findings(
     loads = work.eager
     if loads is None or not loads.loads:
         return []
+    loads.settle()
     return unused_findings(
         loads,
         work.route,

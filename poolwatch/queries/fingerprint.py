@@ -30,7 +30,7 @@ from poolwatch.queries.textcache import TextCache
 
 __all__ = [
     "DIALECTS", "END", "READ", "WRITE", "SqlShape", "dialect_of", "fingerprint", "shape",
-    "shaper",
+    "shaper", "shapes",
 ]  # fmt: skip
 
 POSTGRESQL, MYSQL, SQLITE, GENERIC = "postgresql", "mysql", "sqlite", ""
@@ -320,8 +320,14 @@ def fingerprint(sql: str, dialect: str = GENERIC) -> str:
 
 
 def shaper(dialect: str = GENERIC) -> Callable[[str], SqlShape]:
-    """``shape`` for one dialect, as one bound method: the recorder's hot path."""
+    """``shape`` for one dialect, as one bound method."""
     return _memos.get(dialect, _memos[GENERIC]).get
+
+
+def shapes(dialect: str = GENERIC) -> TextCache[SqlShape]:
+    """The cache behind ``shape`` for one dialect: the recorder's hot path reads it with
+    ``known(sql) or get(sql)``, a dict hit with no Python call."""
+    return _memos.get(dialect, _memos[GENERIC])
 
 
 def shape(sql: str, dialect: str = GENERIC) -> SqlShape:

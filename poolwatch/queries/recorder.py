@@ -17,9 +17,10 @@ from poolwatch.context import NO_ROUTE, WorkScope, nplusone_allowed
 from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, UNUSED_EAGER_LOAD, Finding, QueryEvent
 from poolwatch.exposition.metrics import Metrics
-from poolwatch.queries.callsite import CallSiteFinder, Trace, function_site
+from poolwatch.queries.callsite import MAX_PATH, CallSiteFinder, Trace, function_site
 from poolwatch.queries.detect import (
     Policy,
+    QueryGroup,
     ScopeQueries,
     Suggest,
     Targets,
@@ -29,7 +30,8 @@ from poolwatch.queries.detect import (
 )
 from poolwatch.queries.eagerwatch import eager_findings, note_eager_loads
 from poolwatch.queries.findings import FindingsLog, FindingsLogger
-from poolwatch.queries.fingerprint import DIALECTS, END, READ, WRITE, SqlShape, shaper
+from poolwatch.queries.fingerprint import DIALECTS, END, READ, WRITE, SqlShape, shapes
+from poolwatch.queries.textcache import TextCache
 
 __all__ = ["TRANSACTION_END", "UNKNOWN_SITE", "QueryRecorder", "add_sink", "remove_sink"]
 
@@ -77,7 +79,7 @@ def sinks_open() -> bool:
     return bool(_sinks)
 
 
-def identity(sql: str, params: Any, pool: str = "", origin: str = "") -> int:
+def _identity(sql: str, params: Any, pool: str, origin: str) -> int:
     """A hash of the statement, its parameters, its pool and the function its call path
     starts in; the values themselves are not kept.
 
@@ -88,9 +90,10 @@ def identity(sql: str, params: Any, pool: str = "", origin: str = "") -> int:
     """
     try:
         # One flat tuple per statement: this runs for every SELECT.
-        if type(params) is list or type(params) is tuple:
+        kind = type(params)
+        if kind is list or kind is tuple:
             return hash((pool, origin, sql, *params))
-        if type(params) is dict:
+        if kind is dict:
             return hash((pool, origin, sql, *params.items()))
         return hash((pool, origin, sql, params))
     except TypeError:  # an unhashable value (a JSON document, an array parameter)
@@ -127,8 +130,8 @@ class QueryRecorder:
         self._route_children: dict[str, tuple[Any, Any, Any, Any]] = {}
         # endpoint function -> its "file:line in function", for serialization's findings
         self._endpoints: dict[Any, str] = {}
-        self._shapers: dict[str, Callable[[str], SqlShape]] = {d: shaper(d) for d in DIALECTS}
-        self._generic = shaper()
+        self._shapes: dict[str, TextCache[SqlShape]] = {d: shapes(d) for d in DIALECTS}
+        self._generic = shapes()
 
     @property
     def active(self) -> bool:
@@ -149,11 +152,17 @@ class QueryRecorder:
         dialect: str = "",
     ) -> str:
         """Add one statement to its scope, and report it if it was slow; its call path
-        ("" where none was walked)."""
+        ("" where none was walked).
+
+        This runs for every statement while detection is on, so it calls as few Python
+        functions as it can: the shape of the text and the call path are cache hits, and
+        the grouping is one call (:meth:`ScopeQueries.add`).
+        """
         grouping = work is not None and not nplusone_allowed()
         if not grouping and not _sinks and seconds < self.slow_threshold:
             return ""  # nothing to group it with, nobody capturing: skip the stack walk
-        sql_shape = self._shapers.get(dialect, self._generic)(sql)
+        cache = self._shapes.get(dialect, self._generic)
+        sql_shape = cache.known(sql) or cache.get(sql)
         role = sql_shape.role
         if role == END:
             self.transaction_ended(work if grouping else None, pool)
@@ -163,12 +172,20 @@ class QueryRecorder:
             operation = "OTHER"
         else:
             operation = sql_shape.operation
-        # Skip find_path, record and PoolObserver.query: they are always there.
-        trace = self.finder.find_path(3) or _UNKNOWN
+        grouped = None
+        if grouping and work is not None:
+            grouped = work.grouped
+            if grouped is None:
+                grouped = work.grouped = ScopeQueries()
+        # Skip find_path, record and PoolObserver.query: they are always there. A loop's
+        # statements walk the stack only down to the loop's frame (the scope's memo).
+        trace = self.finder.find_path(3, MAX_PATH, None if grouped is None else grouped.memo)
+        trace = trace or _UNKNOWN
         site, path, by_relation, origin, relation, call, serialized = trace
         if serialized:  # the response's serialization: the endpoint is the place
             site = path = self._endpoint_site(work)
             origin = site
+        identity = _identity(sql, params, pool, origin) if role == READ else None
         # tuple.__new__ directly: the NamedTuple constructor is one more Python call.
         event: QueryEvent = tuple.__new__(
             QueryEvent,
@@ -181,34 +198,37 @@ class QueryRecorder:
                 pool,
                 NO_ROUTE if work is None else work.route,
                 sql_shape.in_list,
-                identity(sql, params, pool, origin) if role == READ else None,
+                identity,
                 path,
                 by_relation,
                 relation,
-                "" if call is None else trace.operation_name,
+                "" if call is None else call.f_code.co_qualname,  # the ORM operation's
                 serialized,
             ),
         )
-        if grouping and work is not None:
-            self._group(work, event, call)
-        if self.enabled and seconds >= self.slow_threshold:
-            self._report_slow(event, "" if work is None else work.method)
-        if _sinks:
-            for sink in tuple(_sinks):
-                sink(event, call)
+        if grouped is not None and work is not None:
+            group = grouped.add(event, call)
+            if work.closed and group is not None and self.enabled:
+                self._late(work, grouped, group)
+        if _sinks or seconds >= self.slow_threshold:
+            self._seen(event, call, work)
         return path or site
 
-    def _group(self, work: WorkScope, event: QueryEvent, call: object) -> None:
-        grouped = work.grouped
-        if grouped is None:
-            grouped = work.grouped = ScopeQueries()
-        added = grouped.add(event, call)
-        if work.closed and added is not None and self.enabled:
-            late = late_finding(
-                grouped, added, self.policy, event.route, self._suggest, method=work.method
-            )
-            if late is not None:
-                self._report([late], grouped)
+    def _seen(self, event: QueryEvent, call: object, work: WorkScope | None) -> None:
+        """A statement that is slow, or that a capture sees."""
+        if self.enabled and event.seconds >= self.slow_threshold:
+            self._report_slow(event, "" if work is None else work.method)
+        for sink in tuple(_sinks):
+            sink(event, call)
+
+    def _late(self, work: WorkScope, grouped: ScopeQueries, group: QueryGroup) -> None:
+        """A statement of a scope judged already (from a task that outlived its
+        request): its group is reported once it becomes a finding."""
+        late = late_finding(
+            grouped, group, self.policy, work.route, self._suggest, method=work.method
+        )
+        if late is not None:
+            self._report([late], grouped)
 
     def _endpoint_site(self, work: WorkScope | None) -> str:
         """``file:line in function`` of the request's endpoint, or "unknown"."""

@@ -18,12 +18,16 @@ class TextCache(Generic[T]):
     (rather than evicting one by one) keeps the miss path as cheap as the hit path.
     """
 
-    __slots__ = ("_compute", "_entries", "_max")
+    __slots__ = ("_compute", "_entries", "_max", "known")
 
     def __init__(self, compute: Callable[[str], T], max_entries: int = 4096) -> None:
         self._compute = compute
         self._entries: dict[str, T] = {}
         self._max = max_entries
+        self.known: Callable[[str], T | None] = self._entries.get
+        """The result for ``sql`` if it was computed already, else ``None``: the dict's own
+        ``get``, for a hot path that cannot afford :meth:`get`'s Python call on a hit (the
+        dict is emptied, never replaced, so this stays its ``get``)."""
 
     def get(self, sql: str) -> T:
         """``compute(sql)``, computed once per distinct text."""

@@ -45,7 +45,7 @@ from poolwatch.queries.eager import SQLALCHEMY, EagerLoad, ScopeEagerLoads
 from poolwatch.queries.eagerwatch import COMPONENT, EagerWatch
 from poolwatch.safety import FaultReporter
 
-__all__ = ["EAGER_LOADERS", "EagerHooks", "Part", "eager_parts"]
+__all__ = ["EAGER_LOADERS", "EagerHooks", "Part", "eager_parts", "loader_options"]
 
 # The loader strategies that load a relation up front, by the option that asks for each.
 EAGER_LOADERS = {
@@ -60,6 +60,12 @@ Part = tuple[type, str, str, str, str, str]
 this part's text where it is a later part of a chain, the chain before it)."""
 
 
+def loader_options(statement: Any) -> tuple[Any, ...]:
+    """A statement's options (``_with_options``): empty for most, which is all the
+    ``do_orm_execute`` listener asks of them."""
+    return getattr(statement, "_with_options", None) or ()
+
+
 def eager_parts(statement: Any) -> list[tuple[object, list[Part]]]:
     """The eager loads a statement's options ask for: each option object with its parts.
 
@@ -70,7 +76,7 @@ def eager_parts(statement: Any) -> list[tuple[object, list[Part]]]:
     options offer no public reading. ``contains_eager`` (a join the query wrote itself)
     and wildcard options are left out.
     """
-    options = getattr(statement, "_with_options", None)
+    options = loader_options(statement)
     if not options:
         return []
     found: list[tuple[object, list[Part]]] = []
@@ -81,12 +87,60 @@ def eager_parts(statement: Any) -> list[tuple[object, list[Part]]]:
     return found
 
 
+# An option's elements' (path, strategy, aliased) -> its parts, parsed once: an app builds
+# its options anew for every query, from the same few. A path is keyed by what it holds
+# (``path.path``: mappers and relationships, which live as long as the mappings, hashed by
+# identity), the PathRegistry object being new with every option.
+_parsed: dict[tuple[object, ...], list[Part]] = {}
+_MAX_PARSED = 1024
+
+
 def option_parts(option: Any) -> list[Part]:
     """The eager parts of one loader option (a ``Load``), read from its ``context`` of
-    ``_LoadElement`` s: each element's ``path`` and ``strategy`` (the one reader)."""
+    ``_LoadElement`` s: each element's ``path`` and ``strategy`` (the one reader). The
+    list is shared by options of one shape: not to be changed."""
     elements = getattr(option, "context", None)
     if not elements:
         return []
+    key: list[object] = []
+    for element in elements:
+        path = getattr(element, "path", None)
+        chain = getattr(path, "path", None)
+        if chain is None and path is not None:  # not a PathRegistry: nothing to key by
+            return _parse(elements)
+        key.append(chain)
+        key.append(getattr(element, "strategy", None))
+        key.append("eager_from_alias" in (getattr(element, "local_opts", None) or {}))
+    try:
+        known = _parsed.get(tuple(key))
+    except TypeError:  # a strategy that cannot be hashed: parsed every time
+        return _parse(elements)
+    if known is None:
+        if len(_parsed) >= _MAX_PARSED:
+            _parsed.clear()
+            _shapes.clear()
+        known = _parsed[tuple(key)] = _parse(elements)
+    return known
+
+
+# id(parts) -> (parts, their shape): the parts are option_parts' shared lists
+_shapes: dict[int, tuple[list[Part], tuple[object, ...]]] = {}
+
+
+def _shape(parts: list[Part]) -> tuple[object, ...]:
+    """What tells two options apart for rows and reads: each part's class, attribute and
+    loader."""
+    known = _shapes.get(id(parts))
+    if known is not None and known[0] is parts:
+        return known[1]
+    shape = tuple((id(c), k, loader) for c, k, loader, *_ in parts)
+    if len(_shapes) >= _MAX_PARSED:
+        _shapes.clear()
+    _shapes[id(parts)] = (parts, shape)
+    return shape
+
+
+def _parse(elements: Any) -> list[Part]:
     parts: list[Part] = []
     written: list[str] = []
     for element in elements:
@@ -128,41 +182,122 @@ class _WatchedAttribute(InstrumentedAttribute[Any]):
 _faults: list[FaultReporter] = []  # the reporter of the first installed PoolWatch
 
 
+class _Part:
+    """The tracked loads of one relation (parent class and attribute) under one option
+    shape in one session, in the order they were tracked.
+
+    Rows and reads come in without saying which execution of the query they belong to
+    (see :func:`_token`), so each one counts for every load tracked so far: rather than
+    touching every load for every row, the part counts rows and remembers how many loads
+    a read reached, and :meth:`settle` hands each load its share when the scope is judged.
+    """
+
+    __slots__ = ("bases", "key", "loads", "owner", "read_upto", "rows")
+
+    def __init__(self, owner: type, key: str) -> None:
+        self.owner = owner
+        self.key = key
+        self.loads: list[EagerLoad] = []
+        self.bases: list[int] = []  # rows counted when each load was tracked
+        self.rows = 0
+        self.read_upto = 0  # the loads tracked when the relation was last read
+
+    def add(self, load: EagerLoad) -> None:
+        self.loads.append(load)
+        self.bases.append(self.rows)
+
+    def settle(self) -> None:
+        """Give each load the rows counted since it was tracked, and its read."""
+        for index, load in enumerate(self.loads):
+            load.loaded += self.rows - self.bases[index]
+            self.bases[index] = self.rows
+            if index < self.read_upto:
+                load.read = True
+
+
+class _Rows:
+    """A scope's tracked relations, as rows and reads find them: by session and option
+    object (cached), then by the option's token, then by the row's class."""
+
+    __slots__ = ("options", "parts", "types")
+
+    def __init__(self) -> None:
+        # session id -> id(option) -> its token's parts by (class, attribute), or None
+        self.options: dict[object, dict[int, dict[tuple[type, str], _Part] | None]] = {}
+        self.parts: dict[int, dict[tuple[type, str], _Part]] = {}  # token -> parts
+        # (token, a row's class) -> the parts a row of that class is a parent in
+        self.types: dict[tuple[int, type], list[_Part]] = {}
+
+    def settle(self) -> None:
+        for parts in self.parts.values():
+            for part in parts.values():
+                part.settle()
+
+
+def _rows(loads: ScopeEagerLoads) -> _Rows:
+    rows: _Rows | None = loads.adapter.get("sqlalchemy.rows")
+    if rows is None:
+        rows = loads.adapter["sqlalchemy.rows"] = _Rows()
+        loads.settles.append(rows.settle)
+    return rows
+
+
 def _note(loads: ScopeEagerLoads, key: str | None, instance: object, *, read: bool) -> None:
     """Mark the tracked loads of the query that loaded ``instance``: a read of ``key``
     (``read``), or one more row (``key`` None)."""
     try:
-        by_token = loads.by_token
-        if not by_token:
+        rows: _Rows | None = loads.adapter.get("sqlalchemy.rows")
+        if rows is None:
             return
         state = instance_state(instance)
+        by_option = rows.options.get(state.session_id)
+        if by_option is None:
+            by_option = rows.options[state.session_id] = {}
         for option in state.load_options:
-            tracked = by_token.get(_token(loads, state.session_id, option))
-            if tracked is None:
+            # Rows carry the very option objects of their query: each one's token is
+            # worked out once per scope and session (a row of a loop runs this once per
+            # option; every row loaded under an eager load does).
+            if id(option) in by_option:
+                found = by_option[id(option)]
+            else:
+                found = by_option[id(option)] = rows.parts.get(
+                    _token(loads, state.session_id, option)
+                )
+            if found is None:
                 continue
-            for load in tracked:
-                if not isinstance(instance, load.owner):  # type: ignore[arg-type]
-                    continue
-                if read:
-                    if load.attribute == key:
-                        load.read = True
-                else:
-                    load.loaded += 1
+            token = id(found)
+            matching = rows.types.get((token, type(instance)))
+            if matching is None:
+                matching = rows.types[(token, type(instance))] = [
+                    part for part in found.values() if isinstance(instance, part.owner)
+                ]
+            for part in matching:
+                if not read:
+                    part.rows += 1
+                elif part.key == key:
+                    part.read_upto = len(part.loads)
     except Exception as exc:
         _report(exc)
 
 
 def _token(loads: ScopeEagerLoads, session_id: object, option: object) -> int:
     """Which tracked loads rows carrying ``option`` belong to: the option's shape in that
-    session. Not the option object itself: on a cached statement SQLAlchemy gives the rows
-    the options of the statement first compiled, not those of the one executed."""
-    shapes: dict[int, tuple[Any, ...]] = loads.adapter.setdefault("sqlalchemy.shapes", {})
+    session (see :func:`_session_token`), cached per option object for the scope."""
+    shapes: dict[int, tuple[object, ...]] | None = loads.adapter.get("sqlalchemy.shapes")
+    if shapes is None:
+        shapes = loads.adapter["sqlalchemy.shapes"] = {}
     shape = shapes.get(id(option))
     if shape is None:
-        shape = tuple((id(c), k, loader) for c, k, loader, *_ in option_parts(option))
-        shapes[id(option)] = shape
+        shape = shapes[id(option)] = _shape(option_parts(option))
         loads.holds.append(option)  # its id stays its own while the scope lasts
     return hash((session_id, shape))
+
+
+def _session_token(session_id: object, parts: list[Part]) -> int:
+    """The token of an option with ``parts`` in a session: the option's shape there. Not
+    the option object itself: on a cached statement SQLAlchemy gives the rows the options
+    of the statement first compiled, not those of the one executed."""
+    return hash((session_id, _shape(parts)))
 
 
 def _report(exc: Exception, watch: EagerWatch | None = None) -> None:
@@ -179,6 +314,8 @@ class EagerHooks:
         self._lock = threading.Lock()
         # Engines instrumented -> the EagerWatch of their PoolWatch and pool.
         self._watches: weakref.WeakKeyDictionary[Any, EagerWatch] = weakref.WeakKeyDictionary()
+        # The same watches (a few): asked whether a scope is judged at all.
+        self._judges: tuple[EagerWatch, ...] = ()
         self._installed = False
         # Relation attributes watched (by id: an attribute's == makes SQL), and by how
         # many open scopes.
@@ -188,6 +325,7 @@ class EagerHooks:
         """Track eager loads of statements on ``engine`` (a sync Engine)."""
         with self._lock:
             self._watches[engine] = watch
+            self._update_judges()
             if not _faults:
                 _faults.append(watch.faults)
             if not self._installed:
@@ -199,6 +337,7 @@ class EagerHooks:
         with self._lock:
             if self._watches.get(engine) is watch:
                 del self._watches[engine]
+            self._update_judges()
             if self._installed and not self._watches:
                 event.remove(Session, "do_orm_execute", self._on_execute)
                 self._installed = False
@@ -208,14 +347,21 @@ class EagerHooks:
         """Whether the ``do_orm_execute`` listener is in place."""
         return self._installed
 
+    def _update_judges(self) -> None:
+        self._judges = tuple(self._watches.values())
+
     # -- the request -----------------------------------------------------------------------
 
     def _on_execute(self, state: Any) -> None:
+        # Every ORM statement runs this: the tests that let most of them go at once come
+        # first, cheapest first (no scope; no option at all; no scope being judged).
         if current_scope() is None:
             return
         watch: EagerWatch | None = None
         try:
-            if not state.is_select or state.is_relationship_load:
+            if not loader_options(state.statement) or not self._judging():
+                return
+            if not state.statement.is_select or state.is_relationship_load:
                 return
             found = eager_parts(state.statement)
             if not found:
@@ -229,6 +375,14 @@ class EagerHooks:
             self._track(state, found, watch, loads)
         except Exception as exc:
             _report(exc, watch)
+
+    def _judging(self) -> bool:
+        """Whether some PoolWatch judges the running code's scope (before finding which
+        one the statement's engine belongs to, which costs more)."""
+        judges = self._judges
+        if len(judges) == 1:  # one PoolWatch: no generator for any()
+            return judges[0].judging()
+        return any(watch.judging() for watch in judges)
 
     def _watch_of(self, state: Any) -> EagerWatch | None:
         if not self._watches:
@@ -248,10 +402,13 @@ class EagerHooks:
     ) -> None:
         site, path = watch.where(1)
         mapper = state.bind_mapper
-        table = getattr(getattr(mapper, "local_table", None), "name", "") or ""
-        for option, parts in found:
-            made: list[EagerLoad] = []
+        table = str(getattr(getattr(mapper, "local_table", None), "name", "") or "").lower()
+        rows = _rows(loads)
+        for _option, parts in found:
+            made: list[tuple[type, str, EagerLoad]] = []
             for cls, key, loader, whole, part, keep in parts:
+                if not self._watch(cls, key, loads):
+                    continue  # a read could not be seen: never judged unused
                 load = EagerLoad(
                     relation=f"{cls.__name__}.{key}",
                     option=whole,
@@ -260,24 +417,36 @@ class EagerHooks:
                     call_site=site,
                     call_path=path,
                     pool=watch.pool,
-                    table=str(table).lower(),
+                    table=table,
                     part=part,
                     keep=keep,
                     owner=cls,
                 )
-                if not self._watch(cls, key, loads):
-                    continue  # a read could not be seen: never judged unused
                 if loads.add(load):
-                    made.append(load)
+                    made.append((cls, key, load))
             if made:
-                loads.bind(_token(loads, state.session.hash_key, option), made)
+                token = _session_token(state.session.hash_key, parts)
+                tracked = rows.parts.get(token)
+                if tracked is None:
+                    tracked = rows.parts[token] = {}
+                    # The token is new: rows that found no parts for it look again.
+                    for by_option in rows.options.values():
+                        by_option.clear()
+                for cls, key, load in made:
+                    counted = tracked.get((cls, key))
+                    if counted is None:
+                        counted = tracked[(cls, key)] = _Part(cls, key)
+                        rows.types.clear()  # a class may be a parent in this part too
+                    counted.add(load)
         self._listen(state.session, loads)
 
     # -- the rows ----------------------------------------------------------------------
 
     def _listen(self, session: Session, loads: ScopeEagerLoads) -> None:
-        sessions = loads.adapter.setdefault("sqlalchemy.sessions", weakref.WeakSet())
-        if session in sessions:
+        sessions: weakref.WeakSet[Session] | None = loads.adapter.get("sqlalchemy.sessions")
+        if sessions is None:
+            sessions = loads.adapter["sqlalchemy.sessions"] = weakref.WeakSet()
+        elif session in sessions:
             return
         sessions.add(session)
 
@@ -307,8 +476,10 @@ class EagerHooks:
             _WatchedAttribute,
         ):
             return False
-        watched: set[int] = loads.adapter.setdefault("sqlalchemy.watched", set())
-        if id(attribute) in watched:
+        watched: set[int] | None = loads.adapter.get("sqlalchemy.watched")
+        if watched is None:
+            watched = loads.adapter["sqlalchemy.watched"] = set()
+        elif id(attribute) in watched:
             return True
         with self._lock:
             count = self._watched.get(id(attribute), 0)

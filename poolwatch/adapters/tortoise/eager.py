@@ -24,7 +24,8 @@ wrapper marks the context as loading, and is not a read. A ``Prefetch(..., to_at
 fills a plain attribute that cannot be watched: it is left out.
 
 Every hook catches its own faults (counted as ``eager_loads``) and changes nothing
-Tortoise loads or returns. Private attributes are read by :func:`eager_relations` only.
+Tortoise loads or returns. Private attributes are read by :func:`eager_relations` only;
+its first test, on every query of a request, is whether any eager load is asked.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def eager_relations(queryset: Any) -> tuple[list[Chain], str]:
     """
     chains: list[Chain] = []
     prefetch = getattr(queryset, "_prefetch_map", None) or {}
+    selected = getattr(queryset, "_select_related", None) or ()
+    if not prefetch and not selected:
+        return chains, ""  # most queries: the cheap test, before anything is built
     to_attr = {
         field
         for field, queries in (getattr(queryset, "_prefetch_queries", None) or {}).items()
@@ -79,7 +83,7 @@ def eager_relations(queryset: Any) -> tuple[list[Chain], str]:
             chains.append(
                 ("prefetch_related", f'prefetch_related("{path}")', tuple(path.split("__")))
             )
-    for path in sorted(getattr(queryset, "_select_related", None) or ()):
+    for path in sorted(selected):
         if isinstance(path, str):
             chains.append(("select_related", f'select_related("{path}")', tuple(path.split("__"))))
     if not chains:
@@ -94,24 +98,28 @@ def wrap_execute(
     hooks = _Hooks()
 
     def _execute(queryset: Any) -> Coroutine[Any, Any, Any]:
-        # A query Tortoise runs inside a tracked one (a nested prefetch's) is the outer
-        # query's load, tracked with it under the option the application wrote.
+        # Every query runs this: the tests that let most of them go at once come first,
+        # cheapest first (no scope; no eager load asked; no scope being judged). A query
+        # Tortoise runs inside a tracked one (a nested prefetch's) is the outer query's
+        # load, tracked with it under the option the application wrote.
         if current_scope() is None or _loading.get():
             return original(queryset)
-        eager = watch()
+        eager = None
         try:
-            chains, pool = eager_relations(queryset) if eager is not None else ([], "")
-            loads = eager.loads() if chains and eager is not None else None
-        except Exception as exc:
-            if eager is not None:
-                eager.faults.report(COMPONENT, exc)
-            return original(queryset)
-        if loads is None or eager is None:
-            return original(queryset)
-        try:
+            chains, pool = eager_relations(queryset)
+            if not chains:
+                return original(queryset)
+            eager = watch()
+            if eager is None or not eager.judging():
+                return original(queryset)
+            loads = eager.loads()
+            if loads is None:
+                return original(queryset)
             site, path = eager.where(1)
         except Exception as exc:
-            eager.faults.report(COMPONENT, exc)
+            eager = eager or watch()
+            if eager is not None:
+                eager.faults.report(COMPONENT, exc)
             return original(queryset)
         return tracked(queryset, chains, loads, eager.for_pool(pool), (site, path))
 
@@ -194,11 +202,14 @@ class _Hooks:
                 if not parents or not self._watch(owner, name, loads, eager) or not loads.add(load):
                     break
                 self._bind(loads, parents, load)
-                parents = _related(parents, name)
+                if depth + 1 < len(names):  # the next part's parents: what this one loaded
+                    parents = _related(parents, name)
                 owner = target
 
     def _bind(self, loads: ScopeEagerLoads, rows: list[Any], load: EagerLoad) -> None:
-        kept: dict[int, Any] = loads.adapter.setdefault("tortoise.rows", {})
+        kept: dict[int, Any] | None = loads.adapter.get("tortoise.rows")
+        if kept is None:
+            kept = loads.adapter["tortoise.rows"] = {}
         for row in rows:
             if id(row) not in kept:
                 if len(kept) >= MAX_ROWS:
@@ -213,8 +224,10 @@ class _Hooks:
     def _watch(self, model: type, name: str, loads: ScopeEagerLoads, eager: EagerWatch) -> bool:
         original = model.__dict__.get(name)
         key = (model, name)
-        watched: set[tuple[type, str]] = loads.adapter.setdefault("tortoise.watched", set())
-        if key in watched:
+        watched: set[tuple[type, str]] | None = loads.adapter.get("tortoise.watched")
+        if watched is None:
+            watched = loads.adapter["tortoise.watched"] = set()
+        elif key in watched:
             return True
         with self._lock:
             known = self._watched.get(key)
