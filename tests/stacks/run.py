@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests.stacks.stacks import LOGIN_LIMIT, STACKS, WIRINGS, Stack
-from tests.stacks.verdicts import ask_the_control_again, line
+from tests.stacks.verdicts import ask_the_cells_again, ask_the_control_again, line
 
 __all__ = ["MODES", "Mode", "Servers", "run_matrix", "servers_from_environment"]
 
@@ -285,9 +285,12 @@ def run_stack(
             result = run_cell(chosen, wiring, setup, database, mode)
             results.append(result)
             log(line(result))
-        ask_the_control_again(
-            results, lambda: run_cell(chosen, "import", "control", database, mode), log
-        )
+
+        def again(wiring: str, setup: str) -> dict[str, Any]:
+            return run_cell(chosen, wiring, setup, database, mode)
+
+        ask_the_control_again(results, lambda: again("import", "control"), log)
+        ask_the_cells_again(results, again, log)
     finally:
         database.drop()
     return results

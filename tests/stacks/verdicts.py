@@ -9,6 +9,30 @@ What a cell must show (:func:`failures`), against the control of its stack:
   autosize grew when the clients queued, and read the budget where there is one to read;
 * asyncio reported no more futures nobody retrieved than the control (with some slack:
   drivers leave a few behind abandoned requests on their own).
+
+How the app's errors are compared. The control is one sample of what the app does
+without poolwatch, and on some stacks that sample varies a lot from run to run. On SQLite
+one writer at a time holds the database's lock; when a connection waits for it until its
+busy timeout (30 s), the connections behind it wait too, the pool runs dry, and every
+request arriving meanwhile waits for the pool until its own timeout: one stall of the
+database is a few "database is locked" and as many "QueuePool limit ... timed out" as
+there were requests in flight, tens to hundreds. No connection is lost: once traffic
+stops, the pool has them all back (the driver's count of connections in use is 0, a check
+every run must pass). With SQLite's default deferred transactions the async aiosqlite app
+met such stalls in 7 of 8 runs without poolwatch (0 to 728 pool timeouts) and in 7 of 7
+with it (0 to 786); the counts of one run on either side say little. Hence:
+
+* a kind of error that no run of the control shows fails the cell: the app does not do it
+  by itself. A cell with one first runs the control again, up to twice
+  (:func:`ask_the_control_again`): one control run may miss an error met by chance;
+* a kind the control shows is the app's own. The cell fails on it only with many more
+  (more than twice the most a control run had, and 3) in every one of its runs: a cell
+  whose one problem that is runs again, up to twice (:func:`ask_the_cells_again`), and a
+  run that passes every check ends it. More errors that poolwatch causes come back in
+  every run with it; a stall met by chance does not come back on cue.
+
+Every other check holds for every run of a cell, the first included. Most stacks' control
+has no error at all, and there nothing changes: any app error fails the cell.
 """
 
 from __future__ import annotations
@@ -18,9 +42,17 @@ from typing import Any
 
 from tests.stacks.stacks import LOGIN_LIMIT
 
-__all__ = ["ask_the_control_again", "failures", "line", "problems_of", "table"]
+__all__ = [
+    "ask_the_cells_again",
+    "ask_the_control_again",
+    "failures",
+    "line",
+    "problems_of",
+    "table",
+]
 
 CONTROL_RERUNS = 2
+CELL_RERUNS = 2
 
 
 def ask_the_control_again(
@@ -53,6 +85,38 @@ def ask_the_control_again(
         control["control_runs"] = control.get("control_runs", 1) + 1
 
 
+def ask_the_cells_again(
+    results: list[dict[str, Any]],
+    rerun: Callable[[str, str], dict[str, Any]],
+    log: Callable[[str], None],
+) -> None:
+    """Run a cell again, up to twice, while its one problem is more of the app's own
+    errors than the control had; its runs are kept under ``"again"``.
+
+    ``rerun(wiring, setup)`` runs the cell once more. A run with every check passed ends
+    the asking: the excess did not come back (see the module's docstring). Call it after
+    :func:`ask_the_control_again`, so that the control's most is known.
+    """
+    control = results[0]
+    if "crash" in control:
+        return
+    for result in results[1:]:
+        if "crash" in result or not _asks_again(result, control):
+            continue
+        for _ in range(CELL_RERUNS):
+            again = rerun(result["wiring"], result["setup"])
+            result.setdefault("again", []).append(again)
+            log(line(again) + " (the cell again)")
+            if not problems_of(again, control):
+                break
+
+
+def _asks_again(result: dict[str, Any], control: dict[str, Any]) -> bool:
+    """Whether the cell's one problem is many more of the errors the control had too."""
+    more = _more_than_the_control(result, control)
+    return bool(more) and len(problems_of(result, control)) == 1
+
+
 # -- verdicts ----------------------------------------------------------------------------
 
 
@@ -83,10 +147,24 @@ def _errors(result: dict[str, Any], control: dict[str, Any] | None) -> list[str]
     if result["setup"] == "control" or control is None:
         return [f"app errors {errors}"] if errors else []
     # A driver may fail an app under cancellations by itself (the control shows it):
-    # poolwatch may add no error of another kind, nor many more of the same.
+    # poolwatch may add no error of another kind, nor many more of the same in every run.
     known = control.get("errors", {})
-    extra = {kind: n for kind, n in errors.items() if kind not in known or n > 2 * known[kind] + 3}
-    return [f"app errors the control did not have {extra}"] if extra else []
+    found = []
+    new = {kind: n for kind, n in errors.items() if kind not in known}
+    if new:
+        found.append(f"app errors the control never had {new}")
+    more = _more_than_the_control(result, control)
+    if more and not any(not problems_of(again, control) for again in result.get("again", ())):
+        runs = [more] + [_more_than_the_control(a, control) for a in result.get("again", ())]
+        found.append(f"more app errors than the control's {known} in every run: {runs}")
+    return found
+
+
+def _more_than_the_control(result: dict[str, Any], control: dict[str, Any]) -> dict[str, int]:
+    """The kinds of error the control had too, of which the cell had many more."""
+    known = control.get("errors", {})
+    errors = result.get("errors", {})
+    return {kind: n for kind, n in errors.items() if kind in known and n > 2 * known[kind] + 3}
 
 
 def _poolwatch(result: dict[str, Any]) -> list[str]:
@@ -165,7 +243,9 @@ def table(results: list[dict[str, Any]]) -> str:
             if result["setup"] == "control"
             else ("yes" if not any("poolwatch's" in p for p in problems) else "no")
         )
-        errors = sum(result.get("errors", {}).values())
+        errors: int | str = sum(result.get("errors", {}).values())
+        if "again" in result:  # the runs of the cell asked for again, after the first
+            errors = f"{errors}, again {', '.join(_count(a) for a in result['again'])}"
         lines.append(
             f"| {result['stack']} | {result['wiring'] if result['setup'] != 'control' else '-'} "
             f"| {result['setup']} | {_ok(result)} | {result['statuses'].get('abandoned', 0)} "
@@ -173,3 +253,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {gauges} | {result.get('unretrieved', 0)} | {'ok' if not problems else 'FAIL'} |"
         )
     return "\n".join(lines)
+
+
+def _count(result: dict[str, Any]) -> str:
+    return "crashed" if "crash" in result else str(sum(result.get("errors", {}).values()))
