@@ -28,6 +28,7 @@ from tests.stacks.verdicts import ask_the_cells_again, ask_the_control_again, li
 __all__ = ["MODES", "Mode", "Servers", "run_matrix", "servers_from_environment"]
 
 SETUPS = ("poolwatch", "autosize")
+CELL_TIMEOUT = 300  # seconds: a cell's process is killed, and the cell crashed, after it
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -248,15 +249,28 @@ def run_cell(
         f"--requests={mode.requests}",
     ]
     started = time.monotonic()
+    result: dict[str, Any]
     with _peak(database.sessions) as peak:
-        done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
-        )
-    lines = done.stdout.strip().splitlines()
-    try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        result = {"crash": f"exit {done.returncode}: {done.stderr.strip()[-2000:]}"}
+        try:
+            done: subprocess.CompletedProcess[str] | None = subprocess.run(
+                command,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=CELL_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            # The cell's own verdict (a crash), not the end of the whole matrix.
+            done = None
+    if done is None:
+        result = {"crash": f"no result within {CELL_TIMEOUT} s"}
+    else:
+        lines = done.stdout.strip().splitlines()
+        try:
+            result = json.loads(lines[-1])
+        except (IndexError, json.JSONDecodeError):
+            result = {"crash": f"exit {done.returncode}: {done.stderr.strip()[-2000:]}"}
     result.update(stack=chosen.name, wiring=wiring, setup=setup)
     result["peak_sessions"] = peak[0]
     result["wall"] = round(time.monotonic() - started, 1)
