@@ -19,8 +19,10 @@ database is a few "database is locked" and as many "QueuePool limit ... timed ou
 there were requests in flight, tens to hundreds. No connection is lost: once traffic
 stops, the pool has them all back (the driver's count of connections in use is 0, a check
 every run must pass). With SQLite's default deferred transactions the async aiosqlite app
-met such stalls in 7 of 8 runs without poolwatch (0 to 728 pool timeouts) and in 7 of 7
-with it (0 to 786); the counts of one run on either side say little. Hence:
+met such stalls in 12 of 14 runs without poolwatch (0 to 728 pool timeouts) and in 13 of
+14 with it (0 to 786), as often and as long either way; the counts of one run on either
+side say little. (The app now begins its transactions immediate, see :mod:`.app`, and
+stalls became rare; rare is not never.) Hence:
 
 * a kind of error that no run of the control shows fails the cell: the app does not do it
   by itself. A cell with one first runs the control again, up to twice
