@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.stacks.run import MODES, Servers, failures, run_matrix, table
+from tests.stacks.run import MODES, Servers, run_matrix
 from tests.stacks.stacks import STACKS, WIRINGS
+from tests.stacks.verdicts import failures, table
 
 
 @pytest.mark.postgres

@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.stacks.run import MODES, failures, run_matrix, servers_from_environment, table
+from tests.stacks.run import MODES, run_matrix, servers_from_environment
 from tests.stacks.stacks import STACKS, WIRINGS
+from tests.stacks.verdicts import failures, table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,12 +4,15 @@ cancelled mid-flight."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import Table, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import Table, event, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 import poolwatch
 from poolwatch import PoolWatch
@@ -146,6 +149,78 @@ async def test_successes_errors_timeouts_and_cancellations_together(
     assert outcomes["timeout"] <= timeouts(watch) <= outcomes["timeout"] + cancelled
     assert errors(watch, "SELECT", "none") == outcomes["error"]
     assert_at_rest(watch, engine.sync_engine.pool)
+
+
+async def test_sessions_cancelled_mid_transaction_lose_no_connection_with_or_without_poolwatch(
+    watch: PoolWatch,
+    make_async_engine: Callable[..., Awaitable[AsyncEngine]],
+    table: Table,
+    async_url: str,
+) -> None:
+    # The stack matrix's app: a session per request, a write transaction in it (on
+    # SQLite, BEGIN IMMEDIATE as SQLAlchemy recommends for concurrent writers), and
+    # requests abandoned at random points, mid-statement or mid-transaction.
+    async def serve(engine: AsyncEngine) -> dict[str, int]:
+        if engine.dialect.name == "sqlite":
+            _begin_immediate(engine)
+        # One connection first, alone: SQLAlchemy 2.0.0 runs a new pool's first connect
+        # handlers under a thread lock, and a second task connecting meanwhile would block
+        # the loop on it.
+        async with engine.begin() as conn:
+            await conn.execute(update(table).where(table.c.id == 1).values(name="before"))
+        sessions = async_sessionmaker(engine)
+        rng = random.Random(7)
+
+        async def request(n: int) -> None:
+            row = table.c.id == n % SEED_ROWS + 1
+            async with sessions() as session, session.begin():
+                await session.execute(update(table).where(row).values(name=f"order-{n}"))
+                await asyncio.sleep(0.002 * (n % 3))
+                (await session.execute(select(table).where(row))).all()
+
+        tasks = [asyncio.create_task(request(n)) for n in range(80)]
+        loop = asyncio.get_running_loop()
+        for task in tasks:
+            if rng.random() < 0.4:
+                loop.call_later(rng.uniform(0, 0.05), task.cancel)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        outcomes = {"ok": 0, "cancelled": 0, "error": 0}
+        for result in results:
+            cancelled = isinstance(result, asyncio.CancelledError)
+            outcomes["ok" if result is None else "cancelled" if cancelled else "error"] += 1
+        # Nothing lost: the pool has every connection back, and still serves writes.
+        pool = engine.sync_engine.pool
+        assert isinstance(pool, QueuePool)
+        outcomes["lost"] = pool.checkedout()
+        async with engine.begin() as conn:
+            await conn.execute(update(table).where(table.c.id == 1).values(name="after"))
+        return outcomes
+
+    options: dict[str, Any] = {"pool_size": 4, "max_overflow": 0, "pool_timeout": 30}
+    if async_url.startswith("sqlite"):  # a writer waits for the lock, as the matrix's app
+        options["connect_args"] = {"timeout": 30}
+    without = await serve(await make_async_engine(**options))
+    engine = await make_async_engine(**options)
+    watch.instrument_sqlalchemy(engine, pool=POOL)
+    with_poolwatch = await serve(engine)
+
+    for outcomes in (without, with_poolwatch):
+        assert outcomes["cancelled"] > 0, outcomes
+        assert outcomes["ok"] > 0, outcomes
+        assert (outcomes["error"], outcomes["lost"]) == (0, 0), outcomes
+    assert_at_rest(watch, engine.sync_engine.pool)
+
+
+def _begin_immediate(engine: AsyncEngine) -> None:
+    """Every transaction takes SQLite's write lock at BEGIN (SQLAlchemy's recipe)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def driver_leaves_transactions_to_us(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 # -- PostgreSQL only ---------------------------------------------------------------------
