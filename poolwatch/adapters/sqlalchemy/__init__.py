@@ -15,7 +15,10 @@ one, public; one module each:
 * :mod:`.instrumentation`: :class:`SQLAlchemyInstrumentation`, which installs the hooks
   and removes them, and the one method touching SQLAlchemy's private attributes
   (``_hook_pool``; see that module);
-* :mod:`.relations`: the ORM's relationships, for fix suggestions.
+* :mod:`.relations`: the ORM's relationships, for fix suggestions;
+* :mod:`.eager_options`: the eager loads a statement's loader options ask for;
+* :mod:`.eager`: whether each relation loaded eagerly in a scope is read
+  (``unused_eager_load``).
 
 Never imports :mod:`poolwatch.exposition` or the agent; the agent wires it.
 """

@@ -4,7 +4,7 @@ Three seams, each paid for only where an eager load happened in a judged scope:
 
 * **The request**: a ``do_orm_execute`` listener on :class:`~sqlalchemy.orm.Session` (one
   per process, while any engine is instrumented). Outside a scope it returns at once;
-  inside one it reads the statement's loader options (:func:`eager_parts`) and, for a
+  inside one it reads the statement's loader options (:mod:`.eager_options`) and, for a
   ``selectinload``/``joinedload``/``subqueryload``/``immediateload`` on an instrumented
   engine while the scope is judged, adds one load per relation of the option.
 * **The rows**: an instance's ``load_options`` are the very option objects of the query
@@ -27,7 +27,7 @@ the session before the query (identity-map hits) are not counted as its rows, no
 reads of them.
 
 Every hook catches its own faults (counted as ``eager_loads``) and changes nothing the
-ORM loads or returns. Private attributes are read by :func:`eager_parts` only.
+ORM loads or returns. Private attributes are read in :mod:`.eager_options` only.
 """
 
 from __future__ import annotations
@@ -40,129 +40,19 @@ from sqlalchemy import event
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import instance_state
 
+from poolwatch.adapters.sqlalchemy.eager_options import (
+    Part,
+    eager_parts,
+    loader_options,
+    option_parts,
+    option_shape,
+)
 from poolwatch.context import current_scope
 from poolwatch.queries.eager import SQLALCHEMY, EagerLoad, ScopeEagerLoads
 from poolwatch.queries.eagerwatch import COMPONENT, EagerWatch
 from poolwatch.safety import FaultReporter
 
-__all__ = ["EAGER_LOADERS", "EagerHooks", "Part", "eager_parts", "loader_options"]
-
-# The loader strategies that load a relation up front, by the option that asks for each.
-EAGER_LOADERS = {
-    "selectin": "selectinload",
-    "joined": "joinedload",
-    "subquery": "subqueryload",
-    "immediate": "immediateload",
-}
-
-Part = tuple[type, str, str, str, str, str]
-"""One eager relation of an option: (parent class, attribute, loader, the option's text,
-this part's text where it is a later part of a chain, the chain before it)."""
-
-
-def loader_options(statement: Any) -> tuple[Any, ...]:
-    """A statement's options (``_with_options``): empty for most, which is all the
-    ``do_orm_execute`` listener asks of them."""
-    return getattr(statement, "_with_options", None) or ()
-
-
-def eager_parts(statement: Any) -> list[tuple[object, list[Part]]]:
-    """The eager loads a statement's options ask for: each option object with its parts.
-
-    The one function reading SQLAlchemy's private attributes for this (tested on 2.0 and
-    2.1, and by a test that fails if they move): the statement's ``_with_options``, and
-    each ``Load``'s ``context`` of ``_LoadElement`` s, with their ``path`` (mapper,
-    relationship, mapper, ...) and ``strategy`` (``(("lazy", "selectin"),)``). Loader
-    options offer no public reading. ``contains_eager`` (a join the query wrote itself)
-    and wildcard options are left out.
-    """
-    options = loader_options(statement)
-    if not options:
-        return []
-    found: list[tuple[object, list[Part]]] = []
-    for option in options:
-        parts = option_parts(option)
-        if parts:
-            found.append((option, parts))
-    return found
-
-
-# An option's elements' (path, strategy, aliased) -> its parts, parsed once: an app builds
-# its options anew for every query, from the same few. A path is keyed by what it holds
-# (``path.path``: mappers and relationships, which live as long as the mappings, hashed by
-# identity), the PathRegistry object being new with every option.
-_parsed: dict[tuple[object, ...], list[Part]] = {}
-_MAX_PARSED = 1024
-
-
-def option_parts(option: Any) -> list[Part]:
-    """The eager parts of one loader option (a ``Load``), read from its ``context`` of
-    ``_LoadElement`` s: each element's ``path`` and ``strategy`` (the one reader). The
-    list is shared by options of one shape: not to be changed."""
-    elements = getattr(option, "context", None)
-    if not elements:
-        return []
-    key: list[object] = []
-    for element in elements:
-        path = getattr(element, "path", None)
-        chain = getattr(path, "path", None)
-        if chain is None and path is not None:  # not a PathRegistry: nothing to key by
-            return _parse(elements)
-        key.append(chain)
-        key.append(getattr(element, "strategy", None))
-        key.append("eager_from_alias" in (getattr(element, "local_opts", None) or {}))
-    try:
-        known = _parsed.get(tuple(key))
-    except TypeError:  # a strategy that cannot be hashed: parsed every time
-        return _parse(elements)
-    if known is None:
-        if len(_parsed) >= _MAX_PARSED:
-            _parsed.clear()
-            _shapes.clear()
-        known = _parsed[tuple(key)] = _parse(elements)
-    return known
-
-
-# id(parts) -> (parts, their shape): the parts are option_parts' shared lists
-_shapes: dict[int, tuple[list[Part], tuple[object, ...]]] = {}
-
-
-def _shape(parts: list[Part]) -> tuple[object, ...]:
-    """What tells two options apart for rows and reads: each part's class, attribute and
-    loader."""
-    known = _shapes.get(id(parts))
-    if known is not None and known[0] is parts:
-        return known[1]
-    shape = tuple((id(c), k, loader) for c, k, loader, *_ in parts)
-    if len(_shapes) >= _MAX_PARSED:
-        _shapes.clear()
-    _shapes[id(parts)] = (parts, shape)
-    return shape
-
-
-def _parse(elements: Any) -> list[Part]:
-    parts: list[Part] = []
-    written: list[str] = []
-    for element in elements:
-        strategy = getattr(element, "strategy", None)
-        path = getattr(element, "path", None)
-        if not strategy or path is None or len(path) < 3:
-            written.append("")
-            continue
-        loader = EAGER_LOADERS.get(dict(strategy).get("lazy", ""))
-        local = getattr(element, "local_opts", None) or {}
-        prop, parent = path[-2], path[-3]
-        key = getattr(prop, "key", None)
-        cls = getattr(parent, "class_", None)
-        if loader is None or "eager_from_alias" in local or not key or cls is None:
-            written.append(f"defaultload({cls.__name__ if cls else '?'}.{key})")
-            continue
-        text = f"{loader}({cls.__name__}.{key})"
-        before = ".".join(w for w in written if w)
-        parts.append((cls, key, loader, "", f".{text}" if written else "", before))
-        written.append(text)
-    whole = ".".join(w for w in written if w)
-    return [(c, k, loader, whole, part, keep) for c, k, loader, _, part, keep in parts]
+__all__ = ["EagerHooks"]
 
 
 class _WatchedAttribute(InstrumentedAttribute[Any]):
@@ -288,7 +178,7 @@ def _token(loads: ScopeEagerLoads, session_id: object, option: object) -> int:
         shapes = loads.adapter["sqlalchemy.shapes"] = {}
     shape = shapes.get(id(option))
     if shape is None:
-        shape = shapes[id(option)] = _shape(option_parts(option))
+        shape = shapes[id(option)] = option_shape(option_parts(option))
         loads.holds.append(option)  # its id stays its own while the scope lasts
     return hash((session_id, shape))
 
@@ -297,7 +187,7 @@ def _session_token(session_id: object, parts: list[Part]) -> int:
     """The token of an option with ``parts`` in a session: the option's shape there. Not
     the option object itself: on a cached statement SQLAlchemy gives the rows the options
     of the statement first compiled, not those of the one executed."""
-    return hash((session_id, _shape(parts)))
+    return hash((session_id, option_shape(parts)))
 
 
 def _report(exc: Exception, watch: EagerWatch | None = None) -> None:
