@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from poolwatch import PoolWatch
 from poolwatch.adapters.sqlalchemy import eager
@@ -195,17 +195,3 @@ def test_uninstrument_removes_the_session_listener(tmp_path: Path) -> None:
     watch.uninstrument()
     assert not event.contains(Session, "do_orm_execute", eager.hooks._on_execute)
     engine.dispose()
-
-
-def test_the_private_loader_options_read_are_where_they_were() -> None:
-    """Fails loudly if a new SQLAlchemy moves ``_with_options`` or a Load's ``context``
-    (path, strategy): :func:`eager_parts` is the one reader of them."""
-    statement = select(Article).options(selectinload(Article.author).selectinload(Author.profile))
-    assert statement._with_options  # the attribute eager_parts reads
-    [(option, parts)] = eager.eager_parts(statement)
-    assert option is statement._with_options[0]
-    assert [(cls, key, loader, part) for cls, key, loader, _, part, _ in parts] == [
-        (Article, "author", "selectinload", ""),
-        (Author, "profile", "selectinload", ".selectinload(Author.profile)"),
-    ]
-    assert parts[1][5] == "selectinload(Article.author)"
