@@ -38,9 +38,9 @@ from poolwatch.exposition.routes import app_answers
 from poolwatch.pools.held_idle import HeldIdleReport
 from poolwatch.pools.observer import PoolObserver
 from poolwatch.pools.registry import PoolRegistry
-from poolwatch.queries.callsite import register_relation_namer
 from poolwatch.queries.detect import Evidence
 from poolwatch.queries.eagerwatch import EagerWatch
+from poolwatch.queries.frames import register_relation_namer
 from poolwatch.queries.recorder import QueryRecorder
 from poolwatch.queries.suggestions import register_pool, relation_target, suggestion
 from poolwatch.safety import FaultReporter

@@ -74,6 +74,8 @@ PURE = frozenset(
         "poolwatch.queries.operations",
         "poolwatch.queries.fingerprint",
         "poolwatch.queries.callsite",
+        "poolwatch.queries.frames",
+        "poolwatch.queries.tasks",
         "poolwatch.queries.detect",
         "poolwatch.queries.eager",
         "poolwatch.queries.findings",

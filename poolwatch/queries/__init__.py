@@ -2,7 +2,9 @@
 
 * :mod:`.fingerprint` (a statement's shape, parameters stripped), :mod:`.operations`
   (its operation name) and :mod:`.textcache`;
-* :mod:`.callsite`: the call path in the application's own code that sent it;
+* :mod:`.callsite`: the call path in the application's own code that sent it, with
+  :mod:`.frames` (which frames are the application's, how a file is shown) and
+  :mod:`.tasks` (following a gathered task or a greenlet to the code waiting for it);
 * :mod:`.detect`: the pure rules (N+1, duplicates, per-row writes in a loop);
 * :mod:`.recorder`: one request's (or scope's) statements fed to the rules;
 * :mod:`.findings` (the log and the recent list), :mod:`.hints` and
