@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from poolwatch.errors import NPlusOneError
 
 if TYPE_CHECKING:
-    from poolwatch.queries.detect import ScopeQueries
     from poolwatch.queries.eager import ScopeEagerLoads
+    from poolwatch.queries.groups import ScopeQueries
 
 __all__ = [
     "NO_ROUTE",

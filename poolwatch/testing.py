@@ -32,8 +32,9 @@ from poolwatch import context
 from poolwatch.context import WorkScope, current_scope, nplusone_allowed
 from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, UNUSED_EAGER_LOAD, Finding, QueryEvent
-from poolwatch.queries.detect import DATA_OPERATIONS, Policy, ScopeQueries, detect, slow_finding
+from poolwatch.queries.detect import Policy, detect, slow_finding
 from poolwatch.queries.eagerwatch import eager_findings, note_eager_loads
+from poolwatch.queries.groups import DATA_OPERATIONS, ScopeQueries
 from poolwatch.queries.recorder import (
     TRANSACTION_END,
     add_finding_sink,

@@ -11,7 +11,7 @@ from typing import Any
 
 from poolwatch.agent.core import AgentCore, EnginePool
 from poolwatch.errors import ConfigError
-from poolwatch.queries.callsite import register_relation_namer
+from poolwatch.queries.frames import register_relation_namer
 from poolwatch.queries.suggestions import register_pool
 from poolwatch.sizing.appname import new_tag
 from poolwatch.sizing.settings import Autosize

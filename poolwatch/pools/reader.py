@@ -25,7 +25,8 @@ from typing import Any, NamedTuple
 
 from poolwatch.pools import regions, source
 from poolwatch.pools.waits import NOTHING, UNKNOWN, Reading, reading
-from poolwatch.queries.callsite import MAX_PATH, display_path, is_installed, is_library_module
+from poolwatch.queries.callsite import MAX_PATH
+from poolwatch.queries.frames import display_path, is_installed, is_library_module
 
 __all__ = ["WaitReader"]
 

@@ -1,125 +1,66 @@
 """Where in the user's code a query comes from.
 
 The call site of a query is the innermost frame of the running stack that belongs to the
-application rather than to a library. As error trackers do, where a module lives decides:
-code installed in ``site-packages`` / ``dist-packages`` and the standard library are
-libraries (SQLModel, a repository package, any ORM wrapper), and so are poolwatch, the
-well-known ORMs, drivers and frameworks by name (also when installed editable) and the
-modules in ``ignore_modules`` (an app's own data layer). Should no frame be the app's (an
-app deployed into ``site-packages`` itself), the innermost installed frame that is not a
-known library stands in. Walking the stack is the only way to get it without patching
-attribute access; it is kept cheap by deciding "library or not" once per code object.
+application rather than to a library (:mod:`.frames` says which frames are the
+application's). Should no frame be the app's (an app deployed into ``site-packages``
+itself), the innermost installed frame that is not a known library stands in. Walking
+the stack is the only way to get it without patching attribute access; it is kept cheap
+by deciding "library or not" once per code object.
 
 The walk also notes three kinds of library frame below the application's, because they
 change what a statement means (see :class:`Trace`): an ORM's relation loader (a lazy
-load: the relation it loads is named by the adapter that registered a namer for it), an
-ORM operation that runs several statements in one call by design (``Session.merge``'s
-loads by primary key, a flush's writes, a cascade's loads), and a serializer (FastAPI
-validating a ``response_model`` after the endpoint returned, with no application frame
-left on the stack: the request's endpoint is the place to blame).
+load), an ORM operation that runs several statements in one call by design, and a
+serializer (FastAPI validating a ``response_model`` after the endpoint returned, with no
+application frame left on the stack: the request's endpoint is the place to blame).
 
-Two places hide the user's frame from a plain stack walk, and both are followed:
-
-* SQLAlchemy's asyncio layer runs the ORM in a greenlet whose stack ends at the
-  greenlet; the awaiting coroutines are on the parent greenlet's stack.
-* ``asyncio.gather(*(Author.get(id=i) for i in ids))`` runs each query in a task that
-  holds no user frame at all; the line to blame is where the *awaiting* task waits.
+Where the running stack holds no application frame, the walk goes on where the code
+waiting for it is suspended: a parent greenlet, or the task awaiting a gathered one
+(:mod:`.tasks`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import linecache
-import os
 import sys
-import sysconfig
-from collections.abc import Callable, Iterable, Iterator
-from types import CodeType, CoroutineType, FrameType, MethodType
+from collections.abc import Iterable, Iterator
+from types import CodeType, FrameType
 from typing import Any, NamedTuple
 
+from poolwatch.queries.frames import (
+    APP,
+    INLINE,
+    INSTALLED,
+    LIBRARY,
+    OPERATION,
+    RELATION,
+    SERIALIZER,
+    display_path,
+    relation_name,
+    verdict_of,
+)
+from poolwatch.queries.tasks import (
+    awaiting_tasks,
+    suspended_frames,
+    task_boundary_code,
+    waiting_greenlets,
+)
+
 __all__ = [
-    "LIBRARY_PACKAGES",
     "MAX_PATH",
     "CallSite",
     "CallSiteFinder",
     "Trace",
     "WalkMemo",
     "function_site",
-    "register_relation_namer",
 ]
 
-# Top-level packages whose frames are never the call site. Everything from the standard
-# library is added at run time (sys.stdlib_module_names).
-LIBRARY_PACKAGES = frozenset(
-    {
-        "poolwatch", "tortoise", "pypika", "pypika_tortoise", "sqlalchemy", "asyncpg",
-        "psycopg", "psycopg_pool", "psycopg2", "aiosqlite", "aiomysql", "asyncmy", "pymysql",
-        "MySQLdb", "starlette", "fastapi", "anyio", "sniffio", "uvicorn", "gunicorn",
-        "hypercorn", "uvloop", "greenlet", "pydantic", "pydantic_core", "httpx", "httpcore",
-        "_pytest", "pytest", "pytest_asyncio", "pluggy", "typing_extensions",
-        "console_script", "sqlmodel",
-    }
-)  # fmt: skip
-# poolwatch's own demo is an application: its findings must point into it.
-_APPLICATION_PACKAGES = ("poolwatch.demo",)
 # Application frames in a call path: the helper, its caller, and the loop above them.
 MAX_PATH = 4
 # Library frames tolerated between two application frames (a decorator, a context
 # manager); past that the walk has reached the framework that called the endpoint.
 _MAX_GAP = 3
-# How far up the awaiting tasks to look (nested gathers) before giving up.
-_MAX_TASK_HOPS = 8
 _MAX_CACHED_CODES = 65536
-
-# What a code object is, decided once: the application's, an installed package's (a
-# library, unless no frame is the application's), or a known library's; a known library's
-# frame may also be a relation loader, an ORM operation or a serializer (bits, combined).
-_APP, _INSTALLED, _LIBRARY, _INLINE = 0, 1, 2, 3
-_RELATION, _OPERATION, _SERIALIZER = 4, 8, 16
-# Comprehensions have frames of their own before Python 3.12 and none after: left out of
-# paths, so a path reads the same on every Python (the line is the enclosing one's).
-_INLINED = frozenset({"<listcomp>", "<dictcomp>", "<setcomp>"})
-# Library functions that load an ORM relation for rows already fetched: a statement run
-# under one of them is proven to be that relation's load (its advice may name it).
-_RELATION_LOADERS = {
-    "sqlalchemy.orm.strategies": ("_load_for_state", "_emit_lazyload"),
-    "tortoise.models": ("fetch_related",),
-    "tortoise.backends.base.executor": ("_prefetch_",),
-}
-# ORM operations that run several statements in one call by design, by qualified name:
-# a merge loads each object it merges (and its cascade) by primary key, a refresh reloads,
-# a flush writes the unit of work, a delete loads the collections its cascade deletes, a
-# bulk operation sends its batches. Statements under one such call are one call's cost:
-# a loop is many calls, never many statements of one.
-_OPERATIONS = {
-    "sqlalchemy.orm.session": frozenset(
-        {
-            "Session.merge", "Session.merge_all", "Session.refresh", "Session.flush",
-            "Session.delete", "Session.delete_all",
-        }
-    ),
-    "tortoise.models": frozenset({"Model.fetch_related"}),
-    "tortoise.queryset": frozenset(
-        {"BulkCreateQuery._execute", "BulkUpdateQuery._execute", "BulkUpdateQuery._execute_many"}
-    ),
-}  # fmt: skip
-# FastAPI's modules that run a request's endpoint and then validate and encode what it
-# returned. Reached before any application frame, they mean that no application code ran
-# the statement: the response's serialization did (a response_model reading a relation),
-# and the application frames further out (a test's client, the app's own middleware)
-# are not where it came from: the request's endpoint is.
-_SERIALIZERS = ("fastapi.routing", "fastapi._compat", "fastapi.encoders")
-# module -> a function that names the relation a loader frame of that module loads
-# (``Article.author``); registered by the ORM adapters.
-_relation_namers: dict[str, Callable[[FrameType], str | None]] = {}
-
-
-def register_relation_namer(module: str, namer: Callable[[FrameType], str | None]) -> None:
-    """Name the relation that a relation-loader frame of ``module`` loads with ``namer``
-    (an adapter's: it reads its ORM's own objects). ``namer`` may return ``None``."""
-    _relation_namers[module] = namer
-
 
 # Why a walk ended: the path is complete, the frame that runs a task, the end of a stack.
 _FULL, _AT_TASK, _END_OF_STACK, _SERIALIZING = 0, 1, 2, 3
@@ -191,7 +132,7 @@ class CallSiteFinder:
 
     def __init__(self, ignore_modules: Iterable[str] = ()) -> None:
         self._ignore = tuple(ignore_modules)
-        # id(code) -> _APP, _INSTALLED or _LIBRARY, decided once per function. Keyed by id
+        # id(code) -> APP, INSTALLED or LIBRARY, decided once per function. Keyed by id
         # because hashing a code object hashes its bytecode on every lookup; _seen holds
         # each code object so that its id cannot be reused while the verdict is cached.
         self._library: dict[int, int] = {}
@@ -201,7 +142,7 @@ class CallSiteFinder:
         # (code id, offset, ... of each path frame, the loader's relation or None) ->
         # (its Trace, the code objects the key names)
         self._paths: dict[tuple[object, ...], tuple[Trace, tuple[CodeType, ...]]] = {}
-        self._stop = _task_boundary_code()
+        self._stop = task_boundary_code()
 
     def find(self, skip: int = 1) -> str | None:
         """The call site of the code running now (``file:line in function``), if any.
@@ -260,7 +201,7 @@ class CallSiteFinder:
                 verdict = library.get(id(code))
                 if verdict is None:
                     verdict = self._judge(code, frame)
-                if verdict is _APP:
+                if verdict is APP:
                     if not path and notes is None and memo is not None:
                         last = memo.last
                         if (
@@ -279,12 +220,12 @@ class CallSiteFinder:
                         break
                     gap = 0
                 elif path:
-                    if verdict is not _INLINE:
+                    if verdict is not INLINE:
                         gap += 1
                         if gap > _MAX_GAP:
                             ended = _FULL
                             break
-                elif verdict is not _LIBRARY and verdict is not _INLINE:
+                elif verdict is not LIBRARY and verdict is not INLINE:
                     if notes is None:
                         notes = _Walk()
                     notes.note(frame, verdict)
@@ -302,7 +243,7 @@ class CallSiteFinder:
             # SQLAlchemy's asyncio layer runs the ORM in a greenlet whose stack ends at the
             # greenlet; the awaiting coroutines are on the stacks of those waiting for it.
             if parents is None:
-                parents = _waiting_greenlets()
+                parents = waiting_greenlets()
             frame = next(parents, None)
             if frame is None:
                 break
@@ -332,7 +273,7 @@ class CallSiteFinder:
         """:meth:`find_path`'s answer where the walk noted a relation loader, an ORM
         operation or no application frame (:class:`_Walk`)."""
         loader = notes.loader
-        relation = "" if loader is None else _relation_name(loader)
+        relation = "" if loader is None else relation_name(loader)
         if not path:
             # No application frame: FastAPI's serialization ran it, or a relation was
             # loaded with no application code on the stack at all, which only a
@@ -378,24 +319,7 @@ class CallSiteFinder:
         if len(self._library) >= _MAX_CACHED_CODES:
             self._library.clear()
             self._seen.clear()
-        module = _module_of(frame)
-        if code.co_name in _INLINED:
-            verdict = _INLINE
-        elif module.startswith(_APPLICATION_PACKAGES):
-            verdict = _APP
-        elif is_library_module(module, self._ignore):
-            verdict = _LIBRARY
-            loaders = _RELATION_LOADERS.get(module)
-            if loaders is not None and code.co_name.startswith(loaders):
-                verdict |= _RELATION
-            if code.co_qualname in _OPERATIONS.get(module, ()):
-                verdict |= _OPERATION
-            if module.startswith(_SERIALIZERS):
-                verdict |= _SERIALIZER
-        elif is_installed(code.co_filename):
-            verdict = _INSTALLED
-        else:
-            verdict = _APP
+        verdict = verdict_of(code, frame, self._ignore)
         self._library[id(code)] = verdict
         self._seen.append(code)
         return verdict
@@ -417,16 +341,7 @@ class CallSiteFinder:
     # -- where a plain walk cannot see -------------------------------------------------
 
     def _from_awaiting_task(self, depth: int) -> list[FrameType]:
-        try:
-            task: asyncio.Task[Any] | None = asyncio.current_task()
-        except RuntimeError:
-            return []
-        for _ in range(_MAX_TASK_HOPS):
-            if task is None:
-                return []
-            task = awaiting_task(task)
-            if task is None:
-                return []
+        for task in awaiting_tasks():
             path = self._application_frames(task, depth)
             if path:
                 return path
@@ -436,34 +351,20 @@ class CallSiteFinder:
         """The application frames nearest to where ``task`` is suspended, innermost
         first, ended as a walk is (``depth`` frames, or a gap of library frames)."""
         chain: list[tuple[FrameType, int]] = []  # outermost first: the awaits, in order
-        awaitable: Any = task.get_coro()
-        while awaitable is not None:
-            # Coroutines first, by type: a getattr that misses raises and catches inside.
-            if type(awaitable) is CoroutineType:
-                frame, following = awaitable.cr_frame, awaitable.cr_await
-            else:
-                frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
-                if frame is None:
-                    break
-                following = getattr(awaitable, "cr_await", None) or getattr(
-                    awaitable, "gi_yieldfrom", None
-                )
-            if frame is None:
-                break
+        for frame in suspended_frames(task):
             verdict = self._library.get(id(frame.f_code))
             if verdict is None:
                 verdict = self._judge(frame.f_code, frame)
             chain.append((frame, verdict))
-            awaitable = following
         found: list[FrameType] = []
         gap = 0
         for frame, verdict in reversed(chain):
-            if verdict == _APP:
+            if verdict == APP:
                 found.append(frame)
                 gap = 0
                 if len(found) >= depth:
                     break
-            elif found and verdict != _INLINE:
+            elif found and verdict != INLINE:
                 gap += 1
                 if gap > _MAX_GAP:
                     break
@@ -484,15 +385,15 @@ class _Walk:
 
     def note(self, frame: FrameType, verdict: int) -> None:
         """A frame below the application's that is not a plain library's."""
-        if verdict is _INSTALLED:
+        if verdict is INSTALLED:
             if self.installed is None:
                 self.installed = frame
             return
-        if verdict & _RELATION and self.loader is None:
+        if verdict & RELATION and self.loader is None:
             self.loader = frame  # the innermost: the load running now
-        if verdict & _OPERATION:
+        if verdict & OPERATION:
             self.operation = frame  # the outermost: the call the application made
-        if verdict & _SERIALIZER:
+        if verdict & SERIALIZER:
             self.serializer = True
 
 
@@ -503,28 +404,6 @@ def _key_of(path: list[FrameType]) -> list[object]:
         key.append(id(frame.f_code))
         key.append(frame.f_lasti)
     return key
-
-
-def _waiting_greenlets() -> Iterator[FrameType]:
-    """The frames where the greenlets waiting for the running one are suspended, nearest
-    first (none where greenlet is not in use)."""
-    module = sys.modules.get("greenlet")
-    if module is None:
-        return
-    current = module.getcurrent()
-    while (current := current.parent) is not None:
-        if current.gr_frame is not None:
-            yield current.gr_frame
-
-
-def _relation_name(loader: FrameType) -> str:
-    namer = _relation_namers.get(_module_of(loader))
-    if namer is None:
-        return ""
-    try:
-        return namer(loader) or ""
-    except Exception:  # an ORM's objects not as expected: the relation stays unnamed
-        return ""
 
 
 def function_site(function: Any) -> str | None:
@@ -544,130 +423,3 @@ def function_site(function: Any) -> str | None:
             line += offset
             break
     return str(CallSite(display_path(code.co_filename), line, code.co_qualname))
-
-
-def _module_of(frame: FrameType) -> str:
-    module = frame.f_globals.get("__name__")
-    if module != "__main__":
-        return module if isinstance(module, str) else ""
-    # "python -m pytest" runs pytest/__main__.py as __main__; its spec knows better.
-    spec = frame.f_globals.get("__spec__")
-    if spec is not None and isinstance(getattr(spec, "name", None), str):
-        return str(spec.name)
-    # A console-script shim (bin/uvicorn, bin/gunicorn) only calls a library's main().
-    if os.path.basename(os.path.dirname(frame.f_code.co_filename)) in ("bin", "Scripts"):
-        return "console_script"
-    return "__main__"
-
-
-def is_library_module(module: str, extra: tuple[str, ...] = ()) -> bool:
-    """Whether frames of ``module`` are library code (never a call site)."""
-    if module.startswith(_APPLICATION_PACKAGES):
-        return False
-    top = module.partition(".")[0]
-    if top in LIBRARY_PACKAGES or top in sys.stdlib_module_names:
-        return True
-    return any(module == prefix or module.startswith(prefix + ".") for prefix in extra)
-
-
-def is_installed(filename: str) -> bool:
-    """Whether ``filename`` is installed code: a package in ``site-packages`` or
-    ``dist-packages``, the standard library, or frozen into the interpreter."""
-    if filename.startswith("<frozen"):
-        return True
-    if f"{os.sep}site-packages{os.sep}" in filename or f"{os.sep}dist-packages{os.sep}" in filename:
-        return True
-    return filename.startswith(_stdlib_dirs())
-
-
-@functools.cache
-def _stdlib_dirs() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    return tuple({os.path.join(paths[key], "") for key in ("stdlib", "platstdlib") if key in paths})
-
-
-def awaiting_task(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
-    """The task that waits for ``task`` through ``gather`` or a ``TaskGroup``, if any.
-
-    Python 3.14 answers this with ``asyncio.capture_call_graph``; before it, the link is
-    only in private attributes: the done-callbacks a child carries (gather's closure over
-    its outer future, or the TaskGroup's bound method) and the future a parent task waits
-    on (``_fut_waiter``). Every access is guarded; on any surprise the answer is "unknown".
-    """
-    graph = _capture_call_graph
-    if graph is not None:
-        try:
-            captured = graph(task, depth=0)
-            for entry in captured.awaited_by if captured is not None else ():
-                if isinstance(entry.future, asyncio.Task):
-                    return entry.future
-        except Exception:
-            return None
-        return None
-    try:
-        callbacks = list(getattr(task, "_callbacks", None) or ())
-        for callback, _context in callbacks:
-            if isinstance(callback, MethodType):  # a TaskGroup's, bound to it
-                parent = getattr(callback.__self__, "_parent_task", None)
-                if isinstance(parent, asyncio.Task):
-                    return parent
-            for cell in getattr(callback, "__closure__", None) or ():
-                content = cell.cell_contents
-                if isinstance(content, asyncio.Future) and not isinstance(content, asyncio.Task):
-                    waiter = _waiter(content)
-                    if waiter is not None:
-                        return waiter
-    except Exception:
-        return None
-    return None
-
-
-_capture_call_graph = getattr(asyncio, "capture_call_graph", None)  # Python 3.14
-
-
-def _waiter(future: asyncio.Future[Any]) -> asyncio.Task[Any] | None:
-    """The task waiting on ``future`` (its ``_fut_waiter``).
-
-    A task waiting on a future has its wakeup among the future's done-callbacks, bound to
-    the task: that one is checked first, and every task only where it is not there (a
-    scan of every task, for each statement a gathered child runs, is what this avoids).
-    """
-    for callback, _context in list(getattr(future, "_callbacks", None) or ()):
-        owner = getattr(callback, "__self__", None)
-        if isinstance(owner, asyncio.Task) and getattr(owner, "_fut_waiter", None) is future:
-            return owner
-    for candidate in asyncio.all_tasks():
-        if getattr(candidate, "_fut_waiter", None) is future:
-            return candidate
-    return None
-
-
-def _task_boundary_code() -> CodeType:
-    # asyncio.events.Handle._run calls every task step and callback; it is pure Python
-    # even where Task itself is in C.
-    return asyncio.events.Handle._run.__code__
-
-
-_display_cache: dict[str, str] = {}
-
-
-def display_path(filename: str) -> str:
-    """``filename`` relative to the project root (the working directory: where the app,
-    or pytest, was started), else to the ``sys.path`` entry it was imported from.
-
-    The project root first: ``src/app/routes.py``, not ``app/routes.py`` because ``src``
-    is on ``sys.path`` too, so that the log, the findings endpoint and the pytest report
-    name a file the same way, as the project's own tree does.
-    """
-    shown = _display_cache.get(filename)
-    if shown is None:
-        shown = filename
-        if os.path.isabs(filename):
-            entries = sorted((p for p in sys.path if p and os.path.isabs(p)), key=len, reverse=True)
-            for root in (os.getcwd(), *entries):
-                if filename.startswith(root.rstrip(os.sep) + os.sep):
-                    shown = filename[len(root.rstrip(os.sep)) + 1 :]
-                    break
-        if len(_display_cache) < _MAX_CACHED_CODES:
-            _display_cache[filename] = shown
-    return shown

@@ -1,8 +1,9 @@
 """N+1, duplicate and bulk-write detection over the queries of one scope. Pure.
 
-A :class:`ScopeQueries` is filled with the :class:`~poolwatch.events.QueryEvent` of one
-request (or ``poolwatch.scope`` block) as they happen; :func:`detect` turns it into
-findings under a :class:`Policy`. Nothing here reads a clock, a stack or a setting, so
+The statements of one request (or ``poolwatch.scope`` block) are grouped as they arrive
+(:class:`~poolwatch.queries.groups.ScopeQueries`); when the scope ends, :func:`detect`
+judges the groups into findings under a :class:`Policy`, with the :class:`Evidence` that
+a finding's advice is worded from. Nothing here reads a clock, a stack or a setting, so
 the rules are tested by feeding events.
 
 The rules:
@@ -37,33 +38,17 @@ from fnmatch import fnmatchcase
 from typing import NamedTuple
 
 from poolwatch.events import BULK_WRITE, DUPLICATE, NPLUSONE, SLOW_QUERY, Finding, QueryEvent
-from poolwatch.queries.callsite import WalkMemo
+from poolwatch.queries.groups import READS, GroupKey, QueryGroup, Repeat, ScopeQueries
 
 __all__ = [
-    "DATA_OPERATIONS",
     "Evidence",
     "Policy",
-    "QueryGroup",
-    "ScopeQueries",
     "Suggest",
     "Targets",
     "detect",
     "late_finding",
     "slow_finding",
 ]
-
-# Memory bound per scope: a request with more distinct statements than this is already
-# reported (its loop groups exist long before); the rest is counted, not grouped.
-MAX_GROUPS = 4096
-MAX_REPEATS = 16384
-
-_READS = frozenset({"SELECT"})
-_WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
-DATA_OPERATIONS = _READS | _WRITES
-"""Statements that touch data; BEGIN, COMMIT, SET and the like are bookkeeping."""
-
-# Distinct callers of a duplicate kept per statement: past a few, the first ones tell.
-MAX_CALLERS = 8
 
 
 class Evidence(NamedTuple):
@@ -123,160 +108,11 @@ class Policy:
         )
 
 
-_Key = tuple[str, str, str]
-"""(fingerprint, call path, pool): what one group of statements shares."""
-
-
-class QueryGroup:
-    """Statements of one fingerprint from one call path on one pool."""
-
-    __slots__ = (
-        "again", "batched", "by_relation", "call", "call_site", "calls", "count", "key",
-        "operation", "orm_call", "pool", "relation", "reported", "seconds", "serialized",
-    )  # fmt: skip
-
-    def __init__(self, key: _Key, operation: str, call_site: str) -> None:
-        self.key = key
-        self.count = 0
-        # Calls: statements, but all those of one ORM operation's call count once.
-        self.calls = 0
-        # The last ORM operation's frame, held so that its identity tells the next call
-        # from it (a frame's id is reused once it is let go); dropped when judged.
-        self.call: object = None
-        self.seconds = 0.0
-        self.batched = 0
-        # Reads that repeated an earlier one of this group exactly (same parameters):
-        # a loop over rows runs with different parameters, a repeat is a duplicate.
-        self.again = 0
-        self.operation = operation
-        self.pool = key[2]
-        self.call_site = call_site
-        self.by_relation = False
-        self.relation = ""
-        self.orm_call = ""
-        self.serialized = False
-        self.reported = False  # a finding already: a late statement reports it no more
-
-
-class _Repeat:
-    """One exact statement (text and parameters) on one pool and how often it ran."""
-
-    __slots__ = ("call_site", "count", "fingerprint", "path", "paths", "pool", "seconds")
-
-    def __init__(self, first: QueryEvent, again: QueryEvent) -> None:
-        self.count = 2
-        self.seconds = first.seconds + again.seconds
-        self.fingerprint = first.fingerprint
-        self.call_site = first.call_site
-        self.path = first.path
-        self.pool = first.pool
-        # Each distinct call path that ran it, the first first.
-        self.paths = [first.path]
-        self.caller(again.path)
-
-    def caller(self, path: str) -> None:
-        if path not in self.paths and len(self.paths) < MAX_CALLERS:
-            self.paths.append(path)
-
-
-class ScopeQueries:
-    """The queries of one scope, grouped for detection as they arrive."""
-
-    __slots__ = ("first", "groups", "loaded", "memo", "repeats", "reported", "writes")
-
-    def __init__(self) -> None:
-        self.groups: dict[_Key, QueryGroup] = {}
-        # The call-site finder's memo of the scope's last walk (CallSiteFinder.find_path):
-        # kept here, the frame it holds lives no longer than the scope.
-        self.memo = WalkMemo()
-        # Relations the scope's queries loaded eagerly (Model.attribute) -> the call paths
-        # of those queries: advice never asks for a loader that is there already.
-        self.loaded: dict[str, set[str]] = {}
-        # identity -> the first event with it; identity -> counts, once it repeats
-        self.first: dict[int, QueryEvent] = {}
-        self.repeats: dict[int, _Repeat] = {}
-        # pool -> writes and transaction ends so far: a read after a write on its pool, or
-        # after a COMMIT or ROLLBACK, may see other rows (exists -> INSERT -> exists, get ->
-        # UPDATE -> COMMIT -> refresh), so it repeats nothing before it.
-        self.writes: dict[str, int] = {}
-        # (recorder id, kind) already counted for this scope: the counters count scopes,
-        # not findings, and each PoolWatch judging the scope counts in its own registry.
-        self.reported: set[tuple[int, str]] = set()
-
-    def transaction_ended(self, pool: str) -> None:
-        """A COMMIT or ROLLBACK on ``pool``: later reads repeat nothing before it."""
-        self.writes[pool] = self.writes.get(pool, 0) + 1
-
-    def add(self, event: QueryEvent, call: object = None) -> QueryGroup | None:
-        """Record ``event``; returns its group (``None`` for statements not grouped).
-
-        ``call`` is the frame of the ORM operation that ran it (a merge, a flush), if one
-        did: the statements of one such call count as one call.
-        """
-        operation = event.operation
-        if operation not in DATA_OPERATIONS:
-            return None  # BEGIN, COMMIT, SET, PRAGMA: the ORM's bookkeeping
-        pool = event.pool
-        path = event.call_path or event.call_site
-        key = (event.fingerprint, path, pool)
-        group = self.groups.get(key)
-        if group is None:
-            if len(self.groups) >= MAX_GROUPS:
-                return None
-            group = self.groups[key] = QueryGroup(key, operation, event.call_site)
-        # The group's counts, inline: this runs for every statement, and a method call
-        # costs as much as the counting.
-        group.count += 1
-        if call is None:
-            group.calls += 1
-        elif call is not group.call:
-            group.calls += 1
-            group.call = call
-            group.orm_call = event.orm_call
-        group.seconds += event.seconds
-        group.by_relation |= event.by_relation
-        if event.relation and not group.relation:  # the first relation named
-            group.relation = event.relation
-        group.serialized |= event.serialized
-        group.batched += event.in_list > 1  # a multi-item IN (...): one chunk of a batch
-        if operation in _READS:
-            identity = event.identity
-            if identity is not None:
-                # After a write or a transaction's end on its pool, the same statement is
-                # another read (the identity already tells two pools apart).
-                writes = self.writes.get(pool) if self.writes else None
-                if writes:
-                    identity = hash((identity, writes))
-                if (self.repeats and identity in self.repeats) or identity in self.first:
-                    group.again += self._repeated(identity, event, path)
-                elif len(self.first) < MAX_REPEATS:
-                    # Most statements run once: keep the event itself, and make the
-                    # counter only when the same statement and parameters come back.
-                    self.first[identity] = event
-        else:
-            self.writes[pool] = self.writes.get(pool, 0) + 1
-        return group
-
-    def _repeated(self, identity: int, event: QueryEvent, path: str) -> bool:
-        """Count a repeat of a statement and parameters seen before; True if it repeats
-        one from the same call path."""
-        repeat = self.repeats.get(identity)
-        if repeat is not None:
-            repeat.count += 1
-            repeat.seconds += event.seconds
-            repeat.caller(path)
-            return repeat.path == path
-        first = self.first[identity]
-        if len(self.repeats) < MAX_REPEATS:
-            self.repeats[identity] = _Repeat(first, event)
-        return first.path == path
-
-
 def _is_finding(group: QueryGroup, policy: Policy) -> str | None:
     """The kind of finding ``group`` makes under ``policy``, if any."""
     if group.calls < policy.threshold or group.seconds < policy.min_duration:
         return None
-    if group.operation not in _READS:
+    if group.operation not in READS:
         return BULK_WRITE
     # N+1 is one statement run for rows: with different parameters. The very same
     # statement and parameters, however often, is a duplicate (found below); a loop
@@ -298,7 +134,7 @@ def _endpoint(group: QueryGroup) -> str:
 
 def _finding(
     kind: str,
-    links: list[tuple[_Key, QueryGroup]],
+    links: list[tuple[GroupKey, QueryGroup]],
     route: str,
     *,
     method: str,
@@ -338,8 +174,8 @@ def _finding(
 
 
 def _chains(
-    loops: list[tuple[_Key, QueryGroup]], targets: Targets | None
-) -> list[list[tuple[_Key, QueryGroup]]]:
+    loops: list[tuple[GroupKey, QueryGroup]], targets: Targets | None
+) -> list[list[tuple[GroupKey, QueryGroup]]]:
     """N+1 groups, those that walk one chain of relations from one place joined.
 
     ``article.author.profile`` read per row is two loops from one line: the authors,
@@ -348,19 +184,19 @@ def _chains(
     """
     if targets is None or sum(1 for _, group in loops if group.relation) < 2:
         return [[loop] for loop in loops]
-    by_place: dict[tuple[str, str], list[tuple[_Key, QueryGroup]]] = {}
+    by_place: dict[tuple[str, str], list[tuple[GroupKey, QueryGroup]]] = {}
     for loop in loops:
         (_, path, pool), _ = loop
         by_place.setdefault((path, pool), []).append(loop)
-    chains: list[list[tuple[_Key, QueryGroup]]] = []
+    chains: list[list[tuple[GroupKey, QueryGroup]]] = []
     for (_, pool), place in by_place.items():
         # model -> the loop whose relation starts at it (one each: else no chain)
-        starts: dict[str, tuple[_Key, QueryGroup] | None] = {}
+        starts: dict[str, tuple[GroupKey, QueryGroup] | None] = {}
         for loop in place:
             model = loop[1].relation.partition(".")[0]
             if model:
                 starts[model] = None if model in starts else loop
-        following: dict[int, tuple[_Key, QueryGroup]] = {}
+        following: dict[int, tuple[GroupKey, QueryGroup]] = {}
         for loop in place:
             target = targets(pool, loop[1].relation) if loop[1].relation else None
             successor = starts.get(target) if target else None
@@ -402,7 +238,7 @@ def detect(
     follows relations from model to model, so a chain of loops is one finding.
     """
     findings: list[Finding] = []
-    loops: list[tuple[_Key, QueryGroup]] = []
+    loops: list[tuple[GroupKey, QueryGroup]] = []
     loaded = queries.loaded
     for key, group in queries.groups.items():
         group.call = None  # judged: the operation frame is not needed any more
@@ -420,7 +256,7 @@ def detect(
         )
     looped = {key for key, _ in loops}
     # Several repeated statements of one fingerprint from one call path are one finding.
-    repeated: dict[_Key, list[_Repeat]] = {}
+    repeated: dict[GroupKey, list[Repeat]] = {}
     for repeat in queries.repeats.values():
         key = (repeat.fingerprint, repeat.path, repeat.pool)
         if repeat.count >= policy.duplicate_threshold and key not in looped:
@@ -459,7 +295,7 @@ def late_finding(
     method: str = "",
 ) -> Finding | None:
     """A finding made by a query that arrived after its scope was judged (``added``: the
-    group :meth:`ScopeQueries.add` returned for it).
+    group :meth:`~poolwatch.queries.groups.ScopeQueries.add` returned for it).
 
     A task that outlives its request (``asyncio.create_task`` in an endpoint) can still
     loop; its group is reported once, when it becomes a finding.

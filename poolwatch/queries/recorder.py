@@ -18,19 +18,11 @@ from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, UNUSED_EAGER_LOAD, Finding, QueryEvent
 from poolwatch.exposition.metrics import Metrics
 from poolwatch.queries.callsite import MAX_PATH, CallSiteFinder, Trace, function_site
-from poolwatch.queries.detect import (
-    Policy,
-    QueryGroup,
-    ScopeQueries,
-    Suggest,
-    Targets,
-    detect,
-    late_finding,
-    slow_finding,
-)
+from poolwatch.queries.detect import Policy, Suggest, Targets, detect, late_finding, slow_finding
 from poolwatch.queries.eagerwatch import eager_findings, note_eager_loads
 from poolwatch.queries.findings import FindingsLog, FindingsLogger
 from poolwatch.queries.fingerprint import DIALECTS, END, READ, WRITE, SqlShape, shapes
+from poolwatch.queries.groups import QueryGroup, ScopeQueries
 from poolwatch.queries.textcache import TextCache
 
 __all__ = ["TRANSACTION_END", "UNKNOWN_SITE", "QueryRecorder", "add_sink", "remove_sink"]

@@ -15,7 +15,7 @@ import pytest
 
 from poolwatch.pools.reader import WaitReader
 from poolwatch.pools.waits import NETWORK, NOTHING, SLEEP, THREAD, UNKNOWN, Reading, Wait
-from poolwatch.queries.callsite import display_path
+from poolwatch.queries.frames import display_path
 
 Paths = Callable[..., str]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from poolwatch.queries.callsite import CallSiteFinder, display_path, is_library_module
+from poolwatch.queries.callsite import CallSiteFinder
 from tests import callsite_lib
 
 LIB = ("tests.callsite_lib",)
@@ -90,21 +90,6 @@ def test_greenlet_child_is_followed_to_its_parent() -> None:
     library_finder = CallSiteFinder((*LIB, "tests.queries.test_callsite"))
     assert callsite_lib.in_greenlet(lambda: callsite_lib.query(library_finder)) is None
     assert library_only() is not None
-
-
-def test_library_modules() -> None:
-    assert is_library_module("sqlalchemy.orm.strategies")
-    assert is_library_module("asyncio.tasks")
-    assert is_library_module("poolwatch.queries.recorder")
-    assert not is_library_module("poolwatch.demo.app")  # the demo is an application
-    assert not is_library_module("myapp.views")
-    assert is_library_module("myapp.db.repo", ("myapp.db",))
-    assert not is_library_module("myapp.dbx", ("myapp.db",))
-
-
-def test_paths_are_shown_relative_to_the_working_directory() -> None:
-    assert display_path(__file__) == "tests/queries/test_callsite.py"
-    assert display_path("<string>") == "<string>"
 
 
 WRAPPER = """
@@ -242,27 +227,3 @@ async def test_a_gathered_querys_path_ends_at_the_framework_too() -> None:
         assert path.endswith(
             " in test_a_gathered_querys_path_ends_at_the_framework_too.<locals>.endpoint"
         )
-
-
-def test_paths_are_shown_from_the_project_root_before_any_import_root(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A src layout: the project's root is the working directory, and its src/ is on
-    # sys.path too. The finding names src/app/routes.py, as the project's tree does (and
-    # as pytest's report does), not app/routes.py. A file outside the project is shown
-    # from the sys.path entry it was imported from.
-    import os
-    import sys
-
-    from poolwatch.queries import callsite
-
-    project, elsewhere = tmp_path / "project", tmp_path / "lib"
-    (project / "src" / "app").mkdir(parents=True)
-    (elsewhere / "pkg").mkdir(parents=True)
-    monkeypatch.chdir(project)
-    monkeypatch.setattr(sys, "path", [str(project / "src"), str(elsewhere), *sys.path])
-    monkeypatch.setattr(callsite, "_display_cache", {})
-    inside = str(project / "src" / "app" / "routes.py")
-    assert callsite.display_path(inside) == os.path.join("src", "app", "routes.py")
-    outside = str(elsewhere / "pkg" / "mod.py")
-    assert callsite.display_path(outside) == os.path.join("pkg", "mod.py")

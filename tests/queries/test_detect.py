@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 
 from poolwatch import Finding, QueryEvent
-from poolwatch.queries.detect import (
-    MAX_GROUPS,
-    Evidence,
-    Policy,
-    ScopeQueries,
-    detect,
-    late_finding,
-)
+from poolwatch.queries.detect import Evidence, Policy, detect, late_finding
+from poolwatch.queries.groups import MAX_GROUPS, ScopeQueries
 
 
 def suggest(evidence: Evidence) -> str:
