@@ -12,6 +12,9 @@ What is timed, in three sums (seconds, added up until :func:`reset`):
   on both, the undoing of what a scope watched (``ScopeEagerLoads.release``). A clocked
   call made inside another is the outer one's time, not counted twice. What SQLAlchemy's
   event dispatch adds around the listeners is not clocked (only end to end);
+* ``walks``: the held-idle bookkeeping's call-path walks (``HeldIdleReport.call_path``:
+  the line that took a connection, and the one that gave it back where the code after
+  the last statement may wait), which run while detection is on;
 * ``sampling``: the held-idle bookkeeping's CPU-time samples (``thread_usage``: a
   ``getrusage`` at a checkout and after each statement while detection is on).
 
@@ -46,7 +49,7 @@ import poolwatch.adapters.sqlalchemy.eager as sqlalchemy_eager
 import poolwatch.adapters.tortoise.eager as tortoise_eager
 import poolwatch.adapters.tortoise.instrumentation as tortoise_instrumentation
 from poolwatch import PoolWatch
-from poolwatch.pools import observer
+from poolwatch.pools import held_idle, observer
 from poolwatch.queries import eager as scope_eager
 
 __all__ = ["CALIBRATE", "DESCHEDULED", "GROUPS", "MODULE", "clocked", "reset", "time_recorder"]
@@ -54,7 +57,7 @@ __all__ = ["CALIBRATE", "DESCHEDULED", "GROUPS", "MODULE", "clocked", "reset", "
 MODULE = __name__
 """This module's name, for ``ignore_modules``."""
 
-GROUPS = ("recorder", "eager", "sampling")
+GROUPS = ("recorder", "eager", "walks", "sampling")
 DESCHEDULED = 250e-6
 """A call longer than this (and than ten times its function's median) was descheduled."""
 CALIBRATE = 8
@@ -155,6 +158,7 @@ def clocked() -> Iterator[None]:
         _replace(tortoise_eager, "_note_read", "eager", undo)
         _replace(scope_eager.ScopeEagerLoads, "release", "eager", undo)
         _replace(observer, "thread_usage", "sampling", undo)
+        _replace(held_idle.HeldIdleReport, "call_path", "walks", undo)
         real_property = tortoise_eager._watched_property
         tortoise_eager._watched_property = _clocked_property(real_property)  # type: ignore[assignment]
         undo.append(lambda: setattr(tortoise_eager, "_watched_property", real_property))

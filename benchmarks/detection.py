@@ -31,11 +31,13 @@ CPU, so is steadier on a shared machine). On a 200-500 µs Tortoise statement th
 difference is within the noise, so the time spent inside detection is measured too,
 with clocks around each call (see :mod:`_detection_clocks`): the recorder's calls and
 the eager-load hooks ("inside", what the target is held against), and beside it the
-held-idle CPU-time samples. The clocked runs are the counting and detection setups
-again, interleaved with the three above, so the clocks cost the end-to-end figures
-nothing. Every figure is the median over rounds. A last pair of rows
-reads an ORM attribute of loaded objects with and without poolwatch: nothing patches
-attribute access outside a scope that tracks an eager load, so that ratio stays at 1.
+held-idle bookkeeping's call-path walks (the line that took a connection, and the one
+that gave it back where the code may wait) and CPU-time samples. The clocked runs are
+the counting and detection setups again, interleaved with the three above, so the
+clocks cost the end-to-end figures nothing. Every figure is the median over rounds. A
+last pair of rows reads an ORM attribute of loaded objects with and without poolwatch:
+nothing patches attribute access outside a scope that tracks an eager load, so that
+ratio stays at 1.
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ class Round:
     inside: float = 0.0  # recorder + eager hooks
     eager: float = 0.0  # eager hooks alone
     sampling: float = 0.0  # held-idle CPU-time samples
+    walks: float = 0.0  # held-idle call-path walks
     trimmed: int = 0  # clocked calls that were descheduled (see _detection_clocks)
     clock: float = 0.0  # the clocks' own cost, taken off the sums above
 
@@ -204,11 +207,12 @@ def _round(wall: float, cpu: float, statements: int) -> Round:
         wall,
         cpu,
         statements,
-        sums["recorder"] + sums["eager"],
-        sums["eager"],
-        sums["sampling"],
-        int(sums["trimmed"]),
-        sums["clock"],
+        inside=sums["recorder"] + sums["eager"],
+        eager=sums["eager"],
+        sampling=sums["sampling"],
+        walks=sums["walks"],
+        trimmed=int(sums["trimmed"]),
+        clock=sums["clock"],
     )
 
 
@@ -426,8 +430,8 @@ def bench_detection(rounds: int, requests: int, cases: list[str] | None = None) 
         "4. N+1 detection with unused-eager-load tracking (about 50 statements per scope, "
         "findings in every one: the worst case)",
         ["case", "setup", "µs/stmt", "ratio vs bare", "ratio vs counting", "spread vs bare",
-         "CPU µs/stmt", "inside µs/stmt (eager hooks)", "held-idle samples µs/stmt",
-         "target"],
+         "CPU µs/stmt", "inside µs/stmt (eager hooks)", "held-idle walks µs/stmt",
+         "held-idle samples µs/stmt", "target"],
     )  # fmt: skip
     extra: list[str] = []
     with _findings_silenced():
@@ -446,6 +450,7 @@ def bench_detection(rounds: int, requests: int, cases: list[str] | None = None) 
                 inside = _per_statement(timed, n, lambda r: r.inside) if timed else 0.0
                 eager = _per_statement(timed, n, lambda r: r.eager) if timed else 0.0
                 sampling = _per_statement(timed, n, lambda r: r.sampling) if timed else 0.0
+                walked = _per_statement(timed, n, lambda r: r.walks) if timed else 0.0
                 table.add(
                     f"{case} ({n // requests}/scope)",
                     SETUP_NAMES[setup],
@@ -455,6 +460,7 @@ def bench_detection(rounds: int, requests: int, cases: list[str] | None = None) 
                     spread(walls, setup, "bare"),
                     f"{statistics.median(cpus[setup]) * 1e6:.1f}",
                     f"{inside:.2f} ({eager:.2f})" if timed else "-",
+                    f"{walked:.2f}" if timed else "-",
                     f"{sampling:.2f}" if timed else "-",
                     target=Target(f"inside < {TARGET_US:g} µs", inside < TARGET_US)
                     if setup == "detection"
@@ -482,6 +488,7 @@ def bench_detection(rounds: int, requests: int, cases: list[str] | None = None) 
             "-",
             "-",
             "-",
+            "-",
         )
     table.notes.append(
         f"SQLite in memory. Median of {rounds} interleaved rounds (after a discarded one) of "
@@ -490,8 +497,10 @@ def bench_detection(rounds: int, requests: int, cases: list[str] | None = None) 
         "again, interleaved with the rest, with clocks): the hooks alone in brackets (in "
         "counting mode only they run); the clocks' own cost, measured in place on a no-op, "
         "taken off; a call descheduled by the machine counted as its function's median "
-        "call. Held-idle samples: the CPU-time samples the held-idle bookkeeping takes "
-        "while detection is on (a getrusage system call each). " + " ".join(extra)
+        "call. Held-idle walks and samples: what the held_idle finding's bookkeeping "
+        "adds while detection is on, the call-path walks at a checkout (and at a release "
+        "where the code after the last statement may wait), and the CPU-time samples (a "
+        "getrusage system call each). " + " ".join(extra)
     )
     return table
 
