@@ -47,6 +47,7 @@ assert SECRET == sqlalchemy_async_app.SECRET
 
 NPLUSONE, DUPLICATE, BULK_WRITE = "nplusone", "duplicate", "bulk_write"
 UNUSED_EAGER_LOAD = "unused_eager_load"
+SLOW = "slow_query"  # a statement a loaded machine made slow: no bug of the corpus's
 
 
 # -- call sites, read from the corpus's source -------------------------------------------
@@ -474,7 +475,7 @@ def assert_findings(found: list[dict[str, Any]], case: Case, flavor: str, report
     message = f"findings of {case.path}:\n{shown or '  (none)'}\n{report}"
     assert all(f["route"] == case.path for f in found), message
     assert all(f["pool"] == POOL for f in found), message
-    left = [f for f in found if f["kind"] != "slow_query"]  # a slow CI machine is no bug
+    left = [f for f in found if f["kind"] != SLOW]
     for expect in case.expect:
         sites = {call_site(module, marker) for marker in expect.markers}
         matches = [f for f in left if f["kind"] == expect.kind and f["call_site"] in sites]
@@ -533,7 +534,8 @@ async def test_no_parameter_value_leaves_the_process(flavor: str, database: Data
         served = await client.get("/poolwatch/findings")
         metrics = await client.get("/metrics")
     assert served.status_code == 200
-    assert {f["kind"] for f in served.json()["findings"]} == {
+    # Slow findings are left out of the kinds, not out of the leak checks below.
+    assert {f["kind"] for f in served.json()["findings"]} - {SLOW} == {
         NPLUSONE,
         DUPLICATE,
         UNUSED_EAGER_LOAD,
@@ -552,7 +554,11 @@ async def test_no_parameter_value_leaves_the_process(flavor: str, database: Data
         with capture() as captured:
             await call(client, "GET", "/authors/books-query")
             await call(client, "GET", "/duplicate/same-params")
-    assert {f.kind for f in captured.findings} == {NPLUSONE, DUPLICATE, UNUSED_EAGER_LOAD}
+    assert {f.kind for f in captured.findings} - {SLOW} == {
+        NPLUSONE,
+        DUPLICATE,
+        UNUSED_EAGER_LOAD,
+    }
     assert SECRET not in captured.report()
     assert SECRET not in repr(captured.queries) + repr(captured.findings)
 
@@ -612,9 +618,10 @@ async def test_loops_outside_http(
                 await run_loop(flavor, engine, function)
         finally:
             watch.uninstrument()
-    assert [(f["kind"], f["route"], f["call_site"], f["count"]) for f in watch.findings()] == [
+    found = [f for f in watch.findings() if f["kind"] != SLOW]
+    assert [(f["kind"], f["route"], f["call_site"], f["count"]) for f in found] == [
         (NPLUSONE, "nightly-report", site, count)
     ]
-    assert [(f.kind, f.route, f.call_site, f.count) for f in captured.findings] == [
-        (NPLUSONE, "capture", site, count)
-    ], captured.report()
+    assert [
+        (f.kind, f.route, f.call_site, f.count) for f in captured.findings if f.kind != SLOW
+    ] == [(NPLUSONE, "capture", site, count)], captured.report()

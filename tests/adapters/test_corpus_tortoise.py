@@ -503,9 +503,16 @@ async def test_no_parameter_value_leaves_poolwatch(
             assert (await client.get("/nplusone/secret")).status_code == 200
         served = await client.get("/poolwatch/findings")
         metrics = await client.get("/metrics")
-    # Something was found, so there was something to leak.
-    assert sorted(f["kind"] for f in watch.findings()) == ["duplicate", "nplusone"]
-    assert sorted(f.kind for f in captured.findings) == ["duplicate", "nplusone"]
+    # Something was found, so there was something to leak. (A statement a loaded machine
+    # made slow is found too: it is left out of the kinds, not out of the checks below.)
+    assert sorted(f["kind"] for f in watch.findings() if f["kind"] != SLOW) == [
+        "duplicate",
+        "nplusone",
+    ]
+    assert sorted(f.kind for f in captured.findings if f.kind != SLOW) == [
+        "duplicate",
+        "nplusone",
+    ]
     assert SECRET not in json.dumps(watch.findings())
     assert SECRET not in served.text
     assert SECRET not in metrics.text
