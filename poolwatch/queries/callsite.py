@@ -108,6 +108,8 @@ class Trace(NamedTuple):
 # inspect.CO_ASYNC_GENERATOR): their frames are resumed by whoever iterates them, so
 # what lies above one is not fixed while it lives.
 _GENERATOR_FLAGS = 0x20 | 0x200
+# Gathered tasks a scope's memo remembers at most (a scope may gather thousands).
+_MAX_MEMO_TASKS = 256
 
 
 class WalkMemo:
@@ -115,12 +117,17 @@ class WalkMemo:
     :meth:`CallSiteFinder.find_path`), kept by whoever keeps the scope's queries: the
     frame it holds lives no longer than the scope."""
 
-    __slots__ = ("last",)
+    __slots__ = ("last", "tasks")
 
     def __init__(self) -> None:
         # (first application frame, its bytecode offset, finder, depth, trace), replaced
         # whole: a statement from another thread reads one or the other, never a mix.
         self.last: tuple[FrameType, int, object, int, Trace] | None = None
+        # A gathered task with no application frame of its own -> (the frames where the
+        # task awaiting it is suspended, the innermost's bytecode offset, finder, depth).
+        # That task stays suspended there until this one ends, so a prefetch query's
+        # checkout, statement and release find the same frames with one search.
+        self.tasks: dict[asyncio.Task[Any], tuple[list[FrameType], int, object, int]] = {}
 
 
 class CallSiteFinder:
@@ -249,7 +256,7 @@ class CallSiteFinder:
                 break
         walked = bool(path)  # found by this walk, not where another task waits
         if not path and at_task:
-            path = self._from_awaiting_task(depth)
+            path = self._awaited_by(depth, memo)
         if notes is None:
             if not path:
                 return None
@@ -339,6 +346,29 @@ class CallSiteFinder:
         return site
 
     # -- where a plain walk cannot see -------------------------------------------------
+
+    def _awaited_by(self, depth: int, memo: WalkMemo | None) -> list[FrameType]:
+        """:meth:`_from_awaiting_task`, remembered per running task in ``memo``: found
+        again only once the awaiting frame has moved on (its offset changed)."""
+        if memo is None:
+            return self._from_awaiting_task(depth)
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no running loop: no task to wait for this one
+            return []
+        if task is None:
+            return []
+        known = memo.tasks.get(task)
+        if known is not None:
+            frames, offset, finder, found_depth = known
+            if finder is self and found_depth == depth and frames[0].f_lasti == offset:
+                return frames
+        path = self._from_awaiting_task(depth)
+        if path:  # none yet: the task may be awaited later, from anywhere
+            if len(memo.tasks) >= _MAX_MEMO_TASKS:
+                memo.tasks.clear()
+            memo.tasks[task] = (path, path[0].f_lasti, self, depth)
+        return path
 
     def _from_awaiting_task(self, depth: int) -> list[FrameType]:
         for task in awaiting_tasks():
