@@ -2,7 +2,8 @@
 
 A statement that a loaded machine makes slower than ``slow_query_threshold`` is a
 ``slow_query`` finding beside the ones a test expects: no bug of the code under test,
-so such tests compare the other findings. The tests about slow queries keep theirs.
+so such tests compare the other findings, or give their own PoolWatch a threshold that
+no statement of theirs reaches. The tests about slow queries keep theirs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from typing import Any, TypeVar
 
 from poolwatch import Finding
 from poolwatch.events import SLOW_QUERY
+
+NEVER_SLOW = 1e9
+"""A ``slow_query_threshold`` (seconds, finite as the setting asks) that no statement of
+a test reaches."""
 
 F = TypeVar("F", Finding, dict[str, Any])
 
