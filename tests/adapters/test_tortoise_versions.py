@@ -25,6 +25,7 @@ from tortoise.transactions import in_transaction
 
 from poolwatch import PoolWatch
 from poolwatch.adapters.tortoise import LAYOUTS, SUPPORTED, layout_for, resolve, tortoise_version
+from poolwatch.events import SLOW_QUERY
 from tests.metrics_helpers import total, value
 
 OPS = "db_client_operation_duration_seconds_count"
@@ -314,11 +315,14 @@ async def _statements_only(watch: PoolWatch) -> None:
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """poolwatch's own warnings."""
+    """poolwatch's own warnings, less slow-query findings (a loaded machine can make any
+    statement slow)."""
     return [
         record.getMessage()
         for record in caplog.records
-        if record.name.startswith("poolwatch") and record.levelno >= logging.WARNING
+        if record.name.startswith("poolwatch")
+        and record.levelno >= logging.WARNING
+        and getattr(record, "poolwatch_finding", {}).get("kind") != SLOW_QUERY
     ]
 
 

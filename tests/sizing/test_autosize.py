@@ -22,6 +22,7 @@ import poolwatch
 from poolwatch import Autosize, ConfigError, PoolTimeoutError, PoolWatch
 from poolwatch.sizing.budget import ServerLimits
 from poolwatch.sizing.controller import Tuning
+from tests.findings_helpers import NEVER_SLOW
 from tests.metrics_helpers import value
 
 
@@ -329,7 +330,7 @@ async def test_waiting_at_the_budgets_ceiling_reads_the_budget_again_early(
 async def test_a_budget_that_cannot_be_read_holds_the_limit_and_shows_in_metrics(
     pg_database: str, make_watch: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watch = make_watch()
+    watch = make_watch(slow_query_threshold=NEVER_SLOW)  # the budget's log lines alone
     watch.instrument_tortoise(autosize=Autosize(min=2, max=20, interval=3600, budget_interval=3600))
     async with tortoise_on(_url(pg_database, maxsize=20)):
         sizer = watch.guards.sizers["default"]

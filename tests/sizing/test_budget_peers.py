@@ -19,6 +19,7 @@ from poolwatch import Autosize
 from poolwatch.sizing.appname import tagged_name
 from poolwatch.sizing.budget import default_headroom
 from poolwatch.sizing.sizer import PoolSizer
+from tests.findings_helpers import NEVER_SLOW
 
 
 def _url(dsn: str, scheme: str, **params: Any) -> str:
@@ -157,7 +158,7 @@ async def test_a_pool_opened_before_poolwatch_falls_back_with_one_warning(
     )
     try:
         await connections.get("default").execute_query("SELECT 1")  # the pool opens
-        watch = make_watch()
+        watch = make_watch(slow_query_threshold=NEVER_SLOW)  # the budget's warning alone
         watch.instrument_tortoise(
             autosize=Autosize(min=2, max=20, interval=3600, budget_interval=3600)
         )
