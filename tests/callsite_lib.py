@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import greenlet
 
-from poolwatch.queries.callsite import CallSiteFinder
+from poolwatch.queries.callsite import CallSiteFinder, WalkMemo
 
 
 def query(finder: CallSiteFinder) -> str | None:
@@ -44,3 +44,15 @@ async def aframework(call: Callable[[], Awaitable[object]], depth: int) -> objec
 async def async_query_path(finder: CallSiteFinder) -> tuple[str, str, bool, str] | None:
     await asyncio.sleep(0)  # run as a task of its own, as a driver's gathered query would
     return finder.find_path()
+
+
+async def walk_twice(
+    finder: CallSiteFinder, memo: WalkMemo, walked: asyncio.Event, go_on: asyncio.Event
+) -> list[str]:
+    # A driver's task of its own running two statements, with the scope's walk memo, and
+    # whoever awaits it moving on in between.
+    first = finder.find_path(memo=memo)
+    walked.set()
+    await go_on.wait()
+    second = finder.find_path(memo=memo)
+    return [trace.site if trace is not None else "" for trace in (first, second)]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from poolwatch.queries.callsite import CallSiteFinder
+from poolwatch.queries.callsite import CallSiteFinder, WalkMemo
 from tests import callsite_lib
 
 LIB = ("tests.callsite_lib",)
@@ -74,6 +74,32 @@ async def test_task_group_children_point_at_the_awaiting_block() -> None:
     assert site is not None
     assert site.startswith("tests/queries/test_callsite.py:")
     assert int(site.split(":")[1].split(" ")[0]) in range(line - 1, line + 1)
+
+
+async def test_a_remembered_awaiting_task_is_followed_again_once_it_moves_on() -> None:
+    # A TaskGroup's parent runs on while its children run: a child's second statement
+    # is blamed on where the parent waits then (inside a helper of its own), not where
+    # it waited at the first.
+    finder = CallSiteFinder(LIB)
+    memo = WalkMemo()
+    walked, go_on = asyncio.Event(), asyncio.Event()
+
+    async def collect(task: asyncio.Task[list[str]]) -> list[str]:
+        go_on.set()
+        return await task
+
+    helper_line = here(-2)
+    async with asyncio.TaskGroup() as group:
+        child = group.create_task(callsite_lib.walk_twice(finder, memo, walked, go_on))
+        await walked.wait()
+        first_line = here(-1)
+        sites = await collect(child)
+    name = "test_a_remembered_awaiting_task_is_followed_again_once_it_moves_on"
+    assert sites == [
+        f"tests/queries/test_callsite.py:{first_line} in {name}",
+        f"tests/queries/test_callsite.py:{helper_line} in {name}.<locals>.collect",
+    ]
+    assert memo.tasks  # the child's awaiting frames were remembered, and found stale
 
 
 def test_greenlet_child_is_followed_to_its_parent() -> None:
