@@ -102,7 +102,7 @@ class AgentCore:
         self.recorder = QueryRecorder(self.settings, self.metrics, self._suggest, self._target)
         # What the adapters' eager-load hooks ask: is this scope judged, from where.
         self._eager = EagerWatch(
-            lambda: self.recorder.active, self.recorder.finder.find_path, self.faults
+            lambda: self.recorder.active, self.recorder.find_path_here, self.faults
         )
         self.guards = Guards(
             self.settings,

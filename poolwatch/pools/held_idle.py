@@ -14,7 +14,6 @@ from poolwatch.events import HELD_IDLE, Finding
 from poolwatch.pools.checkout import Checkout
 from poolwatch.pools.reader import WaitReader
 from poolwatch.pools.waits import NETWORK, SLEEP, THREAD, Wait
-from poolwatch.queries.callsite import MAX_PATH
 from poolwatch.queries.recorder import QueryRecorder
 from poolwatch.safety import FaultReporter
 
@@ -80,12 +79,9 @@ class HeldIdleReport:
         recorder = self._recorder
         if not recorder.active:
             return ""
-        # The scope's memo: a checkout taken or given back from the line of the loop
-        # whose statements were walked last (Tortoise takes a connection per query) is
-        # that walk's answer again, with no walk.
-        work = context.current_scope()
-        grouped = None if work is None else work.grouped
-        found = recorder.finder.find_path(3, MAX_PATH, None if grouped is None else grouped.memo)
+        # With the scope's memo: Tortoise takes a connection per query, from the line of
+        # the loop whose statements were walked last.
+        found = recorder.find_path_here(3)
         return (found[1] or found[0]) if found is not None else ""
 
     def __call__(self, checkout: Checkout, held: float, idle: float, transaction: bool) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from poolwatch.context import WorkScope, current_scope, nplusone_allowed
 from poolwatch.events import Finding
-from poolwatch.queries.callsite import MAX_PATH, Trace, WalkMemo
+from poolwatch.queries.callsite import Trace
 from poolwatch.queries.eager import EagerLoad, ScopeEagerLoads, unused_findings
 from poolwatch.safety import FaultReporter
 
@@ -22,7 +22,7 @@ __all__ = ["COMPONENT", "EagerWatch", "eager_findings", "note_eager_loads"]
 
 COMPONENT = "eager_loads"  # what faults of the eager-load hooks are counted as
 
-_Where = Callable[[int, int, "WalkMemo | None"], "Trace | None"]
+_Where = Callable[[int], "Trace | None"]
 
 
 class EagerWatch:
@@ -30,7 +30,7 @@ class EagerWatch:
     the application issued a query, and where faults are counted.
 
     ``active()`` says whether statements are judged at all (the recorder's ``active``);
-    ``find_path(skip, depth, memo)`` is the recorder's call-site finder.
+    ``find_path(skip)`` is the recorder's :meth:`~.recorder.QueryRecorder.find_path_here`.
     """
 
     __slots__ = ("_active", "_find_path", "faults", "pool")
@@ -70,11 +70,9 @@ class EagerWatch:
     def where(self, skip: int) -> tuple[str, str]:
         """The call site and call path of the application code running now (``skip``:
         frames of the caller's own to leave out)."""
-        # The scope's memo of its statements' last walk: the query being issued comes
-        # from where they did, a loop's frame, most of the time.
-        work = current_scope()
-        grouped = None if work is None else work.grouped
-        found = self._find_path(skip + 1, MAX_PATH, None if grouped is None else grouped.memo)
+        # With the scope's memo of its statements' last walk: the query being issued
+        # comes from where they did, a loop's frame, most of the time.
+        found = self._find_path(skip + 1)
         if found is None:
             return "unknown", ""
         return found.site, found.path

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from poolwatch.config import Settings
-from poolwatch.context import NO_ROUTE, WorkScope, nplusone_allowed
+from poolwatch.context import NO_ROUTE, WorkScope, current_scope, nplusone_allowed
 from poolwatch.errors import NPlusOneError
 from poolwatch.events import DUPLICATE, NPLUSONE, UNUSED_EAGER_LOAD, Finding, QueryEvent
 from poolwatch.exposition.metrics import Metrics
@@ -129,6 +129,15 @@ class QueryRecorder:
     def active(self) -> bool:
         """Whether statements need recording at all."""
         return self.enabled or bool(_sinks)
+
+    def find_path_here(self, skip: int) -> Trace | None:
+        """Where the code running now comes from (see :meth:`CallSiteFinder.find_path`;
+        ``skip`` counts as there, from this method's caller), walked with the current
+        scope's memo: a checkout, a release or an eager query issued from the line of
+        the loop whose statements were walked last is that walk's answer again."""
+        work = current_scope()
+        grouped = None if work is None else work.grouped
+        return self.finder.find_path(skip + 1, MAX_PATH, None if grouped is None else grouped.memo)
 
     # -- per statement (hot path) ------------------------------------------------------
 
