@@ -36,6 +36,7 @@ from poolwatch import PoolWatch
 from poolwatch.testing import Capture, capture
 from tests.corpus import sqlalchemy_app, sqlalchemy_async_app
 from tests.corpus.sqlalchemy_models import reset, seed
+from tests.findings_helpers import without_slow
 from tests.metrics_helpers import value
 
 SYNC, ASYNC = "sync", "async"
@@ -47,7 +48,6 @@ assert SECRET == sqlalchemy_async_app.SECRET
 
 NPLUSONE, DUPLICATE, BULK_WRITE = "nplusone", "duplicate", "bulk_write"
 UNUSED_EAGER_LOAD = "unused_eager_load"
-SLOW = "slow_query"  # a statement a loaded machine made slow: no bug of the corpus's
 
 
 # -- call sites, read from the corpus's source -------------------------------------------
@@ -475,7 +475,7 @@ def assert_findings(found: list[dict[str, Any]], case: Case, flavor: str, report
     message = f"findings of {case.path}:\n{shown or '  (none)'}\n{report}"
     assert all(f["route"] == case.path for f in found), message
     assert all(f["pool"] == POOL for f in found), message
-    left = [f for f in found if f["kind"] != SLOW]
+    left = without_slow(found)  # a statement a loaded machine made slow is no bug
     for expect in case.expect:
         sites = {call_site(module, marker) for marker in expect.markers}
         matches = [f for f in left if f["kind"] == expect.kind and f["call_site"] in sites]
@@ -535,7 +535,7 @@ async def test_no_parameter_value_leaves_the_process(flavor: str, database: Data
         metrics = await client.get("/metrics")
     assert served.status_code == 200
     # Slow findings are left out of the kinds, not out of the leak checks below.
-    assert {f["kind"] for f in served.json()["findings"]} - {SLOW} == {
+    assert {f["kind"] for f in without_slow(served.json()["findings"])} == {
         NPLUSONE,
         DUPLICATE,
         UNUSED_EAGER_LOAD,
@@ -554,7 +554,7 @@ async def test_no_parameter_value_leaves_the_process(flavor: str, database: Data
         with capture() as captured:
             await call(client, "GET", "/authors/books-query")
             await call(client, "GET", "/duplicate/same-params")
-    assert {f.kind for f in captured.findings} - {SLOW} == {
+    assert {f.kind for f in without_slow(captured.findings)} == {
         NPLUSONE,
         DUPLICATE,
         UNUSED_EAGER_LOAD,
@@ -618,10 +618,10 @@ async def test_loops_outside_http(
                 await run_loop(flavor, engine, function)
         finally:
             watch.uninstrument()
-    found = [f for f in watch.findings() if f["kind"] != SLOW]
+    found = without_slow(watch.findings())
     assert [(f["kind"], f["route"], f["call_site"], f["count"]) for f in found] == [
         (NPLUSONE, "nightly-report", site, count)
     ]
-    assert [
-        (f.kind, f.route, f.call_site, f.count) for f in captured.findings if f.kind != SLOW
-    ] == [(NPLUSONE, "capture", site, count)], captured.report()
+    assert [(f.kind, f.route, f.call_site, f.count) for f in without_slow(captured.findings)] == [
+        (NPLUSONE, "capture", site, count)
+    ], captured.report()

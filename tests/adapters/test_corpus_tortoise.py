@@ -34,6 +34,7 @@ from poolwatch import PoolWatch
 from poolwatch.testing import capture
 from tests.corpus import tortoise_app
 from tests.corpus.tortoise_app import SECRET
+from tests.findings_helpers import without_slow
 from tests.tortoise_models import IGNORE_OLD_PSYCOPG_CLIENT
 
 pytestmark = IGNORE_OLD_PSYCOPG_CLIENT
@@ -45,7 +46,6 @@ PRODUCTION: dict[str, Any] = {
     "allow_routes": ("/allowed/*",),
     "allow_call_sites": ("*:* in legacy_export",),
 }
-SLOW = "slow_query"  # timing noise, not what this corpus is about
 
 # -- the marker comments in the app's source -----------------------------------------------
 
@@ -451,7 +451,7 @@ async def test_production(name: str, database: Database, production_watch: PoolW
         assert response.status_code == 200, response.text
         served = (await client.get("/poolwatch/findings")).json()["findings"]
 
-    findings = [f for f in watch.findings() if f["kind"] != SLOW]
+    findings = without_slow(watch.findings())  # timing noise, not what the corpus is about
     assert {f["route"] for f in findings} <= {case.template}
     rows = [_row(f["kind"], f["call_site"], f["fingerprint"], f["count"]) for f in findings]
     assert sorted(rows) == case.rows()
@@ -482,7 +482,7 @@ async def test_capture(name: str, database: Database, quiet_watch: PoolWatch) ->
             assert captured.queries, "capture() saw no statement"
             assert {q.route for q in captured.queries} == {case.template}
 
-            findings = [f for f in captured.findings if f.kind != SLOW]
+            findings = without_slow(captured.findings)
             assert {f.route for f in findings} <= {case.template}
             rows = [_row(f.kind, f.call_site, f.fingerprint, f.count) for f in findings]
             assert sorted(rows) == case.rows(), f"threshold={threshold}\n{captured.report()}"
@@ -505,14 +505,8 @@ async def test_no_parameter_value_leaves_poolwatch(
         metrics = await client.get("/metrics")
     # Something was found, so there was something to leak. (A statement a loaded machine
     # made slow is found too: it is left out of the kinds, not out of the checks below.)
-    assert sorted(f["kind"] for f in watch.findings() if f["kind"] != SLOW) == [
-        "duplicate",
-        "nplusone",
-    ]
-    assert sorted(f.kind for f in captured.findings if f.kind != SLOW) == [
-        "duplicate",
-        "nplusone",
-    ]
+    assert sorted(f["kind"] for f in without_slow(watch.findings())) == ["duplicate", "nplusone"]
+    assert sorted(f.kind for f in without_slow(captured.findings)) == ["duplicate", "nplusone"]
     assert SECRET not in json.dumps(watch.findings())
     assert SECRET not in served.text
     assert SECRET not in metrics.text

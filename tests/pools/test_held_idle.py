@@ -22,7 +22,7 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.transactions import in_transaction
 
 from poolwatch import PoolWatch
-from poolwatch.events import SLOW_QUERY
+from tests.findings_helpers import without_slow
 from tests.metrics_helpers import total, value
 
 NAP = 0.3
@@ -392,7 +392,7 @@ async def test_sqlalchemy_session_idle_until_its_release_names_the_release_line(
         == int(finding.before.rsplit(":", 1)[1].split(" ")[0]) + 2
     )
     # /poolwatch/findings lists it (a statement a loaded machine made slow is no bug here).
-    assert [f["kind"] for f in recent if f["kind"] != SLOW_QUERY] == ["held_idle"]
+    assert [f["kind"] for f in without_slow(recent)] == ["held_idle"]
 
 
 def test_a_quick_read_on_another_connection_leaves_the_sessions_statements_counted(
