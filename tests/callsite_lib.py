@@ -56,3 +56,23 @@ async def walk_twice(
     await go_on.wait()
     second = finder.find_path(memo=memo)
     return [trace.site if trace is not None else "" for trace in (first, second)]
+
+
+def memo_path(finder: CallSiteFinder, memo: WalkMemo) -> str:
+    # A statement's hook, with the scope's walk memo: the walk starts in this frame.
+    trace = finder.find_path(memo=memo)
+    return "" if trace is None else trace.path
+
+
+def through(call: Callable[[], str], depth: int) -> str:
+    # An ORM call of ``depth`` frames of its own down to the statement's hook.
+    if depth == 0:
+        return call()
+    return through(call, depth - 1)
+
+
+def through_other(call: Callable[[], str], depth: int) -> str:
+    # Another ORM entry point, as deep.
+    if depth == 0:
+        return call()
+    return through_other(call, depth - 1)

@@ -117,12 +117,16 @@ class WalkMemo:
     :meth:`CallSiteFinder.find_path`), kept by whoever keeps the scope's queries: the
     frame it holds lives no longer than the scope."""
 
-    __slots__ = ("last", "tasks")
+    __slots__ = ("jumps", "last", "tasks")
 
     def __init__(self) -> None:
         # (first application frame, its bytecode offset, finder, depth, trace), replaced
         # whole: a statement from another thread reads one or the other, never a mix.
         self.last: tuple[FrameType, int, object, int, Trace] | None = None
+        # id(code of the walk's first frame) -> (that code, how many frames above it the
+        # last application frame was, the code of the frame just below that one): where
+        # a hook sent from the same library code can look first (see find_path).
+        self.jumps: dict[int, tuple[CodeType, int, CodeType]] = {}
         # A gathered task with no application frame of its own -> (the frames where the
         # task awaiting it is suspended, the innermost's bytecode offset, finder, depth).
         # That task stays suspended there until this one ends, so a prefetch query's
@@ -183,6 +187,11 @@ class CallSiteFinder:
             frame: FrameType | None = sys._getframe(skip)
         except ValueError:  # a shallower stack than the caller promised
             frame = sys._getframe(1)
+            memo = None  # skip is not where this stack starts: no jump either
+        if memo is not None and frame is not None:
+            jumped = _jump(memo, frame, skip, self, depth)
+            if jumped is not None:
+                return jumped
         # This runs for every statement, over 10-25 frames: the walk is one loop in one
         # function, and allocates nothing but the path and its key in the usual case (a
         # Python call or a small object costs as much as a few frames of the walk).
@@ -196,6 +205,8 @@ class CallSiteFinder:
         notes: _Walk | None = None  # made for the first frame that is not a plain library's
         at_task = False  # the running stack ended at the frame that runs a task
         parents: Iterator[FrameType] | None = None
+        hops = 0  # frames walked on the running stack before the first application one
+        first_hops = -1  # ... once found there (-1: not, or in another stack)
         while True:
             # A walk ends with depth frames, _MAX_GAP library frames past the last
             # application frame (the framework that called the endpoint), or at the frame
@@ -218,7 +229,11 @@ class CallSiteFinder:
                             and last[2] is self
                             and last[3] == depth
                         ):
+                            if parents is None and hops > 0:
+                                _remember_jump(memo, skip, hops)
                             return last[4]
+                    if not path and parents is None:
+                        first_hops = hops
                     path.append(frame)
                     key.append(id(code))
                     key.append(frame.f_lasti)
@@ -243,6 +258,7 @@ class CallSiteFinder:
                     ended = _AT_TASK
                     break
                 frame = frame.f_back
+                hops += 1
             if parents is None:
                 at_task = ended is _AT_TASK
             if ended is not _END_OF_STACK or len(path) >= depth:
@@ -274,6 +290,8 @@ class CallSiteFinder:
             first = path[0]
             if not first.f_code.co_flags & _GENERATOR_FLAGS:
                 memo.last = (first, first.f_lasti, self, depth, trace)
+                if first_hops > 0:
+                    _remember_jump(memo, skip, first_hops)
         return trace
 
     def _noted(self, path: list[FrameType], notes: _Walk) -> Trace | None:
@@ -399,6 +417,51 @@ class CallSiteFinder:
                 if gap > _MAX_GAP:
                     break
         return found
+
+
+def _jump(memo: WalkMemo, start: FrameType, skip: int, finder: object, depth: int) -> Trace | None:
+    """The memo's trace where the walk would end at its frame, looked up without the
+    walk: a loop's statement leaves the same library code (``start``) as the last one
+    from that code did, and the frame as many frames above it is the remembered
+    application frame, at the same offset, calling the same function.
+
+    ``sys._getframe(n)`` steps over frames inside the interpreter and makes a frame
+    object for the one it returns only, where a walk makes one for each frame crossed
+    (15-25 below an ORM call), and judges each: in an ORM's own context that walk costs
+    several microseconds per statement, this a fraction of one. The frames between are
+    not looked at: the same call from the same instruction, ending in the same library
+    code after as many frames, is taken to be the same chain (an ORM operation's or a
+    relation loader's walks are never remembered, nor a generator's).
+    """
+    last = memo.last
+    if last is None or last[2] is not finder or last[3] != depth:
+        return None
+    code = start.f_code
+    jump = memo.jumps.get(id(code))
+    if jump is None or jump[0] is not code:
+        return None
+    hops = jump[1]
+    try:
+        # +1: this function's frame, one below the caller's that skip counts from
+        target = sys._getframe(skip + hops + 1)
+        if target is not last[0] or target.f_lasti != last[1]:
+            return None
+        if sys._getframe(skip + hops).f_code is not jump[2]:
+            return None
+    except ValueError:  # a shallower stack: another chain
+        return None
+    return last[4]
+
+
+def _remember_jump(memo: WalkMemo, skip: int, hops: int) -> None:
+    """Note, for :func:`_jump`, where the walk that just ended found its first
+    application frame: ``hops`` frames above the walk's first (``skip`` counted from
+    :meth:`CallSiteFinder.find_path`'s frame, one up from here)."""
+    start = sys._getframe(skip + 1)
+    callee = sys._getframe(skip + hops)  # the frame just below the application's
+    if len(memo.jumps) >= _MAX_MEMO_TASKS:
+        memo.jumps.clear()
+    memo.jumps[id(start.f_code)] = (start.f_code, hops, callee.f_code)
 
 
 class _Walk:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -100,6 +102,60 @@ async def test_a_remembered_awaiting_task_is_followed_again_once_it_moves_on() -
         f"tests/queries/test_callsite.py:{helper_line} in {name}.<locals>.collect",
     ]
     assert memo.tasks  # the child's awaiting frames were remembered, and found stale
+
+
+class _CountingVerdicts(dict[int, int]):
+    """A finder's verdict cache that counts its look-ups: one per frame walked."""
+
+    looked_up = 0
+
+    def get(self, key: int, default: Any = None) -> Any:
+        self.looked_up += 1
+        return super().get(key, default)
+
+
+def test_a_loops_statements_after_the_first_are_found_without_a_walk() -> None:
+    # The memo's jump: the same hook, as many frames above it as last time, under the same
+    # call: the loop's line again, found without walking the frames in between.
+    finder = CallSiteFinder(LIB)
+    memo = WalkMemo()
+    hook = functools.partial(callsite_lib.memo_path, finder, memo)
+    paths = []
+    line = here(+4)
+    for turn in range(4):
+        if turn == 1:  # walked once: count the frames judged from now on
+            finder._library = verdicts = _CountingVerdicts(finder._library)
+        paths.append(callsite_lib.through(hook, 3))
+    name = "test_a_loops_statements_after_the_first_are_found_without_a_walk"
+    assert paths == [f"tests/queries/test_callsite.py:{line} in {name}"] * 4
+    assert verdicts.looked_up == 0
+
+
+def test_the_same_line_calling_another_function_is_walked_again() -> None:
+    # One line, as many frames down to the same hook, but another call, which calls back
+    # into the application: the jump must not answer the line of the last walk.
+    finder = CallSiteFinder(LIB)
+    memo = WalkMemo()
+    hook = functools.partial(callsite_lib.memo_path, finder, memo)
+
+    def helper() -> str:
+        return hook()
+
+    name = "test_the_same_line_calling_another_function_is_walked_again"
+    Entry = Callable[[Callable[[], str], int], str]
+    calls: list[tuple[Entry, Callable[[], str], int]] = [
+        (callsite_lib.through, hook, 1),
+        (callsite_lib.through_other, helper, 0),
+    ]
+    paths = []
+    line = here(+2)
+    for entry, call, depth in calls:
+        paths.append(entry(call, depth))
+    site = f"tests/queries/test_callsite.py:{line} in {name}"
+    assert paths[0] == site
+    helper_line = helper.__code__.co_firstlineno + 1  # its return line
+    helper_site = f"tests/queries/test_callsite.py:{helper_line} in {name}.<locals>.helper"
+    assert paths[1] == f"{site} -> {helper_site}"
 
 
 def test_greenlet_child_is_followed_to_its_parent() -> None:
