@@ -79,11 +79,16 @@ class PoolEvents(Protocol):
         """A task starts waiting for a connection; returns a ticket for the outcome."""
         ...
 
-    def acquire_succeeded(self, ticket: int, holder: int, connect_seconds: float = 0.0) -> None:
+    def acquire_succeeded(
+        self, ticket: int, holder: int, connect_seconds: float = 0.0, own: bool = False
+    ) -> None:
         """The waiter got a connection; ``holder`` identifies this checkout until release.
 
         ``connect_seconds`` is the part of the acquire spent opening a new connection: it
-        is reported as creation time, and left out of the wait time.
+        is reported as creation time, and left out of the wait time. ``own``: the
+        statement being sent took the connection itself and gives it back as it ends (a
+        Tortoise ``execute_query`` outside a transaction): no application code runs while
+        it is held, so it is never held idle.
         """
         ...
 

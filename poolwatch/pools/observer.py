@@ -197,7 +197,9 @@ class PoolObserver:
             self._changed()
         return ticket
 
-    def acquire_succeeded(self, ticket: int, holder: int, connect_seconds: float = 0.0) -> None:
+    def acquire_succeeded(
+        self, ticket: int, holder: int, connect_seconds: float = 0.0, own: bool = False
+    ) -> None:
         try:
             now = perf_counter()
             started = self._waiting.pop(ticket, None)
@@ -206,10 +208,15 @@ class PoolObserver:
             recorder = self._recorder
             # Findings are a request's (or a named scope's), like every other finding: a
             # connection taken outside any (a test fixture's session held for the whole
-            # test, a script) has no route to name.
+            # test, a script) has no route to name. A statement's own connection is held
+            # by the ORM around that statement only: no gap to read, no walk, no sample.
             sink = self.on_held_idle
             finding = (
-                route != NO_ROUTE and sink is not None and recorder is not None and recorder.active
+                not own
+                and route != NO_ROUTE
+                and sink is not None
+                and recorder is not None
+                and recorder.active
             )
             checkout = self._checked_out[holder] = Checkout(
                 now, route, thread_usage if finding else None, self._holding()

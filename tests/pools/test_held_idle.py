@@ -22,6 +22,8 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.transactions import in_transaction
 
 from poolwatch import PoolWatch
+from poolwatch.pools import observer
+from poolwatch.pools.held_idle import HeldIdleReport
 from tests.findings_helpers import without_slow
 from tests.metrics_helpers import total, value
 
@@ -112,6 +114,34 @@ async def test_tortoise_statements_that_take_their_own_connection_are_never_idle
     # to both sides. (An interval the test timed around the loop would not tell: the
     # loop's own time between statements is unbounded on a loaded machine.)
     assert idle <= held - 5 * PG_SLEEP, (idle, held)
+
+
+async def test_tortoise_a_statements_own_connection_is_not_read_for_gaps(
+    make_watch: Any, tortoise_pg: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With findings on: a statement that takes its own connection gives it back before
+    # it returns, so no application code runs while it is held. Its checkout walks no
+    # stack for the line that took it and samples no CPU time; a transaction's does.
+    import poolwatch
+
+    watch = make_watch(nplusone_mode="log")
+    watch.instrument_tortoise()
+    samples: list[int] = []
+    walks: list[int] = []
+    usage, call_path = observer.thread_usage, HeldIdleReport.call_path
+    monkeypatch.setattr(observer, "thread_usage", lambda: samples.append(1) or usage())
+    monkeypatch.setattr(
+        HeldIdleReport, "call_path", lambda report: walks.append(1) or call_path(report)
+    )
+    with poolwatch.scope("GET /orders"):
+        for _ in range(5):
+            await tortoise_pg.execute_query("SELECT 1")
+    assert (samples, walks) == ([], [])
+    with poolwatch.scope("POST /orders"):
+        async with in_transaction() as connection:
+            await connection.execute_query("SELECT 1")
+    assert samples
+    assert walks
 
 
 @pytest.fixture

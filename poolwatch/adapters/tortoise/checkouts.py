@@ -120,11 +120,14 @@ def wrap_acquire(
                 await _undo(entry, self, before, events, shielded)
             raise
         acquiring.reset(token)
-        events.acquire_succeeded(ticket, id(self), record.connecting)
+        # Inside a statement's timing: the statement takes its own connection, and gives
+        # it back before it returns (a transaction's BEGIN is sent by the application).
+        clock = query_clock.get()
+        own = clock is not None and not entry.transaction
+        events.acquire_succeeded(ticket, id(self), record.connecting, own=own)
         if entry.transaction:  # BEGIN was sent on the way in
             events.transaction_started()
             began[id(entry.client(self))] = Open(perf_counter())
-        clock = query_clock.get()
         if clock is not None:
             clock.acquiring += perf_counter() - started
         return connection
