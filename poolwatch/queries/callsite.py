@@ -440,15 +440,16 @@ def _jump(memo: WalkMemo, start: FrameType, skip: int, finder: object, depth: in
     jump = memo.jumps.get(id(code))
     if jump is None or jump[0] is not code:
         return None
-    hops = jump[1]
     try:
-        # +1: this function's frame, one below the caller's that skip counts from
-        target = sys._getframe(skip + hops + 1)
-        if target is not last[0] or target.f_lasti != last[1]:
-            return None
-        if sys._getframe(skip + hops).f_code is not jump[2]:
-            return None
+        # The frame below the application's (this function's frame is one below the
+        # caller's, that skip counts from): one step through the frames between.
+        callee = sys._getframe(skip + jump[1])
     except ValueError:  # a shallower stack: another chain
+        return None
+    if callee.f_code is not jump[2]:
+        return None
+    target = callee.f_back
+    if target is not last[0] or target.f_lasti != last[1]:
         return None
     return last[4]
 

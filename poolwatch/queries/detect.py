@@ -237,6 +237,7 @@ def detect(
     of that loop's finding, not findings of their own: one fix removes both. ``targets``
     follows relations from model to model, so a chain of loops is one finding.
     """
+    queries.flush()
     findings: list[Finding] = []
     loops: list[tuple[GroupKey, QueryGroup]] = []
     loaded = queries.loaded

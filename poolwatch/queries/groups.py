@@ -16,6 +16,8 @@ Pure: nothing here reads a clock, a stack or a setting.
 
 from __future__ import annotations
 
+import threading
+
 from poolwatch.events import QueryEvent
 from poolwatch.queries.callsite import WalkMemo
 
@@ -40,6 +42,10 @@ DATA_OPERATIONS = READS | _WRITES
 
 # Distinct callers of a duplicate kept per statement: past a few, the first ones tell.
 MAX_CALLERS = 8
+
+# Held while a scope's noted statements are grouped (ScopeQueries.flush): rare (a scope's
+# end, a transaction's, a few hundred statements), so one lock for every scope.
+_flushing = threading.Lock()
 
 GroupKey = tuple[str, str, str]
 """(fingerprint, call path, pool): what one group of statements shares."""
@@ -100,10 +106,13 @@ class Repeat:
 class ScopeQueries:
     """The queries of one scope, grouped for detection as they arrive."""
 
-    __slots__ = ("first", "groups", "loaded", "memo", "repeats", "reported", "writes")
+    __slots__ = ("first", "groups", "loaded", "memo", "pending", "repeats", "reported", "writes")
 
     def __init__(self) -> None:
         self.groups: dict[GroupKey, QueryGroup] = {}
+        # Statements noted but not grouped yet, in order (see flush): the recorder appends
+        # here, a C call, and they are grouped in one loop, in the scope's order.
+        self.pending: list[QueryEvent] = []
         # The call-site finder's memo of the scope's last walk (CallSiteFinder.find_path):
         # kept here, the frame it holds lives no longer than the scope.
         self.memo = WalkMemo()
@@ -123,14 +132,41 @@ class ScopeQueries:
 
     def transaction_ended(self, pool: str) -> None:
         """A COMMIT or ROLLBACK on ``pool``: later reads repeat nothing before it."""
+        if self.pending:
+            self.flush()
         self.writes[pool] = self.writes.get(pool, 0) + 1
 
+    def flush(self) -> None:
+        """Group the statements noted in :attr:`pending`, in the order they ran.
+
+        Grouping each statement as it ends costs two to three times what it costs here:
+        between two statements the ORM and the driver push this code out of the CPU's
+        caches, and a loop over a scope's statements runs warm. Whoever reads the groups
+        flushes first (:func:`~poolwatch.queries.detect.detect`, :meth:`add`), and so
+        does a transaction's end, which changes what the reads after it repeat.
+        """
+        with _flushing:
+            # In place, under a lock: a statement another thread notes meanwhile stays
+            # for the next flush, and two flushes never group one statement twice.
+            pending = self.pending
+            ended = len(pending)
+            add = self._add
+            for index in range(ended):
+                add(pending[index], None)
+            del pending[:ended]
+
     def add(self, event: QueryEvent, call: object = None) -> QueryGroup | None:
-        """Record ``event``; returns its group (``None`` for statements not grouped).
+        """Record ``event``, after those noted before it; returns its group (``None``
+        for statements not grouped).
 
         ``call`` is the frame of the ORM operation that ran it (a merge, a flush), if one
         did: the statements of one such call count as one call.
         """
+        if self.pending:
+            self.flush()
+        return self._add(event, call)
+
+    def _add(self, event: QueryEvent, call: object) -> QueryGroup | None:
         operation = event.operation
         if operation not in DATA_OPERATIONS:
             return None  # BEGIN, COMMIT, SET, PRAGMA: the ORM's bookkeeping

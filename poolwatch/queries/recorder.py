@@ -30,6 +30,7 @@ __all__ = ["TRANSACTION_END", "UNKNOWN_SITE", "QueryRecorder", "add_sink", "remo
 UNKNOWN_SITE = "unknown"
 _UNKNOWN = Trace(UNKNOWN_SITE, UNKNOWN_SITE, False, UNKNOWN_SITE)
 _MAX_ENDPOINTS = 4096
+_MAX_PENDING = 256  # statements noted before they are grouped (ScopeQueries.flush)
 _JUDGED = frozenset({READ, WRITE})  # what detection groups: the app's reads and writes
 TRANSACTION_END = "END"
 """The operation of the event a capture gets for a COMMIT or ROLLBACK (never listed)."""
@@ -141,7 +142,7 @@ class QueryRecorder:
 
     # -- per statement (hot path) ------------------------------------------------------
 
-    def record(
+    def record(  # noqa: PLR0912 - the hot path, in one function on purpose (see below)
         self,
         work: WorkScope | None,
         sql: str,
@@ -208,9 +209,14 @@ class QueryRecorder:
             ),
         )
         if grouped is not None and work is not None:
-            group = grouped.add(event, call)
-            if work.closed and group is not None and self.enabled:
-                self._late(work, grouped, group)
+            if call is None and not work.closed:
+                # Grouped in a batch, warm (ScopeQueries.flush); bounded in memory.
+                pending = grouped.pending
+                pending.append(event)
+                if len(pending) >= _MAX_PENDING:
+                    grouped.flush()
+            else:
+                self._add_now(work, grouped, event, call)
         if _sinks or seconds >= self.slow_threshold:
             self._seen(event, call, work)
         return path or site
@@ -221,6 +227,15 @@ class QueryRecorder:
             self._report_slow(event, "" if work is None else work.method)
         for sink in tuple(_sinks):
             sink(event, call)
+
+    def _add_now(
+        self, work: WorkScope, grouped: ScopeQueries, event: QueryEvent, call: object
+    ) -> None:
+        """Group a statement at once: one an ORM operation ran (its frame tells its calls
+        apart, and is not kept waiting), or one of a scope judged already."""
+        group = grouped.add(event, call)
+        if work.closed and group is not None and self.enabled:
+            self._late(work, grouped, group)
 
     def _late(self, work: WorkScope, grouped: ScopeQueries, group: QueryGroup) -> None:
         """A statement of a scope judged already (from a task that outlived its

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import pytest
 
 from poolwatch import Finding, QueryEvent
@@ -269,3 +272,43 @@ def test_a_chain_and_an_unrelated_loop_at_one_place_are_two_findings() -> None:
     events = [*_loads("City.squads", "squad", 5, 0), *_loads("Hero.team", "team", 5, 100)]
     findings = _chained(events)
     assert sorted(f.relations for f in findings) == [("City.squads",), ("Hero.team",)]
+
+
+def test_noted_statements_are_grouped_in_order_around_a_transactions_end() -> None:
+    # Noted for a later flush, as the recorder does: the read after the COMMIT repeats
+    # nothing, the one before it does.
+    queries = ScopeQueries()
+    read = event(identity=7)
+    queries.pending += [read, read]
+    queries.transaction_ended("main")
+    queries.pending.append(read)
+    findings = detect(queries, Policy(duplicate_threshold=2), "/r", suggest)
+    assert [(f.kind, f.count) for f in findings] == [("duplicate", 2)]
+    assert not queries.pending
+
+
+def test_statements_noted_by_threads_while_others_flush_are_grouped_once_each() -> None:
+    queries = ScopeQueries()
+    per_thread, threads = 2000, 4
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+
+        def note() -> None:
+            for number in range(per_thread):
+                queries.pending.append(event(identity=number))
+
+        def flush() -> None:
+            for _ in range(per_thread):
+                queries.flush()
+
+        workers = [threading.Thread(target=note) for _ in range(threads)]
+        workers += [threading.Thread(target=flush) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    queries.flush()
+    assert sum(group.count for group in queries.groups.values()) == per_thread * threads
