@@ -108,8 +108,9 @@ class Trace(NamedTuple):
 # inspect.CO_ASYNC_GENERATOR): their frames are resumed by whoever iterates them, so
 # what lies above one is not fixed while it lives.
 _GENERATOR_FLAGS = 0x20 | 0x200
-# Gathered tasks a scope's memo remembers at most (a scope may gather thousands).
-_MAX_MEMO_TASKS = 256
+# Entries a scope's memo keeps at most in each of its tables (a scope may gather thousands
+# of tasks; hooks are a handful), emptied when reached.
+_MAX_MEMO_ENTRIES = 256
 
 
 class WalkMemo:
@@ -188,8 +189,9 @@ class CallSiteFinder:
         except ValueError:  # a shallower stack than the caller promised
             frame = sys._getframe(1)
             memo = None  # skip is not where this stack starts: no jump either
-        if memo is not None and frame is not None:
-            jumped = _jump(memo, frame, skip, self, depth)
+        start = frame  # the hook's library frame, where a jump is remembered from
+        if memo is not None and start is not None:
+            jumped = _jump(memo, start, skip, self, depth)
             if jumped is not None:
                 return jumped
         # This runs for every statement, over 10-25 frames: the walk is one loop in one
@@ -229,8 +231,8 @@ class CallSiteFinder:
                             and last[2] is self
                             and last[3] == depth
                         ):
-                            if parents is None and hops > 0:
-                                _remember_jump(memo, skip, hops)
+                            if parents is None and hops > 0 and start is not None:
+                                _remember_jump(memo, start, skip, hops)
                             return last[4]
                     if not path and parents is None:
                         first_hops = hops
@@ -290,8 +292,8 @@ class CallSiteFinder:
             first = path[0]
             if not first.f_code.co_flags & _GENERATOR_FLAGS:
                 memo.last = (first, first.f_lasti, self, depth, trace)
-                if first_hops > 0:
-                    _remember_jump(memo, skip, first_hops)
+                if first_hops > 0 and start is not None:
+                    _remember_jump(memo, start, skip, first_hops)
         return trace
 
     def _noted(self, path: list[FrameType], notes: _Walk) -> Trace | None:
@@ -383,7 +385,7 @@ class CallSiteFinder:
                 return frames
         path = self._from_awaiting_task(depth)
         if path:  # none yet: the task may be awaited later, from anywhere
-            if len(memo.tasks) >= _MAX_MEMO_TASKS:
+            if len(memo.tasks) >= _MAX_MEMO_ENTRIES:
                 memo.tasks.clear()
             memo.tasks[task] = (path, path[0].f_lasti, self, depth)
         return path
@@ -454,13 +456,13 @@ def _jump(memo: WalkMemo, start: FrameType, skip: int, finder: object, depth: in
     return last[4]
 
 
-def _remember_jump(memo: WalkMemo, skip: int, hops: int) -> None:
+def _remember_jump(memo: WalkMemo, start: FrameType, skip: int, hops: int) -> None:
     """Note, for :func:`_jump`, where the walk that just ended found its first
-    application frame: ``hops`` frames above the walk's first (``skip`` counted from
-    :meth:`CallSiteFinder.find_path`'s frame, one up from here)."""
-    start = sys._getframe(skip + 1)
-    callee = sys._getframe(skip + hops)  # the frame just below the application's
-    if len(memo.jumps) >= _MAX_MEMO_TASKS:
+    application frame: ``hops`` frames above the walk's first, ``start`` (``skip``
+    frames above :meth:`CallSiteFinder.find_path`'s, one up from here)."""
+    # The frame just below the application's: skip + hops from find_path's frame.
+    callee = sys._getframe(skip + hops)
+    if len(memo.jumps) >= _MAX_MEMO_ENTRIES:
         memo.jumps.clear()
     memo.jumps[id(start.f_code)] = (start.f_code, hops, callee.f_code)
 

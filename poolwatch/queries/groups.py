@@ -1,17 +1,19 @@
-"""The statements of one scope, grouped as they arrive, for the rules of :mod:`.detect`.
+"""The statements of one scope, grouped in order, for the rules of :mod:`.detect`.
 
 A :class:`ScopeQueries` is filled with the :class:`~poolwatch.events.QueryEvent` of one
-request (or ``poolwatch.scope`` block) as they happen. Reads and writes are grouped by
-fingerprint, application call path and pool (:class:`QueryGroup`); BEGIN, COMMIT, SET
-and the like are the ORM's bookkeeping and are not grouped. A group counts statements,
-and calls: all the statements one ORM operation ran by design (a ``Session.merge``, a
-flush) are one call. An exact repeat of a read (the same text and parameters on the same
-pool) is counted apart (:class:`Repeat`), unless a write or a COMMIT or ROLLBACK on its
-pool came in between: after either, a read may see other rows.
+request (or ``poolwatch.scope`` block): noted as they happen, and grouped in batches
+(:meth:`ScopeQueries.flush`) before anything reads the groups. Reads and writes are
+grouped by fingerprint, application call path and pool (:class:`QueryGroup`); BEGIN,
+COMMIT, SET and the like are the ORM's bookkeeping and are not grouped. A group counts
+statements, and calls: all the statements one ORM operation ran by design (a
+``Session.merge``, a flush) are one call. An exact repeat of a read (the same text and
+parameters on the same pool) is counted apart (:class:`Repeat`), unless a write or a
+COMMIT or ROLLBACK on its pool came in between: after either, a read may see other rows.
 
-This runs for every statement while detection is on, so the counting is inline and
-bounded per scope; judging the groups is :func:`~poolwatch.queries.detect.detect`'s.
-Pure: nothing here reads a clock, a stack or a setting.
+Noting runs for every statement while detection is on, so it is a list append; the
+grouping's counting is inline and bounded per scope; judging the groups is
+:func:`~poolwatch.queries.detect.detect`'s. Pure: nothing here reads a clock, a stack or
+a setting.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class Repeat:
 
 
 class ScopeQueries:
-    """The queries of one scope, grouped for detection as they arrive."""
+    """The queries of one scope, noted as they arrive and grouped for detection."""
 
     __slots__ = ("first", "groups", "loaded", "memo", "pending", "repeats", "reported", "writes")
 
