@@ -23,7 +23,10 @@ __all__ = [
 
 
 def driver_in_use(client: Any) -> int:
-    """Connections a Tortoise client's driver pool has handed out (SQLite: its lock)."""
+    """Connections a Tortoise client's driver pool has handed out (SQLite: its lock), or
+    a SQLAlchemy pool has checked out."""
+    if callable(getattr(client, "checkedout", None)):  # a SQLAlchemy QueuePool
+        return int(client.checkedout())
     pool = getattr(client, "_pool", None)
     if pool is None:
         lock = getattr(client, "_lock", None)
@@ -50,7 +53,9 @@ def driver_size(client: Any) -> int:
 
 async def settled(client: Any, seconds: float = 5.0) -> int:
     """Waits (up to ``seconds``) for the driver to count no connection in use; returns
-    the count it ended with. Returns and give-backs finish a few loop turns late."""
+    the count it ended with. Returns and give-backs finish a few loop turns late, and an
+    older SQLAlchemy's session closes a cancelled request's connection in a task of its
+    own, after the request's task has ended."""
     for _ in range(int(seconds / 0.02)):
         if not driver_in_use(client):
             break
