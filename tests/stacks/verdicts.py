@@ -173,10 +173,10 @@ def _errors(result: dict[str, Any], control: dict[str, Any] | None) -> list[str]
         {kind: n for kind, n in run.get("errors", {}).items() if kind not in known} for run in runs
     ]
     if new[0]:
-        found.append(f"app errors the control never had, in every run: {new}")
+        found.append(f"app errors the control never had (run by run: {new})")
     more = [_more_than_the_control(run, control) for run in runs]
     if more[0]:
-        found.append(f"more app errors than the control's {known} in every run: {more}")
+        found.append(f"more app errors than the control's {known} (run by run: {more})")
     return found
 
 
