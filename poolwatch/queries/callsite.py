@@ -111,6 +111,16 @@ _GENERATOR_FLAGS = 0x20 | 0x200
 # Entries a scope's memo keeps at most in each of its tables (a scope may gather thousands
 # of tasks; hooks are a handful), emptied when reached.
 _MAX_MEMO_ENTRIES = 256
+# Chains remembered above one hook's code (see WalkMemo.jumps).
+_MAX_CHAINS = 4
+
+
+# What a walk found: (its first application frame, that frame's bytecode offset then,
+# the finder and depth it walked with, its trace); and a chain up to it from a hook's
+# code: (frames from the hook's frame to the one below the application's, that frame's
+# code, what the walk found).
+_Found = tuple[FrameType, int, object, int, Trace]
+_Chain = tuple[int, CodeType, _Found]
 
 
 class WalkMemo:
@@ -123,11 +133,13 @@ class WalkMemo:
     def __init__(self) -> None:
         # (first application frame, its bytecode offset, finder, depth, trace), replaced
         # whole: a statement from another thread reads one or the other, never a mix.
-        self.last: tuple[FrameType, int, object, int, Trace] | None = None
-        # id(code of the walk's first frame) -> (that code, how many frames above it the
-        # last application frame was, the code of the frame just below that one): where
-        # a hook sent from the same library code can look first (see find_path).
-        self.jumps: dict[int, tuple[CodeType, int, CodeType]] = {}
+        self.last: _Found | None = None
+        # id(code of the walk's first frame) -> that code, and the chains walked up from
+        # it, latest first (see _jump): where a hook sent from the same library code can
+        # look first. One line's statements may come up through a few chains in turn (a
+        # query's own, each of its eager loads', an eager-load hook's), and one frame
+        # may send them from two of its lines (``session.scalars(query).one()``).
+        self.jumps: dict[int, tuple[CodeType, tuple[_Chain, ...]]] = {}
         # A gathered task with no application frame of its own -> (the frames where the
         # task awaiting it is suspended, the innermost's bytecode offset, finder, depth).
         # That task stays suspended there until this one ends, so a prefetch query's
@@ -232,7 +244,7 @@ class CallSiteFinder:
                             and last[3] == depth
                         ):
                             if parents is None and hops > 0 and start is not None:
-                                _remember_jump(memo, start, skip, hops)
+                                _remember_jump(memo, start, skip, hops, last)
                             return last[4]
                     if not path and parents is None:
                         first_hops = hops
@@ -291,9 +303,9 @@ class CallSiteFinder:
         if memo is not None and walked and notes is None:
             first = path[0]
             if not first.f_code.co_flags & _GENERATOR_FLAGS:
-                memo.last = (first, first.f_lasti, self, depth, trace)
+                memo.last = last = (first, first.f_lasti, self, depth, trace)
                 if first_hops > 0 and start is not None:
-                    _remember_jump(memo, start, skip, first_hops)
+                    _remember_jump(memo, start, skip, first_hops, last)
         return trace
 
     def _noted(self, path: list[FrameType], notes: _Walk) -> Trace | None:
@@ -422,11 +434,12 @@ class CallSiteFinder:
 
 
 def _jump(memo: WalkMemo, start: FrameType, skip: int, finder: object, depth: int) -> Trace | None:
-    """The memo's trace where the walk would end at its frame, looked up without the
-    walk: a loop's statement leaves the same library code (``start``) as the last one
-    from that code did, and the frame as many frames above it is the remembered
-    application frame, at the same offset, calling the same function.
+    """The trace a walk would find, looked up without the walk: a loop's statement
+    leaves the same library code (``start``) as an earlier one from that code did, and
+    the frame as many frames above it is the application frame that walk ended at, at
+    the same offset, calling the same function.
 
+    Each chain remembered from ``start``'s code (latest first) is tried in turn.
     ``sys._getframe(n)`` steps over frames inside the interpreter and makes a frame
     object for the one it returns only, where a walk makes one for each frame crossed
     (15-25 below an ORM call), and judges each: in an ORM's own context that walk costs
@@ -435,36 +448,48 @@ def _jump(memo: WalkMemo, start: FrameType, skip: int, finder: object, depth: in
     code after as many frames, is taken to be the same chain (an ORM operation's or a
     relation loader's walks are never remembered, nor a generator's).
     """
-    last = memo.last
-    if last is None or last[2] is not finder or last[3] != depth:
-        return None
     code = start.f_code
     jump = memo.jumps.get(id(code))
     if jump is None or jump[0] is not code:
         return None
-    try:
-        # The frame below the application's (this function's frame is one below the
-        # caller's, that skip counts from): one step through the frames between.
-        callee = sys._getframe(skip + jump[1])
-    except ValueError:  # a shallower stack: another chain
-        return None
-    if callee.f_code is not jump[2]:
-        return None
-    target = callee.f_back
-    if target is not last[0] or target.f_lasti != last[1]:
-        return None
-    return last[4]
+    for chain in jump[1]:
+        try:
+            # The frame below the application's (this function's frame is one below the
+            # caller's, that skip counts from): one step through the frames between.
+            callee = sys._getframe(skip + chain[0])
+        except ValueError:  # a shallower stack: another chain
+            continue
+        if callee.f_code is chain[1]:
+            found = chain[2]
+            frame = found[0]
+            if (
+                callee.f_back is frame
+                and frame.f_lasti == found[1]
+                and found[2] is finder
+                and found[3] == depth
+            ):
+                return found[4]
+    return None
 
 
-def _remember_jump(memo: WalkMemo, start: FrameType, skip: int, hops: int) -> None:
+def _remember_jump(memo: WalkMemo, start: FrameType, skip: int, hops: int, found: _Found) -> None:
     """Note, for :func:`_jump`, where the walk that just ended found its first
-    application frame: ``hops`` frames above the walk's first, ``start`` (``skip``
-    frames above :meth:`CallSiteFinder.find_path`'s, one up from here)."""
+    application frame (``found``, as :attr:`WalkMemo.last` holds it): ``hops`` frames
+    above the walk's first, ``start`` (``skip`` frames above
+    :meth:`CallSiteFinder.find_path`'s, one up from here)."""
     # The frame just below the application's: skip + hops from find_path's frame.
-    callee = sys._getframe(skip + hops)
-    if len(memo.jumps) >= _MAX_MEMO_ENTRIES:
-        memo.jumps.clear()
-    memo.jumps[id(start.f_code)] = (start.f_code, hops, callee.f_code)
+    chain = (hops, sys._getframe(skip + hops).f_code, found)
+    code = start.f_code
+    known = memo.jumps.get(id(code))
+    if known is None or known[0] is not code:
+        if len(memo.jumps) >= _MAX_MEMO_ENTRIES:
+            memo.jumps.clear()
+        memo.jumps[id(code)] = (code, (chain,))
+        return
+    # The same chain to another line of the same frame (or to another frame) replaces
+    # the one it found before.
+    kept = tuple(c for c in known[1] if c[0] != hops or c[1] is not chain[1])
+    memo.jumps[id(code)] = (code, (chain, *kept[: _MAX_CHAINS - 1]))
 
 
 class _Walk:

@@ -131,6 +131,24 @@ def test_a_loops_statements_after_the_first_are_found_without_a_walk() -> None:
     assert verdicts.looked_up == 0
 
 
+def test_a_loops_statements_through_several_chains_in_turn_are_found_without_a_walk() -> None:
+    # One line of a loop sends statements up through two chains in turn, from two calls
+    # (``session.scalars(query).one()``: the query's own statement, then its eager
+    # loads', deeper): each chain is remembered, and none is walked again.
+    finder = CallSiteFinder(LIB)
+    memo = WalkMemo()
+    hook = functools.partial(callsite_lib.memo_path, finder, memo)
+    paths = []
+    line = here(+4)
+    for turn in range(4):
+        if turn == 1:  # each chain walked once: count the frames judged from now on
+            finder._library = verdicts = _CountingVerdicts(finder._library)
+        paths += [callsite_lib.through(hook, 2), callsite_lib.through_other(hook, 6)]
+    name = "test_a_loops_statements_through_several_chains_in_turn_are_found_without_a_walk"
+    assert paths == [f"tests/queries/test_callsite.py:{line} in {name}"] * 8
+    assert verdicts.looked_up == 0
+
+
 def test_the_same_line_calling_another_function_is_walked_again() -> None:
     # One line, as many frames down to the same hook, but another call, which calls back
     # into the application: the jump must not answer the line of the last walk.
