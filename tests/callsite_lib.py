@@ -76,3 +76,10 @@ def through_other(call: Callable[[], str], depth: int) -> str:
     if depth == 0:
         return call()
     return through_other(call, depth - 1)
+
+
+async def gathered_walk(finder: CallSiteFinder, memo: WalkMemo) -> str:
+    # A gathered child of its own (a prefetch's query) walking with the scope's memo.
+    await asyncio.sleep(0)
+    trace = finder.find_path(memo=memo)
+    return "" if trace is None else trace.site

@@ -128,7 +128,7 @@ class WalkMemo:
     :meth:`CallSiteFinder.find_path`), kept by whoever keeps the scope's queries: the
     frame it holds lives no longer than the scope."""
 
-    __slots__ = ("jumps", "last", "tasks")
+    __slots__ = ("jumps", "last", "suspended", "tasks")
 
     def __init__(self) -> None:
         # (first application frame, its bytecode offset, finder, depth, trace), replaced
@@ -145,6 +145,10 @@ class WalkMemo:
         # That task stays suspended there until this one ends, so a prefetch query's
         # checkout, statement and release find the same frames with one search.
         self.tasks: dict[asyncio.Task[Any], tuple[list[FrameType], int, object, int]] = {}
+        # A task awaiting gathered ones -> (its application frames where it is suspended,
+        # the innermost's bytecode offset, finder, depth): the next child gathered from
+        # the same await finds them with no look at the task's coroutines.
+        self.suspended: dict[asyncio.Task[Any], tuple[list[FrameType], int, object, int]] = {}
 
 
 class CallSiteFinder:
@@ -395,19 +399,39 @@ class CallSiteFinder:
             frames, offset, finder, found_depth = known
             if finder is self and found_depth == depth and frames[0].f_lasti == offset:
                 return frames
-        path = self._from_awaiting_task(depth)
+        path = self._from_awaiting_task(depth, memo)
         if path:  # none yet: the task may be awaited later, from anywhere
             if len(memo.tasks) >= _MAX_MEMO_ENTRIES:
                 memo.tasks.clear()
             memo.tasks[task] = (path, path[0].f_lasti, self, depth)
         return path
 
-    def _from_awaiting_task(self, depth: int) -> list[FrameType]:
+    def _from_awaiting_task(self, depth: int, memo: WalkMemo | None = None) -> list[FrameType]:
         for task in awaiting_tasks():
-            path = self._application_frames(task, depth)
+            path = self._suspended_in(task, depth, memo)
             if path:
                 return path
         return []
+
+    def _suspended_in(
+        self, task: asyncio.Task[Any], depth: int, memo: WalkMemo | None
+    ) -> list[FrameType]:
+        """:meth:`_application_frames`, remembered per awaiting task in ``memo``: each of
+        a gather's children (a prefetch's queries, one task each) finds its parent still
+        suspended in the frames the first one found, at the same offset."""
+        if memo is None:
+            return self._application_frames(task, depth)
+        known = memo.suspended.get(task)
+        if known is not None:
+            frames, offset, finder, found_depth = known
+            if finder is self and found_depth == depth and frames[0].f_lasti == offset:
+                return frames
+        path = self._application_frames(task, depth)
+        if path:
+            if len(memo.suspended) >= _MAX_MEMO_ENTRIES:
+                memo.suspended.clear()
+            memo.suspended[task] = (path, path[0].f_lasti, self, depth)
+        return path
 
     def _application_frames(self, task: asyncio.Task[Any], depth: int) -> list[FrameType]:
         """The application frames nearest to where ``task`` is suspended, innermost

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from poolwatch.queries import callsite
 from poolwatch.queries.callsite import CallSiteFinder, WalkMemo
 from tests import callsite_lib
 
@@ -76,6 +77,39 @@ async def test_task_group_children_point_at_the_awaiting_block() -> None:
     assert site is not None
     assert site.startswith("tests/queries/test_callsite.py:")
     assert int(site.split(":")[1].split(" ")[0]) in range(line - 1, line + 1)
+
+
+async def test_gathered_children_find_their_parents_frames_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A loop gathering two queries per turn (a prefetch's, a task each): the first child
+    # reads where the parent is suspended, the others find it remembered; once the
+    # parent awaits from another line, that line is read.
+    finder = CallSiteFinder(LIB)
+    memo = WalkMemo()
+    read: list[object] = []
+    real = callsite.suspended_frames
+
+    def counted(task: asyncio.Task[Any]) -> Any:
+        read.append(task)
+        return real(task)
+
+    monkeypatch.setattr(callsite, "suspended_frames", counted)
+    walk = functools.partial(callsite_lib.gathered_walk, finder, memo)
+    sites = []
+    loop_line = here(+2)
+    for _ in range(3):
+        sites += await asyncio.gather(walk(), walk())
+    assert len(read) == 1
+    other_line = here(+1)
+    sites += await asyncio.gather(walk(), walk())
+    assert len(read) == 2
+    name = "test_gathered_children_find_their_parents_frames_once"
+    assert (
+        sites
+        == [f"tests/queries/test_callsite.py:{loop_line} in {name}"] * 6
+        + [f"tests/queries/test_callsite.py:{other_line} in {name}"] * 2
+    )
 
 
 async def test_a_remembered_awaiting_task_is_followed_again_once_it_moves_on() -> None:
