@@ -1,0 +1,190 @@
+"""What N+1 detection costs per statement, in CPU instructions: a figure no noise moves.
+
+    python benchmarks/detection_instructions.py [--scopes 10] [--cases sa,tortoise,...]
+                                                [--against DIR]
+
+The cases and their scopes are :mod:`detection`'s (about 50 statements per scope from one
+loop, findings in every scope). Each case runs in a process of its own under valgrind's
+callgrind, once with ``nplusone_mode="off"`` (counting) and once with ``"log"``
+(detection): three scopes to warm up every cache, then ``--scopes`` scopes counted, the
+count switched on and off around them by callgrind's client requests (a C helper of two
+functions, built here with the system's C compiler). Callgrind counts the instructions
+the process runs, the interpreter's and the libraries' alike, the same on every run of
+the same code and inputs, whatever else the machine does: detection's cost is
+(detection - counting) / statements. Instructions are not time: poolwatch's code runs
+cold in the CPU caches between two ORM calls, so an instruction of it costs more than
+one of the ORM's (``detection.py`` measures the time).
+
+``--against DIR`` runs the same cases with the poolwatch package of another checkout (a
+``git worktree`` of an older commit) in the same run, for a before and after. Needs
+valgrind and a C compiler; each process takes 10-30 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import ctypes
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODES = ("off", "log")
+WARM = 3  # scopes run before counting: every cache filled, every path walked once
+_HELPER = """
+#include <valgrind/callgrind.h>
+void counting_on(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
+void counting_off(void) { CALLGRIND_STOP_INSTRUMENTATION; CALLGRIND_DUMP_STATS; }
+"""
+
+
+def build_helper(folder: Path) -> Path:
+    """The client-request helper, compiled into ``folder``."""
+    source, library = folder / "counting.c", folder / "counting.so"
+    source.write_text(_HELPER)
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SystemExit("a C compiler (cc) is needed to build the callgrind helper")
+    subprocess.run(
+        [compiler, "-O2", "-shared", "-fPIC", "-o", str(library), str(source)], check=True
+    )
+    return library
+
+
+def _workload() -> types.ModuleType:
+    """:mod:`detection`, imported for its cases only: its clocks reach into poolwatch's
+    internals, which another version (``--against``) may not have, and are not used."""
+    sys.modules.setdefault("_detection_clocks", types.ModuleType("_detection_clocks"))
+    sys.path.insert(0, str(HERE))
+    import detection
+
+    return detection
+
+
+def child(case: str, mode: str, scopes: int, helper: str) -> None:
+    """Run in callgrind: warm up, then ``scopes`` scopes counted."""
+    counting = ctypes.CDLL(helper)
+    bench = _workload()
+    logging.getLogger("poolwatch.findings").disabled = True
+    counter = bench._Counter()
+    watch = bench.PoolWatch(nplusone_mode=mode)
+    if case.startswith("sa"):
+        bodies = {
+            "sa": bench._core_requests,
+            "sa-orm": bench._orm_requests,
+            "sa-eager": bench._eager_requests,
+        }
+        body = bodies[case]
+        engine = bench._sqlalchemy_engine()
+        watch.instrument_sqlalchemy(engine, pool="bench")
+        body(engine, WARM, counter)
+        counting.counting_on()
+        body(engine, scopes, counter)
+        counting.counting_off()
+        return
+
+    async def tortoise() -> None:
+        await bench.Tortoise.init(db_url="sqlite://:memory:", modules={"bench": ["detection"]})
+        await bench.Tortoise.generate_schemas()
+        rows = range(1, bench.PER_REQUEST + 1)
+        await bench.Item.bulk_create([bench.Item(id=i, name=f"n{i}") for i in rows])
+        for i in rows:
+            parent = await bench.TParent.create(id=i, name=f"p{i}")
+            for k in range(2):
+                await bench.TChild.create(name=f"c{i}-{k}", parent=parent)
+                await bench.TTag.create(name=f"t{i}-{k}", parent=parent)
+        watch.instrument_tortoise()
+        body = bench._get_requests if case == "tortoise" else bench._prefetch_requests
+        await body(WARM, counter)
+        counting.counting_on()
+        await body(scopes, counter)
+        counting.counting_off()
+        await bench.Tortoise.close_connections()
+
+    asyncio.run(tortoise())
+
+
+def count(case: str, mode: str, scopes: int, helper: Path, root: Path | None) -> int:
+    """Instructions per statement of ``case`` in ``mode``, poolwatch from ``root`` (or
+    the installed one)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        if root is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+        command = [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no",
+            f"--callgrind-out-file={out}", sys.executable, __file__,
+            "--child", case, mode, str(scopes), str(helper),
+        ]  # fmt: skip
+        # From the caller's working directory, as detection.py runs: the call paths,
+        # and the source the held-idle reader finds, are shown from it.
+        done = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{case} {mode}: {done.stderr[-2000:]}")
+        total = 0
+        for dump in Path(folder).glob("callgrind.out*"):
+            for line in dump.read_text().splitlines():
+                if line.startswith("totals:"):
+                    total += int(line.split()[1])
+    statements = per_scope(case) * scopes
+    return total // statements
+
+
+def per_scope(case: str) -> int:
+    """Statements per scope of ``case``: 50, or 17 queries of 3 in the eager cases."""
+    return 51 if case.endswith("eager") else 50
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        case, mode, scopes, helper = sys.argv[2:6]
+        child(case, mode, int(scopes), helper)
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scopes", type=int, default=10)
+    parser.add_argument("--cases", default="sa,sa-orm,sa-eager,tortoise,tortoise-eager")
+    parser.add_argument("--against", type=Path, help="another checkout's root, compared")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        parser.error("valgrind is needed (Debian's valgrind package)")
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = set(cases) - {"sa", "sa-orm", "sa-eager", "tortoise", "tortoise-eager"}
+    if unknown:
+        parser.error(f"unknown cases {sorted(unknown)}")
+    versions: dict[str, Path | None] = {"this": None}
+    if args.against is not None:
+        versions = {str(args.against): args.against.resolve(), "this": None}
+    with tempfile.TemporaryDirectory() as folder:
+        helper = build_helper(Path(folder))
+        jobs = {
+            (version, case, mode): (case, mode, args.scopes, helper, root)
+            for version, root in versions.items()
+            for case in cases
+            for mode in MODES
+        }
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            futures = {key: pool.submit(count, *job) for key, job in jobs.items()}
+            counted = {key: future.result() for key, future in futures.items()}
+    print("| case | version | counting, instructions/stmt | detection | detection - counting |")
+    print("|---|---|---|---|---|")
+    for case in cases:
+        for version in versions:
+            off, log = counted[(version, case, "off")], counted[(version, case, "log")]
+            print(f"| {case} | {version} | {off:,} | {log:,} | {log - off:+,} |")
+    print(
+        f"\n{args.scopes} scopes after {WARM} to warm up, per process; CPython "
+        f"{sys.version.split()[0]}; instructions counted by callgrind."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
