@@ -6,14 +6,18 @@
 The cases and their scopes are :mod:`detection`'s (about 50 statements per scope from one
 loop, findings in every scope). Each case runs in a process of its own under valgrind's
 callgrind, once with ``nplusone_mode="off"`` (counting) and once with ``"log"``
-(detection): three scopes to warm up every cache, then ``--scopes`` scopes counted, the
-count switched on and off around them by callgrind's client requests (a C helper of two
-functions, built here with the system's C compiler). Callgrind counts the instructions
-the process runs, the interpreter's and the libraries' alike, the same on every run of
-the same code and inputs, whatever else the machine does: detection's cost is
-(detection - counting) / statements. Instructions are not time: poolwatch's code runs
-cold in the CPU caches between two ORM calls, so an instruction of it costs more than
-one of the ORM's (``detection.py`` measures the time).
+(detection): three scopes to warm up every cache (from the same line as the counted
+ones: the call paths, and the pairs of lines the held-idle reader reads once, are the
+same), then ``--scopes`` scopes counted, the count switched on and off around them by
+callgrind's client requests (a C helper of two functions, built here with the system's
+C compiler). The heap is collected and frozen (``gc.freeze``) just before: a collection
+while counting then looks at what the counted scopes made, not at every object of the
+process, whose full collection would land in whichever run crosses the threshold.
+Callgrind counts the instructions the process runs, the interpreter's and the libraries'
+alike, the same on every run of the same code and inputs, whatever else the machine
+does: detection's cost is (detection - counting) / statements. Instructions are not
+time: poolwatch's code runs cold in the CPU caches between two ORM calls, so an
+instruction of it costs more than one of the ORM's (``detection.py`` measures the time).
 
 ``--against DIR`` runs the same cases with the poolwatch package of another checkout (a
 ``git worktree`` of an older commit) in the same run, for a before and after. Needs
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import ctypes
+import gc
 import logging
 import os
 import shutil
@@ -68,6 +73,14 @@ def _workload() -> types.ModuleType:
     return detection
 
 
+def _settle() -> None:
+    """Collect, then freeze what survives: a collection in the counted scopes looks at what
+    they made, not at the whole process (a full collection of the ORM's objects costs
+    tens of millions of instructions, and lands in whichever run crosses its threshold)."""
+    gc.collect()
+    gc.freeze()
+
+
 def child(case: str, mode: str, scopes: int, helper: str) -> None:
     """Run in callgrind: warm up, then ``scopes`` scopes counted."""
     counting = ctypes.CDLL(helper)
@@ -84,9 +97,13 @@ def child(case: str, mode: str, scopes: int, helper: str) -> None:
         body = bodies[case]
         engine = bench._sqlalchemy_engine()
         watch.instrument_sqlalchemy(engine, pool="bench")
-        body(engine, WARM, counter)
-        counting.counting_on()
-        body(engine, scopes, counter)
+        for turn, run in enumerate((WARM, scopes)):
+            if turn:
+                _settle()
+                counting.counting_on()
+            # One line for both: the call paths, and the pairs the held-idle reader
+            # reads, are those the warm-up filled the caches with.
+            body(engine, run, counter)
         counting.counting_off()
         return
 
@@ -102,9 +119,11 @@ def child(case: str, mode: str, scopes: int, helper: str) -> None:
                 await bench.TTag.create(name=f"t{i}-{k}", parent=parent)
         watch.instrument_tortoise()
         body = bench._get_requests if case == "tortoise" else bench._prefetch_requests
-        await body(WARM, counter)
-        counting.counting_on()
-        await body(scopes, counter)
+        for turn, run in enumerate((WARM, scopes)):
+            if turn:
+                _settle()
+                counting.counting_on()
+            await body(run, counter)
         counting.counting_off()
         await bench.Tortoise.close_connections()
 
