@@ -121,6 +121,9 @@ _MAX_CHAINS = 4
 # code, what the walk found).
 _Found = tuple[FrameType, int, object, int, Trace]
 _Chain = tuple[int, CodeType, _Found]
+# Application frames where a task is suspended: (the frames, innermost first, the
+# innermost's bytecode offset then, the finder and depth they were found with).
+_Suspended = tuple[list[FrameType], int, object, int]
 
 
 class WalkMemo:
@@ -144,11 +147,11 @@ class WalkMemo:
         # task awaiting it is suspended, the innermost's bytecode offset, finder, depth).
         # That task stays suspended there until this one ends, so a prefetch query's
         # checkout, statement and release find the same frames with one search.
-        self.tasks: dict[asyncio.Task[Any], tuple[list[FrameType], int, object, int]] = {}
+        self.tasks: dict[asyncio.Task[Any], _Suspended] = {}
         # A task awaiting gathered ones -> (its application frames where it is suspended,
         # the innermost's bytecode offset, finder, depth): the next child gathered from
         # the same await finds them with no look at the task's coroutines.
-        self.suspended: dict[asyncio.Task[Any], tuple[list[FrameType], int, object, int]] = {}
+        self.suspended: dict[asyncio.Task[Any], _Suspended] = {}
 
 
 class CallSiteFinder:
@@ -394,16 +397,12 @@ class CallSiteFinder:
             return []
         if task is None:
             return []
-        known = memo.tasks.get(task)
+        known = _recalled(memo.tasks, task, self, depth)
         if known is not None:
-            frames, offset, finder, found_depth = known
-            if finder is self and found_depth == depth and frames[0].f_lasti == offset:
-                return frames
+            return known
         path = self._from_awaiting_task(depth, memo)
         if path:  # none yet: the task may be awaited later, from anywhere
-            if len(memo.tasks) >= _MAX_MEMO_ENTRIES:
-                memo.tasks.clear()
-            memo.tasks[task] = (path, path[0].f_lasti, self, depth)
+            _recall_later(memo.tasks, task, path, self, depth)
         return path
 
     def _from_awaiting_task(self, depth: int, memo: WalkMemo | None = None) -> list[FrameType]:
@@ -421,16 +420,12 @@ class CallSiteFinder:
         suspended in the frames the first one found, at the same offset."""
         if memo is None:
             return self._application_frames(task, depth)
-        known = memo.suspended.get(task)
+        known = _recalled(memo.suspended, task, self, depth)
         if known is not None:
-            frames, offset, finder, found_depth = known
-            if finder is self and found_depth == depth and frames[0].f_lasti == offset:
-                return frames
+            return known
         path = self._application_frames(task, depth)
         if path:
-            if len(memo.suspended) >= _MAX_MEMO_ENTRIES:
-                memo.suspended.clear()
-            memo.suspended[task] = (path, path[0].f_lasti, self, depth)
+            _recall_later(memo.suspended, task, path, self, depth)
         return path
 
     def _application_frames(self, task: asyncio.Task[Any], depth: int) -> list[FrameType]:
@@ -455,6 +450,32 @@ class CallSiteFinder:
                 if gap > _MAX_GAP:
                     break
         return found
+
+
+def _recalled(
+    table: dict[asyncio.Task[Any], _Suspended], task: asyncio.Task[Any], finder: object, depth: int
+) -> list[FrameType] | None:
+    """The frames ``table`` keeps for ``task``, where ``finder`` found them at ``depth``
+    and the innermost has not moved on since (its offset is the same)."""
+    known = table.get(task)
+    if known is not None:
+        frames, offset, walker, found_depth = known
+        if walker is finder and found_depth == depth and frames[0].f_lasti == offset:
+            return frames
+    return None
+
+
+def _recall_later(
+    table: dict[asyncio.Task[Any], _Suspended],
+    task: asyncio.Task[Any],
+    frames: list[FrameType],
+    finder: object,
+    depth: int,
+) -> None:
+    """Keep ``frames`` for ``task`` in ``table`` (see :func:`_recalled`), bounded."""
+    if len(table) >= _MAX_MEMO_ENTRIES:
+        table.clear()
+    table[task] = (frames, frames[0].f_lasti, finder, depth)
 
 
 def _jump(memo: WalkMemo, start: FrameType, skip: int, finder: object, depth: int) -> Trace | None:
