@@ -70,7 +70,7 @@ from tortoise.models import Model
 import poolwatch
 from poolwatch import PoolWatch
 
-__all__ = ["CASES", "bench_detection"]
+__all__ = ["CASES", "SQLALCHEMY_BODIES", "TORTOISE_BODIES", "bench_detection", "tortoise_database"]
 
 PER_REQUEST = 50  # statements per scope in the single-statement cases
 EAGER_QUERIES = 17  # queries per scope in the eager cases: 3 statements each
@@ -320,12 +320,8 @@ async def _prefetch_requests(requests: int, counter: _Counter) -> None:
                     len(parent.children)  # read; the tags never are
 
 
-async def bench_tortoise(
-    rounds: int, requests: int, body: Callable[[int, _Counter], Awaitable[None]]
-) -> dict[str, list[Round]]:
-    """Rounds of ``requests`` scopes of ``body``, by setup."""
-    # Tortoise 1.x keeps its connections in a context variable of the task that ran
-    # init, so every round runs inside this one coroutine.
+async def tortoise_database() -> None:
+    """Tortoise on SQLite in memory, with the cases' rows."""
     EXECUTOR_CACHE.clear()
     await Tortoise.init(db_url="sqlite://:memory:", modules={"bench": [__name__]})
     await Tortoise.generate_schemas()
@@ -335,6 +331,15 @@ async def bench_tortoise(
         for k in range(2):
             await TChild.create(name=f"c{i}-{k}", parent=parent)
             await TTag.create(name=f"t{i}-{k}", parent=parent)
+
+
+async def bench_tortoise(
+    rounds: int, requests: int, body: Callable[[int, _Counter], Awaitable[None]]
+) -> dict[str, list[Round]]:
+    """Rounds of ``requests`` scopes of ``body``, by setup."""
+    # Tortoise 1.x keeps its connections in a context variable of the task that ran
+    # init, so every round runs inside this one coroutine.
+    await tortoise_database()
 
     async def run(setup: str) -> Round:
         with _clocks(setup):
@@ -356,27 +361,39 @@ async def bench_tortoise(
         await Tortoise.close_connections()
 
 
-CASES: dict[str, tuple[str, Callable[[int, int], dict[str, list[Round]]]]] = {
-    "sa": (
-        "SQLAlchemy core select by pk",
-        lambda rounds, requests: bench_sqlalchemy(rounds, requests, _core_requests),
-    ),
-    "sa-orm": (
-        "SQLAlchemy ORM select by pk, Session per request",
-        lambda rounds, requests: bench_sqlalchemy(rounds, requests, _orm_requests),
-    ),
-    "sa-eager": (
-        "SQLAlchemy ORM select + selectinload x2 (one read)",
-        lambda rounds, requests: bench_sqlalchemy(rounds, requests, _eager_requests),
-    ),
-    "tortoise": (
-        "Tortoise get by pk",
-        lambda rounds, requests: asyncio.run(bench_tortoise(rounds, requests, _get_requests)),
-    ),
-    "tortoise-eager": (
-        "Tortoise filter + prefetch_related x2 (one read)",
-        lambda rounds, requests: asyncio.run(bench_tortoise(rounds, requests, _prefetch_requests)),
-    ),
+# Each case's scopes: ``body(engine, scopes, counter)`` on SQLAlchemy,
+# ``await body(scopes, counter)`` on Tortoise.
+SQLALCHEMY_BODIES: dict[str, Callable[[Engine, int, _Counter], None]] = {
+    "sa": _core_requests,
+    "sa-orm": _orm_requests,
+    "sa-eager": _eager_requests,
+}
+TORTOISE_BODIES: dict[str, Callable[[int, _Counter], Awaitable[None]]] = {
+    "tortoise": _get_requests,
+    "tortoise-eager": _prefetch_requests,
+}
+
+_NAMES = {
+    "sa": "SQLAlchemy core select by pk",
+    "sa-orm": "SQLAlchemy ORM select by pk, Session per request",
+    "sa-eager": "SQLAlchemy ORM select + selectinload x2 (one read)",
+    "tortoise": "Tortoise get by pk",
+    "tortoise-eager": "Tortoise filter + prefetch_related x2 (one read)",
+}
+Bench = Callable[[int, int], dict[str, list[Round]]]
+
+
+def _sqlalchemy_case(body: Callable[[Engine, int, _Counter], None]) -> Bench:
+    return lambda rounds, requests: bench_sqlalchemy(rounds, requests, body)
+
+
+def _tortoise_case(body: Callable[[int, _Counter], Awaitable[None]]) -> Bench:
+    return lambda rounds, requests: asyncio.run(bench_tortoise(rounds, requests, body))
+
+
+CASES: dict[str, tuple[str, Bench]] = {
+    **{key: (_NAMES[key], _sqlalchemy_case(body)) for key, body in SQLALCHEMY_BODIES.items()},
+    **{key: (_NAMES[key], _tortoise_case(body)) for key, body in TORTOISE_BODIES.items()},
 }
 
 

@@ -91,49 +91,42 @@ def _settle() -> None:
 
 
 def child(case: str, mode: str, scopes: int, helper: str) -> None:
-    """Run in callgrind: warm up, then ``scopes`` scopes counted."""
+    """Run in callgrind: warm up, then ``scopes`` scopes counted; print how many
+    statements they ran (as poolwatch counts them, the same in both modes)."""
     counting = ctypes.CDLL(helper)
     bench = _workload()
     logging.getLogger("poolwatch.findings").disabled = True
     counter = bench._Counter()
+    counted = 0  # statements before the counted scopes
     watch = bench.PoolWatch(nplusone_mode=mode)
-    if case.startswith("sa"):
-        bodies = {
-            "sa": bench._core_requests,
-            "sa-orm": bench._orm_requests,
-            "sa-eager": bench._eager_requests,
-        }
-        body = bodies[case]
+    if case in bench.SQLALCHEMY_BODIES:
+        body = bench.SQLALCHEMY_BODIES[case]
         engine = bench._sqlalchemy_engine()
         watch.instrument_sqlalchemy(engine, pool="bench")
         for turn, run in enumerate((WARM, scopes)):
             if turn:
+                counted = counter.statements
                 _settle()
                 counting.counting_on()
             # One line for both: the call paths, and the pairs the held-idle reader
             # reads, are those the warm-up filled the caches with.
             body(engine, run, counter)
         counting.counting_off()
+        print(counter.statements - counted)
         return
 
     async def tortoise() -> None:
-        await bench.Tortoise.init(db_url="sqlite://:memory:", modules={"bench": ["detection"]})
-        await bench.Tortoise.generate_schemas()
-        rows = range(1, bench.PER_REQUEST + 1)
-        await bench.Item.bulk_create([bench.Item(id=i, name=f"n{i}") for i in rows])
-        for i in rows:
-            parent = await bench.TParent.create(id=i, name=f"p{i}")
-            for k in range(2):
-                await bench.TChild.create(name=f"c{i}-{k}", parent=parent)
-                await bench.TTag.create(name=f"t{i}-{k}", parent=parent)
+        await bench.tortoise_database()
         watch.instrument_tortoise()
-        body = bench._get_requests if case == "tortoise" else bench._prefetch_requests
+        body = bench.TORTOISE_BODIES[case]
         for turn, run in enumerate((WARM, scopes)):
             if turn:
+                counted = counter.statements
                 _settle()
                 counting.counting_on()
             await body(run, counter)
         counting.counting_off()
+        print(counter.statements - counted)
         await bench.Tortoise.close_connections()
 
     asyncio.run(tortoise())
@@ -168,13 +161,7 @@ def count(
             for line in dump.read_text().splitlines():
                 if line.startswith("totals:"):
                     total += int(line.split()[1])
-    statements = per_scope(case) * scopes
-    return total // statements
-
-
-def per_scope(case: str) -> int:
-    """Statements per scope of ``case``: 50, or 17 queries of 3 in the eager cases."""
-    return 51 if case.endswith("eager") else 50
+    return total // int(done.stdout.split()[-1])
 
 
 def main() -> int:
@@ -184,16 +171,17 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scopes", type=int, default=10)
-    parser.add_argument("--cases", default="sa,sa-orm,sa-eager,tortoise,tortoise-eager")
+    known = list(_workload().CASES)
+    parser.add_argument("--cases", default=",".join(known), help="cases to run")
     parser.add_argument("--against", type=Path, help="another checkout's root, compared")
     parser.add_argument("--layouts", type=int, default=3, help="memory layouts, median")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         parser.error("valgrind is needed (Debian's valgrind package)")
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = set(cases) - {"sa", "sa-orm", "sa-eager", "tortoise", "tortoise-eager"}
+    unknown = set(cases) - set(known)
     if unknown:
-        parser.error(f"unknown cases {sorted(unknown)}")
+        parser.error(f"unknown cases {sorted(unknown)}; known: {', '.join(known)}")
     versions: dict[str, Path | None] = {"this": None}
     if args.against is not None:
         versions = {str(args.against): args.against.resolve(), "this": None}
