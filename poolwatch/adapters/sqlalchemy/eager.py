@@ -7,10 +7,15 @@ Three seams, each paid for only where an eager load happened in a judged scope:
   inside one it reads the statement's loader options (:mod:`.eager_options`) and, for a
   ``selectinload``/``joinedload``/``subqueryload``/``immediateload`` on an instrumented
   engine while the scope is judged, adds one load per relation of the option.
-* **The rows**: an instance's ``load_options`` are the very option objects of the query
-  that loaded it, carried to the rows its eager loaders loaded too (checked on 2.0 and
-  2.1). A ``loaded_as_persistent`` listener on that one session (not the class) counts
-  the rows each tracked option loaded, until the scope ends.
+* **The loading**: a relation loaded by its own statement (``selectinload``,
+  ``subqueryload``, ``immediateload``) loaded something when that statement runs: SQLAlchemy
+  sends one only for parent rows the query loaded. The statement carries the query's
+  options and says which relation it loads (its loader path), so the same listener counts
+  it for the tracked load, with no per-row cost. A ``joinedload`` sends none: its rows are
+  counted one by one, by a ``loaded_as_persistent`` listener on that one session (not the
+  class), only while the scope tracks a joined load there. Either way, a row's (an
+  instance's) ``load_options`` are the very option objects of the query that loaded it,
+  carried to the rows its eager loaders loaded too (checked on 2.0 and 2.1).
 * **The reads**: reading a loaded relation is a plain ``__dict__`` hit with no event, so
   the relation's own ``InstrumentedAttribute`` (that one object, e.g. ``Article.author``)
   gets a subclass with a ``__get__`` that notes the read, for as long as some open scope
@@ -43,6 +48,8 @@ from sqlalchemy.orm.attributes import instance_state
 from poolwatch.adapters.sqlalchemy.eager_options import (
     Part,
     eager_parts,
+    load_path,
+    loaded_relation,
     loader_options,
     option_parts,
     option_shape,
@@ -65,7 +72,7 @@ class _WatchedAttribute(InstrumentedAttribute[Any]):
             work = current_scope()
             loads = None if work is None else work.eager
             if loads is not None:
-                _note(loads, self.key, instance, read=True)
+                _read(loads, self.key, instance)
         return InstrumentedAttribute.__get__(self, instance, owner)
 
 
@@ -82,14 +89,15 @@ class _Part:
     a read reached, and :meth:`settle` hands each load its share when the scope is judged.
     """
 
-    __slots__ = ("bases", "key", "loads", "owner", "read_upto", "rows")
+    __slots__ = ("bases", "joined", "key", "loads", "owner", "read_upto", "rows")
 
-    def __init__(self, owner: type, key: str) -> None:
+    def __init__(self, owner: type, key: str, *, joined: bool) -> None:
         self.owner = owner
         self.key = key
+        self.joined = joined  # counted by rows; the others by their loads' statements
         self.loads: list[EagerLoad] = []
         self.bases: list[int] = []  # rows counted when each load was tracked
-        self.rows = 0
+        self.rows = 0  # rows of a joined load, or statements of the others
         self.read_upto = 0  # the loads tracked when the relation was last read
 
     def add(self, load: EagerLoad) -> None:
@@ -132,42 +140,80 @@ def _rows(loads: ScopeEagerLoads) -> _Rows:
     return rows
 
 
-def _note(loads: ScopeEagerLoads, key: str | None, instance: object, *, read: bool) -> None:
-    """Mark the tracked loads of the query that loaded ``instance``: a read of ``key``
-    (``read``), or one more row (``key`` None)."""
+def _read(loads: ScopeEagerLoads, key: str, instance: object) -> None:
+    """Mark a read of ``key`` on ``instance`` for the tracked loads of its query."""
     try:
-        rows: _Rows | None = loads.adapter.get("sqlalchemy.rows")
-        if rows is None:
-            return
-        state = instance_state(instance)
-        by_option = rows.options.get(state.session_id)
-        if by_option is None:
-            by_option = rows.options[state.session_id] = {}
-        for option in state.load_options:
-            # Rows carry the very option objects of their query: each one's token is
-            # worked out once per scope and session (a row of a loop runs this once per
-            # option; every row loaded under an eager load does).
-            if id(option) in by_option:
-                found = by_option[id(option)]
-            else:
-                found = by_option[id(option)] = rows.parts.get(
-                    _token(loads, state.session_id, option)
-                )
-            if found is None:
-                continue
-            token = id(found)
-            matching = rows.types.get((token, type(instance)))
-            if matching is None:
-                matching = rows.types[(token, type(instance))] = [
-                    part for part in found.values() if isinstance(instance, part.owner)
-                ]
-            for part in matching:
-                if not read:
-                    part.rows += 1
-                elif part.key == key:
-                    part.read_upto = len(part.loads)
+        _note(loads, key, instance_state(instance))
     except Exception as exc:
         _report(exc)
+
+
+def _note(loads: ScopeEagerLoads, key: str | None, state: Any) -> None:
+    """Mark the tracked loads of the query that loaded the row of ``state``: a read of
+    ``key``, or (``key`` None) one more row of a joined load."""
+    rows: _Rows | None = loads.adapter.get("sqlalchemy.rows")
+    if rows is None:
+        return
+    cls = state.class_
+    for option in state.load_options:
+        found = _parts_of(loads, rows, state.session_id, option)
+        if found is None:
+            continue
+        token = id(found)
+        matching = rows.types.get((token, cls))
+        if matching is None:
+            matching = rows.types[(token, cls)] = [
+                part for part in found.values() if issubclass(cls, part.owner)
+            ]
+        for part in matching:
+            if key is None:
+                if part.joined:
+                    part.rows += 1
+            elif part.key == key:
+                part.read_upto = len(part.loads)
+
+
+def _parts_of(
+    loads: ScopeEagerLoads, rows: _Rows, session_id: object, option: object
+) -> dict[tuple[type, str], _Part] | None:
+    """The tracked parts of ``option`` in a session, by (class, attribute); None if none."""
+    by_option = rows.options.get(session_id)
+    if by_option is None:
+        by_option = rows.options[session_id] = {}
+    # Rows and relationship loads carry the very option objects of their query: each
+    # one's token is worked out once per scope and session.
+    if id(option) in by_option:
+        return by_option[id(option)]
+    found = by_option[id(option)] = rows.parts.get(_token(loads, session_id, option))
+    return found
+
+
+def _relation_loaded(loads: ScopeEagerLoads, state: Any, chain: tuple[Any, ...]) -> None:
+    """Count a relationship load's statement (its load path ``chain``) for the tracked load
+    of the relation it loads (found through the options it carries, those of the query
+    it loads for)."""
+    rows: _Rows | None = loads.adapter.get("sqlalchemy.rows")
+    if rows is None:
+        return
+    relation: tuple[type, str] | None = None
+    session_id = state.session.hash_key
+    for option in loader_options(state.statement):
+        found = _parts_of(loads, rows, session_id, option)
+        if found is None:
+            continue
+        if relation is None:
+            relation = loaded_relation(chain)
+            if relation is None:
+                return
+        part = found.get(relation)
+        if part is None:  # the option names the relation on a class the path passes
+            cls, key = relation
+            part = next(
+                (p for p in found.values() if p.key == key and issubclass(cls, p.owner)), None
+            )
+        if part is not None:
+            part.rows += 1
+            return
 
 
 def _token(loads: ScopeEagerLoads, session_id: object, option: object) -> int:
@@ -244,14 +290,21 @@ class EagerHooks:
 
     def _on_execute(self, state: Any) -> None:
         # Every ORM statement runs this: the tests that let most of them go at once come
-        # first, cheapest first (no scope; no option at all; no scope being judged).
-        if current_scope() is None:
+        # first, cheapest first (no scope; no option at all; a relationship load, counted
+        # where the scope tracks loads; no scope being judged).
+        work = current_scope()
+        if work is None:
             return
         watch: EagerWatch | None = None
         try:
-            if not loader_options(state.statement) or not self._judging():
+            if not loader_options(state.statement):
                 return
-            if not state.statement.is_select or state.is_relationship_load:
+            chain = load_path(state.statement)
+            if chain:  # a relationship load
+                if work.eager is not None:
+                    _relation_loaded(work.eager, state, chain)
+                return
+            if not self._judging() or not state.statement.is_select:
                 return
             found = eager_parts(state.statement)
             if not found:
@@ -294,6 +347,7 @@ class EagerHooks:
         mapper = state.bind_mapper
         table = str(getattr(getattr(mapper, "local_table", None), "name", "") or "").lower()
         rows = _rows(loads)
+        joined = False
         for _option, parts in found:
             made: list[tuple[type, str, EagerLoad]] = []
             for cls, key, loader, whole, part, keep in parts:
@@ -314,6 +368,7 @@ class EagerHooks:
                 )
                 if loads.add(load):
                     made.append((cls, key, load))
+                    joined = joined or loader == "joinedload"
             if made:
                 token = _session_token(state.session.hash_key, parts)
                 tracked = rows.parts.get(token)
@@ -325,10 +380,13 @@ class EagerHooks:
                 for cls, key, load in made:
                     counted = tracked.get((cls, key))
                     if counted is None:
-                        counted = tracked[(cls, key)] = _Part(cls, key)
+                        counted = tracked[(cls, key)] = _Part(
+                            cls, key, joined=load.loader == "joinedload"
+                        )
                         rows.types.clear()  # a class may be a parent in this part too
                     counted.add(load)
-        self._listen(state.session, loads)
+        if joined:  # no statement of its own to count: its rows are
+            self._listen(state.session, loads)
 
     # -- the rows ----------------------------------------------------------------------
 
@@ -340,12 +398,16 @@ class EagerHooks:
             return
         sessions.add(session)
 
-        def loaded(_session: Session, instance: object) -> None:
+        def loaded(_session: Session, state: Any) -> None:
             work = current_scope()
             if work is not None and work.eager is loads:
-                _note(loads, None, instance, read=False)
+                try:
+                    _note(loads, None, state)
+                except Exception as exc:
+                    _report(exc)
 
-        event.listen(session, "loaded_as_persistent", loaded)
+        # raw: handed the row's state, which is what is read (no instance to wrap).
+        event.listen(session, "loaded_as_persistent", loaded, raw=True)
         ref = weakref.ref(session)
 
         def stop() -> None:

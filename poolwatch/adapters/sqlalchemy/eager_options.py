@@ -3,10 +3,12 @@
 :func:`eager_parts` reads a statement's ``selectinload``, ``joinedload``,
 ``subqueryload`` and ``immediateload`` options into :data:`Part` s, one per relation (a
 chained option gives one per link, with the chain before it), for :mod:`.eager` to track
-and judge. Loader options offer no public reading: this module is the one place that
-reads SQLAlchemy's private attributes for them, in :func:`eager_parts` and the
-:func:`option_parts` it reads each option with (tested on 2.0 and 2.1, and by a test that
-fails if they move).
+and judge; :func:`load_path` reads whether a statement is a relationship load and the
+path of the relation it loads. Loader options and load paths offer no public reading
+cheap enough for every statement: this module is the one place that reads SQLAlchemy's
+private attributes for them, in :func:`eager_parts`, the :func:`option_parts` it reads
+each option with, and :func:`load_path` (tested on 2.0 and 2.1, and by tests that fail if
+they move).
 
 An application builds its options anew for every query, from the same few: each shape
 of option is parsed once, and :func:`option_shape` (what tells two options apart for
@@ -19,7 +21,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["EAGER_LOADERS", "Part", "eager_parts", "loader_options", "option_parts", "option_shape"]
+__all__ = [
+    "EAGER_LOADERS",
+    "Part",
+    "eager_parts",
+    "load_path",
+    "loaded_relation",
+    "loader_options",
+    "option_parts",
+    "option_shape",
+]
 
 # The loader strategies that load a relation up front, by the option that asks for each.
 EAGER_LOADERS = {
@@ -38,6 +49,31 @@ def loader_options(statement: Any) -> tuple[Any, ...]:
     """A statement's options (``_with_options``): empty for most, which is all the
     ``do_orm_execute`` listener asks of them."""
     return getattr(statement, "_with_options", None) or ()
+
+
+def load_path(statement: Any) -> tuple[Any, ...]:
+    """The loader path of a relationship load's statement (``selectinload``'s,
+    ``subqueryload``'s, an ``immediateload``'s or a lazy load's): mapper or alias,
+    relationship, ... as ``ORMExecuteState.loader_strategy_path`` gives it, read from the
+    statement's ``_compile_options._current_path`` directly (that property's reading
+    costs several calls, on every statement with options); empty for any other
+    statement."""
+    path = getattr(getattr(statement, "_compile_options", None), "_current_path", None)
+    return getattr(path, "path", None) or ()
+
+
+def loaded_relation(chain: tuple[Any, ...]) -> tuple[type, str] | None:
+    """The relation (parent class, attribute) a relationship load's :func:`load_path`
+    ends at; None for a path that does not end at a relationship (a polymorphic load's)."""
+    if len(chain) < 2:
+        return None
+    prop, entity = chain[-1], chain[-2]
+    key, cls = getattr(prop, "key", None), getattr(entity, "class_", None)
+    if not getattr(prop, "is_property", False) or not isinstance(key, str):
+        return None
+    if not isinstance(cls, type):
+        return None
+    return cls, key
 
 
 def eager_parts(statement: Any) -> list[tuple[object, list[Part]]]:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
     Session,
+    immediateload,
     joinedload,
     mapped_column,
     relationship,
@@ -96,10 +97,17 @@ ARTICLE_QUERIES: dict[str, Any] = {
     "titles": lambda: select(Article).options(selectinload(Article.tags)),
     "joined": lambda: select(Article).options(joinedload(Article.author)),
     "subquery": lambda: select(Article).options(subqueryload(Article.tags)),
+    "immediate": lambda: select(Article).options(immediateload(Article.tags)),
     "chained": lambda: select(Article).options(
         selectinload(Article.author).selectinload(Author.profile)
     ),
+    "chained-joined": lambda: select(Article).options(
+        selectinload(Article.author).joinedload(Author.profile)
+    ),
     "none": lambda: select(Article).where(Article.id < 0).options(selectinload(Article.tags)),
+    "none-joined": lambda: (
+        select(Article).where(Article.id < 0).options(joinedload(Article.author))
+    ),
     "tags": lambda: select(Article).options(selectinload(Article.tags)),
     "plain": lambda: select(Article),
 }
@@ -146,7 +154,7 @@ def build(sessions: Any, replica: Any, *, is_async: bool) -> FastAPI:
                     names.append(author.name if author else "")
                 return names
             rows = await load(session, name)
-            if name == "chained":
+            if name.startswith("chained"):
                 return [a.author.name for a in rows]
             if name == "tags":
                 return [len(a.tags) for a in rows]
@@ -180,7 +188,7 @@ def build(sessions: Any, replica: Any, *, is_async: bool) -> FastAPI:
                 load_sync(session, "titles")
                 return [a.author.name for a in load_sync(session, "plain")]  # lazy loads
             rows = load_sync(session, name)
-            if name == "chained":
+            if name.startswith("chained"):
                 return [a.author.name for a in rows]
             if name == "tags":
                 return [len(a.tags) for a in rows]

@@ -10,10 +10,18 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+from sqlalchemy.orm import (
+    InstrumentedAttribute,
+    Session,
+    immediateload,
+    joinedload,
+    selectinload,
+    sessionmaker,
+)
 
+import poolwatch
 from poolwatch import PoolWatch
 from poolwatch.adapters.sqlalchemy import eager
 from poolwatch.events import NPLUSONE, UNUSED_EAGER_LOAD
@@ -95,6 +103,7 @@ async def test_a_relation_read_in_code_or_by_the_response_model_is_used(blog: An
         ("titles", "Article.tags", "selectinload(Article.tags)"),
         ("joined", "Article.author", "joinedload(Article.author)"),
         ("subquery", "Article.tags", "subqueryload(Article.tags)"),
+        ("immediate", "Article.tags", "immediateload(Article.tags)"),
     ],
 )
 async def test_an_unused_eager_load_is_reported_with_its_call_path(
@@ -118,18 +127,24 @@ async def test_an_unused_eager_load_is_reported_with_its_call_path(
     assert _counted(watch, "/api/articles/{name}") == 2.0  # requests, not findings
 
 
-async def test_the_unused_part_of_a_chained_option_is_reported_as_that_part(blog: Any) -> None:
+@pytest.mark.parametrize(
+    ("name", "part"), [("chained", ".selectinload"), ("chained-joined", ".joinedload")]
+)
+async def test_the_unused_part_of_a_chained_option_is_reported_as_that_part(
+    blog: Any, name: str, part: str
+) -> None:
     client, watch = blog
-    assert (await client.get("/api/articles/chained")).status_code == 200
+    assert (await client.get(f"/api/articles/{name}")).status_code == 200
     [finding] = _unused(watch)
     assert tuple(finding["relations"]) == ("Author.profile",)
-    assert "the `.selectinload(Author.profile)` part of" in finding["suggestion"]
+    assert f"the `{part}(Author.profile)` part of" in finding["suggestion"]
     assert "`selectinload(Article.author)`" in finding["suggestion"]
 
 
-async def test_an_eager_load_of_no_rows_loaded_nothing(blog: Any) -> None:
+@pytest.mark.parametrize("name", ["none", "none-joined"])
+async def test_an_eager_load_of_no_rows_loaded_nothing(blog: Any, name: str) -> None:
     client, watch = blog
-    assert (await client.get("/api/articles/none")).json() == []
+    assert (await client.get(f"/api/articles/{name}")).json() == []
     assert _unused(watch) == []
 
 
@@ -195,3 +210,36 @@ def test_uninstrument_removes_the_session_listener(tmp_path: Path) -> None:
     watch.uninstrument()
     assert not event.contains(Session, "do_orm_execute", eager.hooks._on_execute)
     engine.dispose()
+
+
+def test_only_joined_loads_are_counted_row_by_row(tmp_path: Path) -> None:
+    """A relation loaded by its own statement (selectin, subquery, immediate) is counted
+    by that statement: the session gets a per-row listener only once a joined load is
+    tracked in it, and a lazy load of another relation counts for no tracked load."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'blog.db'}")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all(eager_app.seed_rows())
+        session.commit()
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine)
+    with capture() as captured, poolwatch.scope("job"), Session(engine) as session:
+        by_statement = select(Article).options(
+            selectinload(Article.tags), immediateload(Article.author)
+        )
+        for article in session.scalars(by_statement):
+            assert article.author.profile.bio  # a lazy load of Author.profile per row
+        assert not session.dispatch.loaded_as_persistent  # no per-row listener
+        empty = select(Article).where(Article.id < 0).options(selectinload(Article.author))
+        assert session.scalars(empty).all() == []
+        assert not session.dispatch.loaded_as_persistent
+        session.expunge_all()
+        session.scalars(select(Article).options(joinedload(Article.author))).unique().all()
+        assert session.dispatch.loaded_as_persistent  # the joined rows are counted
+    watch.uninstrument()
+    engine.dispose()
+    assert {f.relations for f in captured.unused_eager_loads} == {
+        ("Article.tags",),  # loaded by its own statement, never read
+        ("Article.author",),  # joined, never read (the first query's were)
+    }
+    assert eager.hooks.watching() == 0

@@ -3,11 +3,15 @@ them (:mod:`poolwatch.adapters.sqlalchemy.eager_options`)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from pathlib import Path
+from typing import Any
 
-from poolwatch.adapters.sqlalchemy.eager_options import eager_parts
-from tests.adapters.sqlalchemy.eager_app import Article, Author
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.orm import Session, selectinload
+
+from poolwatch.adapters.sqlalchemy.eager_options import eager_parts, load_path, loaded_relation
+from tests.adapters.sqlalchemy import eager_app
+from tests.adapters.sqlalchemy.eager_app import Article, Author, Base
 
 
 def test_the_private_loader_options_read_are_where_they_were() -> None:
@@ -22,3 +26,34 @@ def test_the_private_loader_options_read_are_where_they_were() -> None:
         (Author, "profile", "selectinload", ".selectinload(Author.profile)"),
     ]
     assert parts[1][5] == "selectinload(Article.author)"
+
+
+def test_the_private_load_path_read_is_where_it_was(tmp_path: Path) -> None:
+    """Fails loudly if a new SQLAlchemy moves a statement's loader path (mapper,
+    relationship, ...) or tells relationship loads apart otherwise: :func:`load_path` is
+    its one reader, and says a statement is a relationship load exactly when SQLAlchemy
+    does."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'blog.db'}")
+    Base.metadata.create_all(engine)
+    seen: list[tuple[type, str] | None] = []
+
+    def on_execute(state: Any) -> None:
+        chain = load_path(state.statement)
+        assert bool(chain) is state.is_relationship_load
+        if chain:
+            assert chain == state.loader_strategy_path.path
+            seen.append(loaded_relation(chain))
+
+    with Session(engine) as session:
+        session.add_all(eager_app.seed_rows())
+        session.commit()
+        event.listen(session, "do_orm_execute", on_execute)
+        chained = selectinload(Article.author).selectinload(Author.profile)
+        session.scalars(select(Article).options(chained)).all()
+        session.scalars(select(Article).options(selectinload(Article.tags))).all()
+        session.expunge_all()
+        for article in session.scalars(select(Article)):  # lazy loads
+            assert article.author.name
+    engine.dispose()
+    lazy = [(Article, "author")] * 6
+    assert seen == [(Article, "author"), (Author, "profile"), (Article, "tags"), *lazy]
