@@ -113,18 +113,50 @@ class _Part:
                 load.read = True
 
 
-class _Rows:
-    """A scope's tracked relations, as rows and reads find them: by session and option
-    object (cached), then by the option's token, then by the row's class."""
+_Parts = dict[tuple[type, str], _Part]  # a token's parts, by (class, attribute)
 
-    __slots__ = ("options", "parts", "types")
+
+class _Rows:
+    """A scope's tracked relations, as rows, relationship loads and reads find them: by
+    session and option object (cached), then by the option's token, then by the row's
+    class or the relation loaded."""
+
+    __slots__ = ("loading", "options", "parts", "tables", "types")
 
     def __init__(self) -> None:
-        # session id -> id(option) -> its token's parts by (class, attribute), or None
-        self.options: dict[object, dict[int, dict[tuple[type, str], _Part] | None]] = {}
-        self.parts: dict[int, dict[tuple[type, str], _Part]] = {}  # token -> parts
+        # session id -> id(option) -> its token's parts, or None
+        self.options: dict[object, dict[int, _Parts | None]] = {}
+        self.parts: dict[int, _Parts] = {}  # token -> parts
         # (token, a row's class) -> the parts a row of that class is a parent in
         self.types: dict[tuple[int, type], list[_Part]] = {}
+        # (session id, its options' ids, its path's last two ids) -> the part a
+        # relationship load counts for, or None
+        self.loading: dict[tuple[object, tuple[int, ...], int, int], _Part | None] = {}
+        self.tables: dict[object, str] = {}  # mapper -> its table's name, lowercase
+
+    def parts_of(self, session_id: object, parts: list[Part]) -> _Parts:
+        """The tracked parts of an option with ``parts`` in a session (made empty)."""
+        token = _session_token(session_id, parts)
+        tracked = self.parts.get(token)
+        if tracked is None:
+            tracked = self.parts[token] = {}
+            self.changed()
+        return tracked
+
+    def changed(self) -> None:
+        """A token or part was added: what rows and loads found none for looks again."""
+        for by_option in self.options.values():
+            by_option.clear()
+        self.types.clear()
+        self.loading.clear()
+
+    def table(self, mapper: Any) -> str:
+        """The name of ``mapper``'s table, lowercase ("" if it has none)."""
+        name = self.tables.get(mapper)
+        if name is None:
+            table = getattr(mapper, "local_table", None)
+            name = self.tables[mapper] = str(getattr(table, "name", "") or "").lower()
+        return name
 
     def settle(self) -> None:
         for parts in self.parts.values():
@@ -175,7 +207,7 @@ def _note(loads: ScopeEagerLoads, key: str | None, state: Any) -> None:
 
 def _parts_of(
     loads: ScopeEagerLoads, rows: _Rows, session_id: object, option: object
-) -> dict[tuple[type, str], _Part] | None:
+) -> _Parts | None:
     """The tracked parts of ``option`` in a session, by (class, attribute); None if none."""
     by_option = rows.options.get(session_id)
     if by_option is None:
@@ -195,25 +227,43 @@ def _relation_loaded(loads: ScopeEagerLoads, state: Any, chain: tuple[Any, ...])
     rows: _Rows | None = loads.adapter.get("sqlalchemy.rows")
     if rows is None:
         return
-    relation: tuple[type, str] | None = None
     session_id = state.session.hash_key
-    for option in loader_options(state.statement):
+    options = loader_options(state.statement)
+    # A loop's relationship loads carry the same (cached) option objects each time.
+    key = (session_id, tuple(map(id, options)), id(chain[-2]), id(chain[-1]))
+    if key in rows.loading:
+        part = rows.loading[key]
+    else:
+        part = rows.loading[key] = _loaded_part(loads, rows, session_id, options, chain)
+    if part is not None:
+        part.rows += 1
+
+
+def _loaded_part(
+    loads: ScopeEagerLoads,
+    rows: _Rows,
+    session_id: object,
+    options: tuple[Any, ...],
+    chain: tuple[Any, ...],
+) -> _Part | None:
+    """The tracked part a relationship load (its ``options`` and load path ``chain``)
+    counts for: that of the first option tracking the relation it loads."""
+    relation = loaded_relation(chain)
+    if relation is None:
+        return None
+    cls, key = relation
+    for option in options:
         found = _parts_of(loads, rows, session_id, option)
-        if found is None:
+        if not found:
             continue
-        if relation is None:
-            relation = loaded_relation(chain)
-            if relation is None:
-                return
         part = found.get(relation)
         if part is None:  # the option names the relation on a class the path passes
-            cls, key = relation
             part = next(
                 (p for p in found.values() if p.key == key and issubclass(cls, p.owner)), None
             )
         if part is not None:
-            part.rows += 1
-            return
+            return part
+    return None
 
 
 def _token(loads: ScopeEagerLoads, session_id: object, option: object) -> int:
@@ -344,15 +394,20 @@ class EagerHooks:
         loads: ScopeEagerLoads,
     ) -> None:
         site, path = watch.where(1)
-        mapper = state.bind_mapper
-        table = str(getattr(getattr(mapper, "local_table", None), "name", "") or "").lower()
         rows = _rows(loads)
+        table = rows.table(state.bind_mapper)
+        session_id = state.session.hash_key
         joined = False
         for _option, parts in found:
-            made: list[tuple[type, str, EagerLoad]] = []
+            tracked = rows.parts_of(session_id, parts)
             for cls, key, loader, whole, part, keep in parts:
-                if not self._watch(cls, key, loads):
-                    continue  # a read could not be seen: never judged unused
+                counted = tracked.get((cls, key))
+                if counted is None:  # first in the scope: its reads are to be seen
+                    if not self._watch(cls, key, loads):
+                        continue  # a read could not be seen: never judged unused
+                    joins = loader == "joinedload"
+                    counted = tracked[(cls, key)] = _Part(cls, key, joined=joins)
+                    rows.changed()  # a class may be a parent in this part too
                 load = EagerLoad(
                     relation=f"{cls.__name__}.{key}",
                     option=whole,
@@ -367,24 +422,8 @@ class EagerHooks:
                     owner=cls,
                 )
                 if loads.add(load):
-                    made.append((cls, key, load))
-                    joined = joined or loader == "joinedload"
-            if made:
-                token = _session_token(state.session.hash_key, parts)
-                tracked = rows.parts.get(token)
-                if tracked is None:
-                    tracked = rows.parts[token] = {}
-                    # The token is new: rows that found no parts for it look again.
-                    for by_option in rows.options.values():
-                        by_option.clear()
-                for cls, key, load in made:
-                    counted = tracked.get((cls, key))
-                    if counted is None:
-                        counted = tracked[(cls, key)] = _Part(
-                            cls, key, joined=load.loader == "joinedload"
-                        )
-                        rows.types.clear()  # a class may be a parent in this part too
                     counted.add(load)
+                    joined = joined or counted.joined
         if joined:  # no statement of its own to count: its rows are
             self._listen(state.session, loads)
 
