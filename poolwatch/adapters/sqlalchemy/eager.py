@@ -83,10 +83,11 @@ class _Part:
     """The tracked loads of one relation (parent class and attribute) under one option
     shape in one session, in the order they were tracked.
 
-    Rows and reads come in without saying which execution of the query they belong to
-    (see :func:`_token`), so each one counts for every load tracked so far: rather than
-    touching every load for every row, the part counts rows and remembers how many loads
-    a read reached, and :meth:`settle` hands each load its share when the scope is judged.
+    Rows, relationship loads and reads come in without saying which execution of the
+    query they belong to (see :func:`_token`), so each one counts for every load tracked
+    so far: rather than touching every load each time, the part counts them and
+    remembers how many loads a read reached, and :meth:`settle` hands each load its share
+    when the scope is judged.
     """
 
     __slots__ = ("bases", "joined", "key", "loads", "owner", "read_upto", "rows")
