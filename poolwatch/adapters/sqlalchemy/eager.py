@@ -53,6 +53,7 @@ from poolwatch.adapters.sqlalchemy.eager_options import (
     loader_options,
     option_parts,
     option_shape,
+    refreshes,
 )
 from poolwatch.context import current_scope
 from poolwatch.queries.eager import SQLALCHEMY, EagerLoad, ScopeEagerLoads
@@ -226,7 +227,7 @@ def _relation_loaded(loads: ScopeEagerLoads, state: Any, chain: tuple[Any, ...])
     of the relation it loads (found through the options it carries, those of the query
     it loads for)."""
     rows: _Rows | None = loads.adapter.get("sqlalchemy.rows")
-    if rows is None:
+    if rows is None or len(chain) < 2:  # a path to an entity: a polymorphic load's
         return
     session_id = state.session.hash_key
     options = loader_options(state.statement)
@@ -351,8 +352,8 @@ class EagerHooks:
             if not loader_options(state.statement):
                 return
             chain = load_path(state.statement)
-            if chain:  # a relationship load
-                if work.eager is not None:
+            if chain:  # a relationship load, or a refresh of a row loaded by one
+                if work.eager is not None and not refreshes(state.statement):
                     _relation_loaded(work.eager, state, chain)
                 return
             if not self._judging() or not state.statement.is_select:

@@ -7,8 +7,8 @@ and judge; :func:`load_path` reads whether a statement is a relationship load an
 path of the relation it loads. Loader options and load paths offer no public reading
 cheap enough for every statement: this module is the one place that reads SQLAlchemy's
 private attributes for them, in :func:`eager_parts`, the :func:`option_parts` it reads
-each option with, and :func:`load_path` (tested on 2.0 and 2.1, and by tests that fail if
-they move).
+each option with, :func:`load_path` and :func:`refreshes` (tested on 2.0 and 2.1, and by
+tests that fail if they move).
 
 An application builds its options anew for every query, from the same few: each shape
 of option is parsed once, and :func:`option_shape` (what tells two options apart for
@@ -30,6 +30,7 @@ __all__ = [
     "loader_options",
     "option_parts",
     "option_shape",
+    "refreshes",
 ]
 
 # The loader strategies that load a relation up front, by the option that asks for each.
@@ -60,6 +61,13 @@ def load_path(statement: Any) -> tuple[Any, ...]:
     statement."""
     path = getattr(getattr(statement, "_compile_options", None), "_current_path", None)
     return getattr(path, "path", None) or ()
+
+
+def refreshes(statement: Any) -> bool:
+    """Whether a statement loads an existing row's expired or deferred columns again
+    (``ORMExecuteState.is_column_load``, read where :func:`load_path` reads): below a
+    relation, its load path is the relation's, but it loads no relation."""
+    return bool(getattr(getattr(statement, "_compile_options", None), "_for_refresh_state", False))
 
 
 def loaded_relation(chain: tuple[Any, ...]) -> tuple[type, str] | None:

@@ -6,17 +6,21 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import ForeignKey, create_engine, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import (
+    DeclarativeBase,
     InstrumentedAttribute,
+    Mapped,
     Session,
     immediateload,
     joinedload,
+    mapped_column,
+    relationship,
     selectinload,
     sessionmaker,
 )
@@ -243,3 +247,87 @@ def test_only_joined_loads_are_counted_row_by_row(tmp_path: Path) -> None:
         ("Article.author",),  # joined, never read (the first query's were)
     }
     assert eager.hooks.watching() == 0
+
+
+def test_a_row_refreshed_below_a_relation_is_no_load_of_it(tmp_path: Path) -> None:
+    """An expired row loaded by a relation's own statement is refreshed with that
+    relation's loader path and the query's options: it loads no relation, and the tracked
+    query of the same shape that returned nothing stays no finding."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'blog.db'}")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all(eager_app.seed_rows())
+        session.commit()
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine)
+    with Session(engine) as session:
+        tagged = select(Article).options(selectinload(Article.tags))
+        tag = session.scalars(tagged).first().tags[0]  # before the scope
+        with capture() as captured, poolwatch.scope("job"):
+            none = select(Article).where(Article.id < 0).options(selectinload(Article.tags))
+            assert session.scalars(none).all() == []
+            session.expire(tag)
+            assert tag.label == "tag 1"  # refreshed
+    watch.uninstrument()
+    engine.dispose()
+    assert captured.unused_eager_loads == []
+    errors = watch.registry.get_sample_value(
+        "poolwatch_internal_errors_total", {"component": "eager_loads"}
+    )
+    assert not errors
+
+
+class _Zoo(DeclarativeBase):
+    pass
+
+
+class _Keeper(_Zoo):
+    __tablename__ = "zoo_keeper"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    animals: Mapped[list[_Animal]] = relationship(order_by="_Animal.id")
+
+
+class _Animal(_Zoo):
+    __tablename__ = "zoo_animal"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str]
+    keeper_id: Mapped[int] = mapped_column(ForeignKey("zoo_keeper.id"))
+    __mapper_args__: ClassVar[dict[str, str]] = {
+        "polymorphic_on": "kind",
+        "polymorphic_identity": "animal",
+    }
+
+
+class _Dog(_Animal):
+    __tablename__ = "zoo_dog"
+    id: Mapped[int] = mapped_column(ForeignKey("zoo_animal.id"), primary_key=True)
+    bark: Mapped[str]
+    __mapper_args__: ClassVar[dict[str, str]] = {
+        "polymorphic_identity": "dog",
+        "polymorphic_load": "selectin",
+    }
+
+
+def test_a_polymorphic_load_below_a_tracked_query_is_no_relation_load(tmp_path: Path) -> None:
+    """A subclass's columns loaded by a statement of their own (``polymorphic_load=
+    "selectin"``) carry a loader path that ends at a class, not a relation: counted for
+    nothing, and no fault."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'zoo.db'}")
+    _Zoo.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all([_Keeper(id=1), _Dog(id=1, keeper_id=1, bark="woof")])
+        session.commit()
+    watch = PoolWatch()
+    watch.instrument_sqlalchemy(engine)
+    with capture() as captured, poolwatch.scope("job"), Session(engine) as session:
+        [keeper] = session.scalars(select(_Keeper).options(selectinload(_Keeper.animals)))
+        assert [dog.bark for dog in keeper.animals] == ["woof"]  # type: ignore[attr-defined]
+        dogs = session.scalars(select(_Keeper).options(selectinload(_Keeper.animals))).all()
+        assert len(dogs) == 1  # read nothing the second time: that line's load is unused
+    watch.uninstrument()
+    engine.dispose()
+    assert [f.relations for f in captured.unused_eager_loads] == [("_Keeper.animals",)]
+    errors = watch.registry.get_sample_value(
+        "poolwatch_internal_errors_total", {"component": "eager_loads"}
+    )
+    assert not errors

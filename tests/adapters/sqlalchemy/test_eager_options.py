@@ -9,7 +9,12 @@ from typing import Any
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.orm import Session, selectinload
 
-from poolwatch.adapters.sqlalchemy.eager_options import eager_parts, load_path, loaded_relation
+from poolwatch.adapters.sqlalchemy.eager_options import (
+    eager_parts,
+    load_path,
+    loaded_relation,
+    refreshes,
+)
 from tests.adapters.sqlalchemy import eager_app
 from tests.adapters.sqlalchemy.eager_app import Article, Author, Base
 
@@ -40,7 +45,8 @@ def test_the_private_load_path_read_is_where_it_was(tmp_path: Path) -> None:
     def on_execute(state: Any) -> None:
         chain = load_path(state.statement)
         assert bool(chain) is state.is_relationship_load
-        if chain:
+        assert refreshes(state.statement) is state.is_column_load
+        if chain and not state.is_column_load:
             assert chain == state.loader_strategy_path.path
             seen.append(loaded_relation(chain))
 
@@ -54,6 +60,11 @@ def test_the_private_load_path_read_is_where_it_was(tmp_path: Path) -> None:
         session.expunge_all()
         for article in session.scalars(select(Article)):  # lazy loads
             assert article.author.name
+        session.expunge_all()
+        tag = session.scalars(select(Article).options(selectinload(Article.tags))).first().tags[0]
+        session.expire(tag)
+        assert tag.label  # a refresh below Article.tags: its path, and no relation loaded
     engine.dispose()
     lazy = [(Article, "author")] * 6
-    assert seen == [(Article, "author"), (Author, "profile"), (Article, "tags"), *lazy]
+    selected = [(Article, "tags")]
+    assert seen == [(Article, "author"), (Author, "profile"), (Article, "tags"), *lazy, *selected]
