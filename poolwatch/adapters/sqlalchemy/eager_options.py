@@ -79,9 +79,7 @@ def loaded_relation(chain: tuple[Any, ...]) -> tuple[type, str] | None:
     key, cls = getattr(prop, "key", None), getattr(entity, "class_", None)
     if not getattr(prop, "is_property", False) or not isinstance(key, str):
         return None
-    if not isinstance(cls, type):
-        return None
-    return cls, key
+    return (cls, key) if isinstance(cls, type) else None
 
 
 def eager_parts(statement: Any) -> list[tuple[object, list[Part]]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pydantic
 from fastapi import APIRouter, Depends, FastAPI, Header
-from sqlalchemy import ForeignKey, select
+from sqlalchemy import Engine, ForeignKey, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -67,6 +67,14 @@ def seed_rows() -> list[Base]:
         rows.append(Article(id=i, title=f"article {i}", author_id=i))
         rows.append(Tag(id=i, label=f"tag {i}", article_id=i))
     return rows
+
+
+def seed(engine: Engine) -> None:
+    """Make the blog's tables on ``engine`` (a sync one) and add :func:`seed_rows`."""
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all(seed_rows())
+        session.commit()
 
 
 if PYDANTIC_1:

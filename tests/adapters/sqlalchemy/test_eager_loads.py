@@ -31,7 +31,7 @@ from poolwatch.adapters.sqlalchemy import eager
 from poolwatch.events import NPLUSONE, UNUSED_EAGER_LOAD
 from poolwatch.testing import capture
 from tests.adapters.sqlalchemy import eager_app
-from tests.adapters.sqlalchemy.eager_app import Article, Author, Base
+from tests.adapters.sqlalchemy.eager_app import Article, Author
 from tests.adapters.sqlalchemy.readings import pg_url
 
 DRIVERS = [
@@ -53,10 +53,7 @@ async def blog(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     else:
         url = pg_url(request.getfixturevalue("pg_database"), driver)
     setup = create_engine(url.replace("+aiosqlite", "+pysqlite").replace("+asyncpg", "+psycopg"))
-    Base.metadata.create_all(setup)
-    with Session(setup) as session:
-        session.add_all(eager_app.seed_rows())
-        session.commit()
+    eager_app.seed(setup)
     setup.dispose()
     is_async = driver in ("aiosqlite", "asyncpg")
     if is_async:
@@ -221,10 +218,7 @@ def test_only_joined_loads_are_counted_row_by_row(tmp_path: Path) -> None:
     by that statement: the session gets a per-row listener only once a joined load is
     tracked in it, and a lazy load of another relation counts for no tracked load."""
     engine = create_engine(f"sqlite:///{tmp_path / 'blog.db'}")
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        session.add_all(eager_app.seed_rows())
-        session.commit()
+    eager_app.seed(engine)
     watch = PoolWatch()
     watch.instrument_sqlalchemy(engine)
     with capture() as captured, poolwatch.scope("job"), Session(engine) as session:
@@ -254,10 +248,7 @@ def test_a_row_refreshed_below_a_relation_is_no_load_of_it(tmp_path: Path) -> No
     relation's loader path and the query's options: it loads no relation, and the tracked
     query of the same shape that returned nothing stays no finding."""
     engine = create_engine(f"sqlite:///{tmp_path / 'blog.db'}")
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        session.add_all(eager_app.seed_rows())
-        session.commit()
+    eager_app.seed(engine)
     watch = PoolWatch()
     watch.instrument_sqlalchemy(engine)
     with Session(engine) as session:

@@ -16,7 +16,7 @@ from poolwatch.adapters.sqlalchemy.eager_options import (
     refreshes,
 )
 from tests.adapters.sqlalchemy import eager_app
-from tests.adapters.sqlalchemy.eager_app import Article, Author, Base
+from tests.adapters.sqlalchemy.eager_app import Article, Author
 
 
 def test_the_private_loader_options_read_are_where_they_were() -> None:
@@ -39,7 +39,7 @@ def test_the_private_load_path_read_is_where_it_was(tmp_path: Path) -> None:
     its one reader, and says a statement is a relationship load exactly when SQLAlchemy
     does."""
     engine = create_engine(f"sqlite:///{tmp_path / 'blog.db'}")
-    Base.metadata.create_all(engine)
+    eager_app.seed(engine)
     seen: list[tuple[type, str] | None] = []
 
     def on_execute(state: Any) -> None:
@@ -51,8 +51,6 @@ def test_the_private_load_path_read_is_where_it_was(tmp_path: Path) -> None:
             seen.append(loaded_relation(chain))
 
     with Session(engine) as session:
-        session.add_all(eager_app.seed_rows())
-        session.commit()
         event.listen(session, "do_orm_execute", on_execute)
         chained = selectinload(Article.author).selectinload(Author.profile)
         session.scalars(select(Article).options(chained)).all()
